@@ -1,0 +1,263 @@
+//! [`CacheBuilder`]: a consumed builder; `build` validates every setting.
+
+use crate::backlog::Backlog;
+use crate::breaker::Breaker;
+use crate::cache::{Cache, Inner, Settings};
+use crate::clock::{Clock, SystemClock};
+use crate::codec::{Codec, Json};
+use crate::error::BuildError;
+use crate::flight::Flights;
+use crate::key::Namespace;
+use crate::metrics::Metrics;
+use crate::store::{MemoryStore, RedisConfig, RedisStore, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+enum Backend {
+    Memory { capacity: u64 },
+    Redis(RedisConfig),
+    Custom(Arc<dyn Store>),
+}
+
+/// Configures a [`Cache`]. Defaults: in-process store of 100,000 entries, namespace `aside`,
+/// TTL 1 h, negative TTL 30 s, jitter 10 %, schema 0, lease 5 s, lease wait 1 s, command
+/// timeout 250 ms, breaker 3 failures / 1 s cooldown, backlog of 10,000 invalidations.
+///
+/// ```
+/// use std::time::Duration;
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let cache = aside::Cache::builder()
+///     .namespace("catalog")
+///     .redis("redis://127.0.0.1:6379") // lazy: nothing is connected yet
+///     .default_ttl(Duration::from_secs(300))
+///     .build()
+///     .expect("valid settings");
+/// # });
+/// ```
+#[must_use = "a builder does nothing until build() is called"]
+pub struct CacheBuilder<C: Codec = Json> {
+    namespace: String,
+    backend: Backend,
+    codec: C,
+    default_ttl: Duration,
+    negative_ttl: Duration,
+    jitter: f64,
+    schema: u32,
+    lease: Duration,
+    lease_wait: Duration,
+    command_timeout: Option<Duration>,
+    threshold: u32,
+    cooldown: Duration,
+    backlog: usize,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for CacheBuilder<Json> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CacheBuilder<Json> {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self {
+            namespace: "aside".into(),
+            backend: Backend::Memory { capacity: 100_000 },
+            codec: Json,
+            default_ttl: Duration::from_secs(3600),
+            negative_ttl: Duration::from_secs(30),
+            jitter: 0.1,
+            schema: 0,
+            lease: Duration::from_secs(5),
+            lease_wait: Duration::from_secs(1),
+            command_timeout: None,
+            threshold: 3,
+            cooldown: Duration::from_secs(1),
+            backlog: 10_000,
+            clock: Arc::new(SystemClock::default()),
+        }
+    }
+}
+
+impl<C: Codec> CacheBuilder<C> {
+    /// The namespace: the first segment of every Redis key (1 to 64 of `[A-Za-z0-9_.-]`).
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.namespace = ns.into();
+        self
+    }
+
+    /// Use Redis at `url` (`redis://`, `rediss://` for TLS; `user:password@` for ACL users).
+    pub fn redis(mut self, url: impl Into<String>) -> Self {
+        self.backend = Backend::Redis(RedisConfig::new(url));
+        self
+    }
+
+    /// Use Redis with a full configuration.
+    pub fn redis_config(mut self, config: RedisConfig) -> Self {
+        self.backend = Backend::Redis(config);
+        self
+    }
+
+    /// Use the in-process store, holding at most `capacity` entries (the default).
+    pub fn memory(mut self, capacity: u64) -> Self {
+        self.backend = Backend::Memory { capacity };
+        self
+    }
+
+    /// Use any [`Store`].
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.backend = Backend::Custom(store);
+        self
+    }
+
+    /// Use another codec.
+    pub fn codec<C2: Codec>(self, codec: C2) -> CacheBuilder<C2> {
+        CacheBuilder {
+            namespace: self.namespace,
+            backend: self.backend,
+            codec,
+            default_ttl: self.default_ttl,
+            negative_ttl: self.negative_ttl,
+            jitter: self.jitter,
+            schema: self.schema,
+            lease: self.lease,
+            lease_wait: self.lease_wait,
+            command_timeout: self.command_timeout,
+            threshold: self.threshold,
+            cooldown: self.cooldown,
+            backlog: self.backlog,
+            clock: self.clock,
+        }
+    }
+
+    /// TTL of values when a call gives none.
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// TTL of a cached "not found" when a call gives none.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = ttl;
+        self
+    }
+
+    /// Fraction (0 to 0.5) by which each TTL is shortened at random, so entries written
+    /// together do not expire together.
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.jitter = fraction;
+        self
+    }
+
+    /// Version of the cached types. Entries written under another version are misses (and
+    /// removed): bump it when a cached type changes incompatibly.
+    pub fn schema_version(mut self, v: u32) -> Self {
+        self.schema = v;
+        self
+    }
+
+    /// How long a loader's lease holds the key before others may load (bounds a loader that died).
+    pub fn lease(mut self, d: Duration) -> Self {
+        self.lease = d;
+        self
+    }
+
+    /// How long a caller waits for another process's loader before loading itself (not stored).
+    pub fn lease_wait(mut self, d: Duration) -> Self {
+        self.lease_wait = d;
+        self
+    }
+
+    /// Upper bound of every Redis command (overrides the Redis configuration's).
+    pub fn command_timeout(mut self, d: Duration) -> Self {
+        self.command_timeout = Some(d);
+        self
+    }
+
+    /// Consecutive store failures that open the circuit breaker, and how long it stays open
+    /// before one probe call.
+    pub fn breaker(mut self, failures: u32, cooldown: Duration) -> Self {
+        self.threshold = failures;
+        self.cooldown = cooldown;
+        self
+    }
+
+    /// How many distinct invalidations are kept while the store is unreachable; beyond it the
+    /// whole namespace is invalidated when the store returns.
+    pub fn backlog_capacity(mut self, n: usize) -> Self {
+        self.backlog = n;
+        self
+    }
+
+    /// The clock for expiry (in-process store) and the breaker.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Validates the settings and builds the cache. Nothing is connected: a Redis store
+    /// connects on first use, so this succeeds while Redis is down. A Redis store must be
+    /// built inside a Tokio runtime.
+    pub fn build(self) -> Result<Cache<C>, BuildError> {
+        let invalid = |name, reason: &str| BuildError::Invalid {
+            name,
+            reason: reason.to_owned(),
+        };
+        let ns = Namespace::new(&self.namespace).map_err(BuildError::Namespace)?;
+        let year = Duration::from_secs(365 * 24 * 3600);
+        for (name, d) in [("default_ttl", self.default_ttl), ("negative_ttl", self.negative_ttl)] {
+            if d < Duration::from_millis(1) || d > year {
+                return Err(invalid(name, "must be between 1 ms and 365 days"));
+            }
+        }
+        if !(0.0..=0.5).contains(&self.jitter) {
+            return Err(invalid("jitter", "must be between 0 and 0.5"));
+        }
+        if self.lease < Duration::from_millis(1) {
+            return Err(invalid("lease", "must be at least 1 ms"));
+        }
+        if self.command_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(invalid("command_timeout", "must be more than zero"));
+        }
+        if self.threshold == 0 {
+            return Err(invalid("breaker", "needs at least one failure to open"));
+        }
+        let store: Arc<dyn Store> = match self.backend {
+            Backend::Memory { capacity } => {
+                if capacity == 0 {
+                    return Err(invalid("memory", "capacity must be at least 1"));
+                }
+                Arc::new(MemoryStore::with_clock(capacity, self.clock.clone()))
+            }
+            Backend::Redis(mut config) => {
+                if let Some(t) = self.command_timeout {
+                    config.command_timeout = t;
+                }
+                if tokio::runtime::Handle::try_current().is_err() {
+                    return Err(invalid("redis", "must be built inside a Tokio runtime"));
+                }
+                Arc::new(RedisStore::new(&config)?)
+            }
+            Backend::Custom(s) => s,
+        };
+        Ok(Cache::from_inner(Inner {
+            metrics: Metrics::new(ns.as_str()),
+            ns,
+            store,
+            codec: self.codec,
+            settings: Settings {
+                default_ttl: self.default_ttl,
+                negative_ttl: self.negative_ttl,
+                jitter: self.jitter,
+                schema: self.schema,
+                lease: self.lease,
+                lease_wait: self.lease_wait,
+            },
+            flights: Flights::default(),
+            breaker: Breaker::new(self.clock, self.threshold, self.cooldown),
+            backlog: Backlog::new(self.backlog),
+            flush_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+}

@@ -1,0 +1,754 @@
+//! [`Cache`]: typed get / set / get_or_load / invalidate over any [`Store`].
+
+use crate::backlog::Backlog;
+use crate::breaker::Breaker;
+use crate::codec::{Codec, Json};
+use crate::envelope::{self, Body};
+use crate::error::{Error, LoadError, Result, StoreError};
+use crate::flight::{self, Flights, Role, Shared};
+use crate::key::{EntryKey, Namespace, TagKey};
+use crate::metrics::{Metrics, Op};
+use crate::store::{Claim, Kind, Lease, Lookup, Store};
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{Instrument, debug, debug_span, warn};
+
+const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A cache-aside cache. Cheap to clone: clones share everything.
+///
+/// Built with [`Cache::builder`]. Values are typed per call and encoded with the cache's
+/// [`Codec`] (JSON by default).
+///
+/// # Concurrent calls on the same key
+/// Concurrent [`get_or_load`](Cache::get_or_load) misses of one key in one process run the
+/// loader once; the others wait for its outcome (a loader error reaches all of them, shared
+/// in an `Arc`). Across processes sharing a Redis store, a lease lets one loader run per key;
+/// the others poll briefly (see [`CacheBuilder::lease_wait`](crate::CacheBuilder::lease_wait))
+/// and then load themselves without writing.
+///
+/// # When the store fails
+/// Every store call is bounded by a timeout; repeated failures open a circuit breaker that
+/// skips the store for a cooldown. `get_or_load` then runs its loader, invalidations are kept
+/// and applied before the next read is served from the store, and `get`/`set` report
+/// [`Error::Backend`] so the caller can tell a miss from an outage.
+pub struct Cache<C: Codec = Json> {
+    inner: Arc<Inner<C>>,
+}
+
+impl<C: Codec> Clone for Cache<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<C: Codec> fmt::Debug for Cache<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("namespace", &self.inner.ns.as_str())
+            .field("store", &self.inner.store)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Settings {
+    pub(crate) default_ttl: Duration,
+    pub(crate) negative_ttl: Duration,
+    pub(crate) jitter: f64,
+    pub(crate) schema: u32,
+    pub(crate) lease: Duration,
+    pub(crate) lease_wait: Duration,
+}
+
+pub(crate) struct Inner<C> {
+    pub(crate) ns: Namespace,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) codec: C,
+    pub(crate) settings: Settings,
+    pub(crate) flights: Flights,
+    pub(crate) breaker: Breaker,
+    pub(crate) backlog: Backlog,
+    pub(crate) flush_lock: tokio::sync::Mutex<()>,
+    pub(crate) metrics: Metrics,
+}
+
+/// How a value was obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Served from the store.
+    Hit,
+    /// Not in the store: loaded (by this call, or by the call it waited for).
+    Miss,
+    /// Served past its freshness while a refresh runs.
+    Stale,
+}
+
+impl Status {
+    /// `hit`, `miss` or `stale`, as in an `x-cache` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Hit => "hit",
+            Status::Miss => "miss",
+            Status::Stale => "stale",
+        }
+    }
+}
+
+/// A value from [`Entry::fetch`] with how it was obtained. `None` is a (cached) "not found".
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fetched<T> {
+    /// The value, or `None` when the loader found nothing.
+    pub value: Option<T>,
+    /// Where it came from.
+    pub status: Status,
+}
+
+/// Whether an invalidation reached the store now or was kept for when it answers again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalidation {
+    /// Applied to the store.
+    Applied,
+    /// The store did not answer: kept, and applied before anything is read from it again.
+    Queued,
+}
+
+/// A snapshot of the cache's health, for readiness endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// The kind of store.
+    pub kind: Kind,
+    /// Whether the circuit breaker is open (the store is being skipped).
+    pub breaker_open: bool,
+    /// Invalidations waiting for the store.
+    pub pending_invalidations: usize,
+}
+
+enum Decoded<T> {
+    Value(T),
+    Absent,
+}
+
+enum Waited {
+    Filled(Bytes),
+    Vacant,
+    TimedOut,
+}
+
+impl Cache<Json> {
+    /// Starts a [`CacheBuilder`](crate::CacheBuilder) (in-process store, JSON, namespace `aside`).
+    pub fn builder() -> crate::CacheBuilder<Json> {
+        crate::CacheBuilder::new()
+    }
+}
+
+impl<C: Codec> Cache<C> {
+    pub(crate) fn from_inner(inner: Inner<C>) -> Self {
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The namespace every key of this cache lives under.
+    pub fn namespace(&self) -> &str {
+        self.inner.ns.as_str()
+    }
+
+    /// Reads a value. `Ok(None)` is a miss (or a cached "not found"); an undecodable entry is a
+    /// miss too, and is removed. A store that cannot be reached is [`Error::Backend`].
+    ///
+    /// ```
+    /// # tokio_test_main(async {
+    /// let cache = aside::Cache::builder().build().unwrap();
+    /// cache.set("answer", &42u32).await.unwrap();
+    /// assert_eq!(cache.get::<u32>("answer").await.unwrap(), Some(42));
+    /// assert_eq!(cache.get::<u32>("question").await.unwrap(), None);
+    /// # });
+    /// # fn tokio_test_main(f: impl std::future::Future) { tokio::runtime::Runtime::new().unwrap().block_on(f); }
+    /// ```
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let k = self.inner.ns.entry(key)?;
+        match self.read(&k).await.map_err(Error::Backend)? {
+            Lookup::Hit(p) => match self.decode::<T>(&k, &p).await {
+                Some(Decoded::Value(v)) => {
+                    self.inner.metrics.hits.increment(1);
+                    Ok(Some(v))
+                }
+                Some(Decoded::Absent) => {
+                    self.inner.metrics.hits.increment(1);
+                    Ok(None)
+                }
+                None => {
+                    self.inner.metrics.misses.increment(1);
+                    Ok(None)
+                }
+            },
+            Lookup::Miss | Lookup::Pending => {
+                self.inner.metrics.misses.increment(1);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes a value with the default TTL (and jitter), no tags. See [`Cache::entry`] for more.
+    pub async fn set<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<()> {
+        self.entry(key).set(value).await
+    }
+
+    /// Loads through the cache with the default TTLs and no tags: a hit is returned as is; on a
+    /// miss `loader` runs (once per key across concurrent callers) and its value, or its "not
+    /// found" (`Ok(None)`, cached for the negative TTL), is stored. See [`Cache::entry`].
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let cache = aside::Cache::builder().build().unwrap();
+    /// let v = cache
+    ///     .get_or_load("user:1", || async { Ok::<_, std::io::Error>(Some("Ada".to_string())) })
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!(v.as_deref(), Some("Ada"));
+    /// # });
+    /// ```
+    pub async fn get_or_load<T, E, F, Fut>(
+        &self,
+        key: &str,
+        loader: F,
+    ) -> Result<Option<T>, LoadError<E>>
+    where
+        T: Serialize + DeserializeOwned + Send,
+        E: Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
+        Ok(self.entry(key).fetch(loader).await?.value)
+    }
+
+    /// Starts a call on one key with its own TTLs and tags.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use std::time::Duration;
+    /// let cache = aside::Cache::builder().build().unwrap();
+    /// cache
+    ///     .entry("product:p1")
+    ///     .ttl(Duration::from_secs(300))
+    ///     .tags(["category:c1"])
+    ///     .set(&"Product 1")
+    ///     .await
+    ///     .unwrap();
+    /// cache.invalidate_tag("category:c1").await.unwrap();
+    /// assert_eq!(cache.get::<String>("product:p1").await.unwrap(), None);
+    /// # });
+    /// ```
+    pub fn entry<'a>(&'a self, key: &'a str) -> Entry<'a, C> {
+        Entry {
+            cache: self,
+            key,
+            ttl: None,
+            negative_ttl: None,
+            tags: Vec::new(),
+        }
+    }
+
+    /// Deletes entries (any number; an empty list does nothing).
+    pub async fn del<I, S>(&self, keys: I) -> Result<Invalidation>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let keys = keys
+            .into_iter()
+            .map(|k| self.inner.ns.entry(k.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        if keys.is_empty() {
+            return Ok(Invalidation::Applied);
+        }
+        Ok(self.invalidate(&keys, &[]).await)
+    }
+
+    /// Invalidates every entry carrying `tag`, whatever their number and TTLs (one version bump).
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<Invalidation> {
+        self.invalidate_tags([tag]).await
+    }
+
+    /// Invalidates every entry carrying any of `tags`.
+    pub async fn invalidate_tags<I, S>(&self, tags: I) -> Result<Invalidation>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let stamps = tags
+            .into_iter()
+            .map(|t| self.inner.ns.tag(t.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.invalidate(&[], &stamps).await)
+    }
+
+    /// Invalidates every entry whose key starts with `prefix` (which must end with `:`, at
+    /// most 4 segments deep: `products:list:`), in one version bump: no `KEYS`, no `SCAN`.
+    pub async fn invalidate_prefix(&self, prefix: &str) -> Result<Invalidation> {
+        let p = self.inner.ns.prefix(prefix)?;
+        Ok(self.invalidate(&[], &[p]).await)
+    }
+
+    /// Invalidates every entry of this namespace (one version bump).
+    pub async fn invalidate_all(&self) -> Invalidation {
+        self.invalidate(&[], &[self.inner.ns.epoch()]).await
+    }
+
+    /// The cache's health, without calling the store.
+    pub fn health(&self) -> Health {
+        Health {
+            kind: self.inner.store.kind(),
+            breaker_open: self.inner.breaker.is_open(),
+            pending_invalidations: self.inner.backlog.len(),
+        }
+    }
+
+    /// Asks the store whether it answers (bounded by the command timeout), applying any
+    /// pending invalidations first. `false` while the breaker is open.
+    pub async fn ping(&self) -> bool {
+        self.ready().await.is_ok() && self.call(Op::Ping, self.inner.store.ping()).await.is_ok()
+    }
+
+    // ---- internals ----
+
+    async fn call<T>(
+        &self,
+        op: Op,
+        fut: impl Future<Output = std::result::Result<T, StoreError>>,
+    ) -> std::result::Result<T, StoreError> {
+        let m = &self.inner.metrics;
+        if !self.inner.breaker.allow() {
+            m.skipped.increment(1);
+            return Err(StoreError::CircuitOpen);
+        }
+        let start = Instant::now();
+        let r = fut.await;
+        m.backend(op).record(start.elapsed().as_secs_f64());
+        match &r {
+            Ok(_) => self.inner.breaker.success(),
+            Err(e) => {
+                self.inner.breaker.failure();
+                m.backend_errors.increment(1);
+                warn!(error = %e, ?op, "cache store call failed");
+            }
+        }
+        r
+    }
+
+    /// Applies pending invalidations; reads are served from the store only once it is empty.
+    async fn ready(&self) -> std::result::Result<(), StoreError> {
+        if self.inner.backlog.is_empty() {
+            return Ok(());
+        }
+        let _guard = self.inner.flush_lock.lock().await;
+        if self.inner.backlog.is_empty() {
+            return Ok(());
+        }
+        let batch = self.inner.backlog.take();
+        let store = &self.inner.store;
+        let r = async {
+            if batch.overflowed {
+                self.call(Op::Bump, store.bump(&[self.inner.ns.epoch()])).await
+            } else {
+                let keys: Vec<_> = batch.keys.iter().cloned().collect();
+                let stamps: Vec<_> = batch.stamps.iter().cloned().collect();
+                self.call(Op::Delete, store.delete(&keys)).await?;
+                self.call(Op::Bump, store.bump(&stamps)).await
+            }
+        }
+        .await;
+        match r {
+            Ok(()) => {
+                debug!(overflowed = batch.overflowed, "pending invalidations applied");
+                self.inner.backlog.settle();
+            }
+            Err(_) => self.inner.backlog.restore(batch),
+        }
+        self.inner.metrics.pending.set(self.inner.backlog.len() as f64);
+        if self.inner.backlog.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::CircuitOpen)
+        }
+    }
+
+    async fn read(&self, k: &EntryKey) -> std::result::Result<Lookup, StoreError> {
+        self.ready().await?;
+        self.call(Op::Get, self.inner.store.get(k)).await
+    }
+
+    async fn invalidate(&self, keys: &[EntryKey], stamps: &[TagKey]) -> Invalidation {
+        self.inner.flights.invalidated();
+        let store = &self.inner.store;
+        let sent = if self.inner.backlog.is_empty() {
+            let r = if keys.is_empty() {
+                Ok(())
+            } else {
+                self.call(Op::Delete, store.delete(keys)).await
+            };
+            match r {
+                Ok(()) if stamps.is_empty() => Ok(()),
+                Ok(()) => self.call(Op::Bump, store.bump(stamps)).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            Err(StoreError::CircuitOpen)
+        };
+        match sent {
+            Ok(()) => Invalidation::Applied,
+            Err(_) => {
+                self.inner.backlog.push(keys, stamps);
+                self.inner.metrics.queued.increment(1);
+                self.inner.metrics.pending.set(self.inner.backlog.len() as f64);
+                // Try right away: a store that answers again gets the whole backlog now.
+                match self.ready().await {
+                    Ok(()) => Invalidation::Applied,
+                    Err(_) => Invalidation::Queued,
+                }
+            }
+        }
+    }
+
+    async fn decode<T: DeserializeOwned>(&self, k: &EntryKey, payload: &[u8]) -> Option<Decoded<T>> {
+        let why = match envelope::open(payload, self.inner.settings.schema) {
+            Ok(Body::Absent) => return Some(Decoded::Absent),
+            Ok(Body::Value(b)) => match self.inner.codec.decode::<T>(b) {
+                Ok(v) => return Some(Decoded::Value(v)),
+                Err(e) => e.to_string(),
+            },
+            Err(envelope::Refused::Schema(s)) => format!("written with schema {s}"),
+            Err(envelope::Refused::Corrupt) => "not an entry envelope".to_owned(),
+        };
+        self.inner.metrics.corrupt.increment(1);
+        warn!(key = %k, reason = %why, "undecodable cache entry removed");
+        let _ = self.call(Op::Delete, self.inner.store.delete(std::slice::from_ref(k))).await;
+        None
+    }
+
+    fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Bytes> {
+        let mut out = envelope::value_header(self.inner.settings.schema);
+        self.inner.codec.encode(value, &mut out).map_err(Error::Encode)?;
+        Ok(Bytes::from(out))
+    }
+
+    fn jittered(&self, ttl: Duration) -> Duration {
+        let j = self.inner.settings.jitter;
+        if j <= 0.0 {
+            return ttl;
+        }
+        let cut = ttl.mul_f64(rand::random::<f64>() * j);
+        (ttl - cut).max(Duration::from_millis(1))
+    }
+
+    async fn wait_for_fill(&self, k: &EntryKey) -> Waited {
+        let deadline = Instant::now() + self.inner.settings.lease_wait;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Waited::TimedOut;
+            }
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+            match self.read(k).await {
+                Ok(Lookup::Hit(p)) => return Waited::Filled(p),
+                Ok(Lookup::Pending) => {}
+                Ok(Lookup::Miss) => return Waited::Vacant,
+                Err(_) => return Waited::TimedOut,
+            }
+        }
+    }
+}
+
+fn check_ttl(ttl: Duration) -> Result<Duration> {
+    if ttl < Duration::from_millis(1) || ttl > MAX_TTL {
+        Err(Error::InvalidTtl(ttl))
+    } else {
+        Ok(ttl)
+    }
+}
+
+/// One key's call: TTLs and tags, then [`set`](Entry::set), [`get_or_load`](Entry::get_or_load)
+/// or [`fetch`](Entry::fetch). Made by [`Cache::entry`].
+#[must_use = "an Entry does nothing until set, get_or_load or fetch is awaited"]
+pub struct Entry<'a, C: Codec> {
+    cache: &'a Cache<C>,
+    key: &'a str,
+    ttl: Option<Duration>,
+    negative_ttl: Option<Duration>,
+    tags: Vec<&'a str>,
+}
+
+impl<'a, C: Codec> Entry<'a, C> {
+    /// The TTL of this value (default: the cache's default TTL). Jitter applies.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// The TTL of a cached "not found" (default: the cache's negative TTL).
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = Some(ttl);
+        self
+    }
+
+    /// Adds a tag.
+    pub fn tag(mut self, tag: &'a str) -> Self {
+        self.tags.push(tag);
+        self
+    }
+
+    /// Adds tags.
+    pub fn tags<I: IntoIterator<Item = &'a str>>(mut self, tags: I) -> Self {
+        self.tags.extend(tags);
+        self
+    }
+
+    fn ttls(&self) -> Result<(Duration, Duration)> {
+        let s = &self.cache.inner.settings;
+        Ok((
+            check_ttl(self.ttl.unwrap_or(s.default_ttl))?,
+            check_ttl(self.negative_ttl.unwrap_or(s.negative_ttl))?,
+        ))
+    }
+
+    /// Writes a value unconditionally. Any fill in flight for this key is voided, so a load
+    /// that started before this write cannot overwrite it.
+    pub async fn set<T: Serialize + ?Sized>(self, value: &T) -> Result<()> {
+        let cache = self.cache;
+        let inner = &cache.inner;
+        let (ttl, _) = self.ttls()?;
+        let k = inner.ns.entry(self.key)?;
+        let stamps = inner.ns.stamps_for(self.key, &self.tags)?;
+        let payload = cache.encode(value)?;
+        cache
+            .call(Op::Set, inner.store.set(&k, &stamps, payload, cache.jittered(ttl)))
+            .await
+            .map_err(Error::Backend)
+    }
+
+    /// Like [`fetch`](Entry::fetch), returning the value only.
+    pub async fn get_or_load<T, E, F, Fut>(self, loader: F) -> Result<Option<T>, LoadError<E>>
+    where
+        T: Serialize + DeserializeOwned + Send,
+        E: Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
+        Ok(self.fetch(loader).await?.value)
+    }
+
+    /// Reads the entry; on a miss runs `loader` (once per key across concurrent callers in
+    /// this process, and once per key across processes while the lease holds), stores its
+    /// outcome unless an invalidation of the key happened since the load began, and returns it
+    /// with its [`Status`]. `Ok(None)` from the loader is cached for the negative TTL.
+    ///
+    /// If the store fails, the loader's value is returned and not stored.
+    pub async fn fetch<T, E, F, Fut>(self, loader: F) -> Result<Fetched<T>, LoadError<E>>
+    where
+        T: Serialize + DeserializeOwned + Send,
+        E: Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
+        let span = debug_span!("aside.fetch", key = self.key);
+        self.fetch_inner(loader).instrument(span).await
+    }
+
+    async fn fetch_inner<T, E, F, Fut>(self, loader: F) -> Result<Fetched<T>, LoadError<E>>
+    where
+        T: Serialize + DeserializeOwned + Send,
+        E: Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
+        let cache = self.cache;
+        let inner = &cache.inner;
+        let m = &inner.metrics;
+        let (ttl, negative_ttl) = self.ttls()?;
+        let k = inner.ns.entry(self.key)?;
+        let stamps = inner.ns.stamps_for(self.key, &self.tags)?;
+
+        if let Ok(Lookup::Hit(p)) = cache.read(&k).await {
+            match cache.decode::<T>(&k, &p).await {
+                Some(d) => {
+                    m.hits.increment(1);
+                    return Ok(hit(d));
+                }
+                None => {} // removed; load below
+            }
+        }
+        m.misses.increment(1);
+
+        let mut loader = Some(loader);
+        for _ in 0..4 {
+            let leader = match inner.flights.join(&k) {
+                Role::Leader(l) => l,
+                Role::Follower(rx) => match flight::wait(rx).await {
+                    Some(Shared::Value(p)) => match cache.decode::<T>(&k, &p).await {
+                        Some(d) => return Ok(loaded(d)),
+                        None => continue,
+                    },
+                    Some(Shared::Absent) => return Ok(loaded(Decoded::Absent)),
+                    Some(Shared::Failed(e)) => match e.downcast::<E>() {
+                        Ok(e) => return Err(LoadError::Loader(e)),
+                        Err(_) => continue,
+                    },
+                    Some(Shared::Unshared) | None => continue,
+                },
+            };
+            let keep = ttl.max(negative_ttl) * 2 + inner.settings.lease;
+            let claim = cache
+                .call(Op::Claim, inner.store.claim(&k, &stamps, inner.settings.lease, keep))
+                .await;
+            let lease = match claim {
+                Ok(Claim::Hit(p)) => match cache.decode::<T>(&k, &p).await {
+                    Some(d) => {
+                        leader.finish(match &d {
+                            Decoded::Value(_) => Shared::Value(p),
+                            Decoded::Absent => Shared::Absent,
+                        });
+                        return Ok(hit(d));
+                    }
+                    None => continue,
+                },
+                Ok(Claim::Pending) => match cache.wait_for_fill(&k).await {
+                    Waited::Filled(p) => match cache.decode::<T>(&k, &p).await {
+                        Some(d) => {
+                            leader.finish(match &d {
+                                Decoded::Value(_) => Shared::Value(p),
+                                Decoded::Absent => Shared::Absent,
+                            });
+                            return Ok(loaded(d));
+                        }
+                        None => continue,
+                    },
+                    Waited::Vacant => continue,
+                    Waited::TimedOut => None,
+                },
+                Ok(Claim::Granted(lease)) => Some(lease),
+                Err(_) => None,
+            };
+            let Some(loader) = loader.take() else { break };
+            return cache.load(leader, &k, lease, ttl, negative_ttl, loader).await;
+        }
+        // Retries exhausted (entries kept turning out undecodable, or leaders kept vanishing):
+        // load without the store.
+        match loader.take() {
+            Some(loader) => run(cache, loader).await.map(|v| Fetched { value: v, status: Status::Miss }),
+            None => Err(LoadError::Cache(Error::Backend(StoreError::Protocol(
+                "load could not be completed".into(),
+            )))),
+        }
+    }
+}
+
+fn hit<T>(d: Decoded<T>) -> Fetched<T> {
+    Fetched {
+        value: match d {
+            Decoded::Value(v) => Some(v),
+            Decoded::Absent => None,
+        },
+        status: Status::Hit,
+    }
+}
+
+fn loaded<T>(d: Decoded<T>) -> Fetched<T> {
+    Fetched {
+        status: Status::Miss,
+        ..hit(d)
+    }
+}
+
+async fn run<C: Codec, T, E, F, Fut>(cache: &Cache<C>, loader: F) -> Result<Option<T>, LoadError<E>>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Option<T>, E>>,
+{
+    let m = &cache.inner.metrics;
+    m.loads.increment(1);
+    let start = Instant::now();
+    let r = loader().await;
+    m.load_seconds.record(start.elapsed().as_secs_f64());
+    r.map_err(|e| {
+        m.load_errors.increment(1);
+        LoadError::Loader(Arc::new(e))
+    })
+}
+
+impl<C: Codec> Cache<C> {
+    async fn load<T, E, F, Fut>(
+        &self,
+        leader: flight::Leader<'_>,
+        k: &EntryKey,
+        lease: Option<Lease>,
+        ttl: Duration,
+        negative_ttl: Duration,
+        loader: F,
+    ) -> Result<Fetched<T>, LoadError<E>>
+    where
+        T: Serialize + DeserializeOwned + Send,
+        E: Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
+        let inner = &self.inner;
+        let value = match run(self, loader).await {
+            Ok(v) => v,
+            Err(LoadError::Loader(e)) => {
+                if let Some(lease) = &lease {
+                    let _ = self.call(Op::Release, inner.store.release(k, lease)).await;
+                }
+                leader.finish(Shared::Failed(e.clone() as Arc<dyn Any + Send + Sync>));
+                return Err(LoadError::Loader(e));
+            }
+            Err(e) => return Err(e),
+        };
+        let (payload, shared, ttl) = match &value {
+            Some(v) => match self.encode(v) {
+                Ok(p) => (Some(p.clone()), Shared::Value(p), ttl),
+                Err(e) => {
+                    warn!(key = %k, error = %e, "loaded value could not be encoded; not cached");
+                    (None, Shared::Unshared, ttl)
+                }
+            },
+            None => (
+                Some(envelope::absent(inner.settings.schema)),
+                Shared::Absent,
+                negative_ttl,
+            ),
+        };
+        if let Some(lease) = &lease {
+            match payload {
+                Some(p) => {
+                    let ttl = self.jittered(ttl);
+                    match self.call(Op::Fill, inner.store.fill(k, lease, p, ttl)).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            inner.metrics.fills_refused.increment(1);
+                            debug!(key = %k, "fill refused: the key was invalidated during the load");
+                        }
+                        Err(_) => {}
+                    }
+                }
+                None => {
+                    let _ = self.call(Op::Release, inner.store.release(k, lease)).await;
+                }
+            }
+        }
+        // Shared after the fill, so callers arriving now find the entry instead of a lease.
+        leader.finish(shared);
+        Ok(Fetched {
+            value,
+            status: Status::Miss,
+        })
+    }
+}

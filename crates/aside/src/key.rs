@@ -1,0 +1,283 @@
+//! Every Redis key the engine touches is built here, and nowhere else.
+//!
+//! Layout of a namespace `ns` (the namespace itself is validated to `[A-Za-z0-9_.-]{1,64}`, so it
+//! can contain neither `:` nor a glob or hash-tag character):
+//!
+//! | key | holds |
+//! | --- | --- |
+//! | `ns:e:<key>` | an entry (or the lease placeholder of the loader filling it) |
+//! | `ns:t:<tag>` | the version of a tag |
+//! | `ns:p:<prefix>` | the version of a key prefix (a prefix ending at a `:` of the user key) |
+//! | `ns:g` | the namespace epoch: bumped when invalidations were lost in an outage |
+//!
+//! User input (keys, tags, prefixes) is percent-encoded: every byte outside `[A-Za-z0-9_.:-]`
+//! becomes `%XX`. The encoding is injective, so two distinct user keys never share a Redis key,
+//! and the result holds no glob (`*?[]\`), hash-tag (`{}`), whitespace or `%`-ambiguity, so user
+//! input can neither form a pattern nor reach another namespace or another kind of key.
+
+use crate::error::Error;
+use std::fmt;
+
+/// Longest user key, tag or prefix accepted, in bytes (before encoding).
+pub const MAX_KEY_LEN: usize = 1024;
+/// Deepest key prefix that `invalidate_prefix` can address: entries are stamped with the
+/// versions of their first `MAX_PREFIX_DEPTH` `:`-terminated prefixes.
+pub const MAX_PREFIX_DEPTH: usize = 4;
+
+/// A validated namespace; the root of every Redis key of one cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace(String);
+
+impl Namespace {
+    /// Validates a namespace: 1 to 64 characters of `[A-Za-z0-9_.-]`.
+    pub fn new(ns: &str) -> Result<Self, Error> {
+        let ok = !ns.is_empty()
+            && ns.len() <= 64
+            && ns
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        if ok {
+            Ok(Self(ns.to_owned()))
+        } else {
+            Err(Error::InvalidNamespace(ns.to_owned()))
+        }
+    }
+
+    /// The namespace as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The key of an entry.
+    pub fn entry(&self, key: &str) -> Result<EntryKey, Error> {
+        check("key", key)?;
+        Ok(EntryKey(self.join('e', key)))
+    }
+
+    /// The version key of a tag.
+    pub fn tag(&self, tag: &str) -> Result<TagKey, Error> {
+        check("tag", tag)?;
+        Ok(TagKey(self.join('t', tag)))
+    }
+
+    /// The version key of a key prefix. A prefix must end with `:` and have at most
+    /// [`MAX_PREFIX_DEPTH`] segments.
+    pub fn prefix(&self, prefix: &str) -> Result<TagKey, Error> {
+        check("prefix", prefix)?;
+        let depth = prefix.bytes().filter(|&b| b == b':').count();
+        if !prefix.ends_with(':') || depth > MAX_PREFIX_DEPTH {
+            return Err(Error::InvalidPrefix(prefix.to_owned()));
+        }
+        Ok(TagKey(self.join('p', prefix)))
+    }
+
+    /// The namespace epoch key.
+    pub fn epoch(&self) -> TagKey {
+        TagKey(format!("{}:g", self.0))
+    }
+
+    /// Every version key an entry under `key` is stamped with: the epoch, the key's
+    /// `:`-terminated prefixes (up to [`MAX_PREFIX_DEPTH`]), then the given tags.
+    pub fn stamps_for<S: AsRef<str>>(&self, key: &str, tags: &[S]) -> Result<Vec<TagKey>, Error> {
+        let mut out = Vec::with_capacity(2 + tags.len());
+        out.push(self.epoch());
+        for (i, _) in key.match_indices(':').take(MAX_PREFIX_DEPTH) {
+            out.push(TagKey(self.join('p', &key[..=i])));
+        }
+        for t in tags {
+            let t = self.tag(t.as_ref())?;
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    fn join(&self, kind: char, user: &str) -> String {
+        let mut s = String::with_capacity(self.0.len() + 3 + user.len());
+        s.push_str(&self.0);
+        s.push(':');
+        s.push(kind);
+        s.push(':');
+        encode_into(user, &mut s);
+        s
+    }
+}
+
+/// The Redis key of one entry. Only [`Namespace`] makes them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntryKey(String);
+
+/// The Redis key of a version counter (a tag, a prefix or the epoch). Only [`Namespace`] makes them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TagKey(String);
+
+impl EntryKey {
+    /// The key as sent to the store.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TagKey {
+    /// The key as sent to the store.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EntryKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for TagKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn check(what: &'static str, s: &str) -> Result<(), Error> {
+    if s.is_empty() || s.len() > MAX_KEY_LEN {
+        return Err(Error::InvalidKey {
+            what,
+            reason: if s.is_empty() { "is empty" } else { "is longer than 1024 bytes" },
+        });
+    }
+    Ok(())
+}
+
+fn safe(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')
+}
+
+/// Percent-encodes every byte outside `[A-Za-z0-9_.:-]`.
+pub fn encode(user: &str) -> String {
+    let mut s = String::with_capacity(user.len());
+    encode_into(user, &mut s);
+    s
+}
+
+fn encode_into(user: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in user.as_bytes() {
+        if safe(b) {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 15) as usize] as char);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ns() -> Namespace {
+        Namespace::new("app").expect("valid")
+    }
+
+    fn decode(s: &str) -> Vec<u8> {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' {
+                let h = std::str::from_utf8(&b[i + 1..i + 3]).expect("hex");
+                out.push(u8::from_str_radix(h, 16).expect("hex"));
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn namespaces_are_validated() {
+        for bad in ["", "a:b", "a*", "a b", "{x}", &"x".repeat(65)] {
+            assert!(Namespace::new(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(Namespace::new("catalog-v2.eu_1").is_ok());
+    }
+
+    #[test]
+    fn layout_is_as_documented() {
+        let ns = ns();
+        assert_eq!(ns.entry("product:p1").unwrap().as_str(), "app:e:product:p1");
+        assert_eq!(ns.tag("category:c1").unwrap().as_str(), "app:t:category:c1");
+        assert_eq!(ns.prefix("products:list:").unwrap().as_str(), "app:p:products:list:");
+        assert_eq!(ns.epoch().as_str(), "app:g");
+        assert_eq!(ns.entry("a*b{c}").unwrap().as_str(), "app:e:a%2Ab%7Bc%7D");
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
+        assert!(ns().entry("").is_err());
+        assert!(ns().entry(&"k".repeat(MAX_KEY_LEN + 1)).is_err());
+        assert!(ns().tag("").is_err());
+        assert!(ns().prefix("products").is_err());
+        assert!(ns().prefix("a:b:c:d:e:").is_err());
+        assert!(ns().prefix("a:b:c:d:").is_ok());
+    }
+
+    #[test]
+    fn stamps_cover_epoch_prefixes_and_tags() {
+        let s = ns().stamps_for("products:list:1:20", &["x", "x", "y"]).unwrap();
+        let s: Vec<_> = s.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            s,
+            [
+                "app:g",
+                "app:p:products:",
+                "app:p:products:list:",
+                "app:p:products:list:1:",
+                "app:t:x",
+                "app:t:y"
+            ]
+        );
+        // A prefix invalidation addresses exactly the stamp an entry under it carries.
+        let p = ns().prefix("products:list:").unwrap();
+        assert!(ns().stamps_for("products:list:9:20", &[] as &[&str]).unwrap().contains(&p));
+        assert!(!ns().stamps_for("productsX:list:9", &[] as &[&str]).unwrap().contains(&p));
+    }
+
+    proptest! {
+        #[test]
+        fn encoding_is_injective_and_reversible(a in ".{0,40}", b in ".{0,40}") {
+            prop_assert_eq!(decode(&encode(&a)), a.as_bytes().to_vec());
+            if a != b {
+                prop_assert_ne!(encode(&a), encode(&b));
+            }
+        }
+
+        #[test]
+        fn user_input_forms_no_pattern_and_stays_in_its_namespace(k in any::<String>()) {
+            prop_assume!(!k.is_empty() && k.len() <= MAX_KEY_LEN);
+            for key in [ns().entry(&k).unwrap().0, ns().tag(&k).unwrap().0] {
+                prop_assert!(key.bytes().all(|b| b.is_ascii_graphic()));
+                prop_assert!(!key.contains(['*', '?', '[', ']', '\\', '{', '}', ' ']));
+                prop_assert!(key.starts_with("app:e:") || key.starts_with("app:t:"));
+            }
+        }
+
+        #[test]
+        fn distinct_inputs_never_share_a_redis_key(
+            n1 in "[a-z]{1,3}", n2 in "[a-z]{1,3}", k1 in ".{1,12}", k2 in ".{1,12}",
+            kind1 in 0..2u8, kind2 in 0..2u8,
+        ) {
+            let key = |n: &str, k: &str, kind: u8| {
+                let ns = Namespace::new(n).unwrap();
+                if kind == 0 { ns.entry(k).unwrap().0 } else { ns.tag(k).unwrap().0 }
+            };
+            if (n1.as_str(), k1.as_str(), kind1) != (n2.as_str(), k2.as_str(), kind2) {
+                prop_assert_ne!(key(&n1, &k1, kind1), key(&n2, &k2, kind2));
+            }
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! `aside`: cache-aside for Rust services, with Redis as the shared cache.
+//!
+//! Put it in front of a slow database: reads go to the cache first and to your loader on a
+//! miss; writes invalidate keys, tags or whole key prefixes. It is built to stay correct under
+//! concurrency and to stay out of the way when Redis misbehaves.
+//!
+//! ```
+//! use std::time::Duration;
+//! # #[derive(serde::Serialize, serde::Deserialize)] struct Product { name: String }
+//! # async fn db_find(_: &str) -> Result<Option<Product>, std::io::Error> { Ok(Some(Product { name: "Lamp".into() })) }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let cache = aside::Cache::builder()            // .redis("redis://127.0.0.1:6379") to share it
+//!     .namespace("shop")
+//!     .build()?;
+//!
+//! // Read through the cache: one loader call per key, however many callers miss at once.
+//! let product: Option<Product> = cache
+//!     .entry("product:p1")
+//!     .ttl(Duration::from_secs(300))
+//!     .tags(["category:c1"])
+//!     .get_or_load(|| db_find("p1"))
+//!     .await?;
+//!
+//! // After a write to the database: invalidate what depends on it.
+//! cache.del(["product:p1"]).await?;
+//! cache.invalidate_prefix("products:list:").await?;
+//! cache.invalidate_tag("category:c1").await?;
+//! # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
+//! ```
+//!
+//! # What it guarantees
+//! | property | how |
+//! | --- | --- |
+//! | typed values, falsy values are hits | serde + a small envelope; `None`, `0`, `""`, `false`, `[]` round-trip |
+//! | every entry expires | default and per-call TTL, with jitter |
+//! | one load per key | in-process single-flight, and a lease in Redis across processes |
+//! | negative caching | a loader's `Ok(None)` is cached for the negative TTL |
+//! | no stale sets | fills are fenced: an invalidation during a load voids its write |
+//! | tags and prefixes | versioned stamps: one `INCR`-like bump, whatever the TTLs; no `KEYS`, no `SCAN` |
+//! | Redis failure is not yours | timeouts, circuit breaker, fall back to the loader, invalidations kept and replayed, lazy connect |
+//! | corrupt or old entries | a miss, removed and counted (`schema_version` for type changes) |
+//! | observability | `metrics` counters and histograms, `tracing` spans |
+//!
+//! # Layout
+//! - [`cache`]: [`Cache`] and [`Entry`], the API; composes the pieces below.
+//! - [`builder`]: [`CacheBuilder`], validated settings.
+//! - [`key`]: every Redis key is made here (namespacing, escaping).
+//! - [`codec`]: [`Codec`](codec::Codec) and the JSON default; `envelope`: format and schema version.
+//! - [`store`]: the [`Store`](store::Store) boundary (bytes, TTLs, leases, version stamps) with
+//!   [`RedisStore`](store::RedisStore) and [`MemoryStore`](store::MemoryStore).
+//! - `flight`: in-process single-flight. `breaker`: circuit breaker. `backlog`: invalidations
+//!   kept during an outage. `metrics`: metric names.
+//! - [`clock`]: injectable time.
+
+pub mod builder;
+pub mod cache;
+pub mod clock;
+pub mod codec;
+pub mod error;
+pub mod key;
+pub mod store;
+
+mod backlog;
+mod breaker;
+mod envelope;
+mod flight;
+mod metrics;
+
+pub use builder::CacheBuilder;
+pub use cache::{Cache, Entry, Fetched, Health, Invalidation, Status};
+pub use error::{BuildError, Error, LoadError, Result, StoreError};
+pub use store::Kind;

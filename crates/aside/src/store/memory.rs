@@ -1,0 +1,260 @@
+//! The in-process store on moka: the same semantics as the Redis store, for one process.
+//!
+//! Entries live in a bounded `moka::sync::Cache` (least-recently-used eviction beyond the
+//! capacity, per-entry expiry); versions in a second one. Every version, whether created or
+//! bumped, is drawn from one counter, so a version key that was evicted and created again
+//! never repeats a version an entry could carry. Expiry is judged by the injected
+//! [`Clock`], so tests move time instead of sleeping; moka's own timer only frees memory.
+//!
+//! Compare-and-set steps (claim, fill, release) run under moka's per-key lock
+//! (`and_compute_with`), the in-process counterpart of a Lua script.
+
+use super::{Claim, Kind, Lease, Lookup, Store};
+use crate::clock::{Clock, SystemClock};
+use crate::error::StoreError;
+use crate::key::{EntryKey, TagKey};
+use async_trait::async_trait;
+use bytes::Bytes;
+use moka::ops::compute::Op;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+enum Slot {
+    Entry {
+        stamps: Vec<(TagKey, i64)>,
+        payload: Bytes,
+        expires: Duration,
+        ttl: Duration,
+    },
+    Lease {
+        token: u64,
+        expires: Duration,
+        ttl: Duration,
+    },
+}
+
+impl Slot {
+    fn expires(&self) -> Duration {
+        match self {
+            Slot::Entry { expires, .. } | Slot::Lease { expires, .. } => *expires,
+        }
+    }
+    fn ttl(&self) -> Duration {
+        match self {
+            Slot::Entry { ttl, .. } | Slot::Lease { ttl, .. } => *ttl,
+        }
+    }
+}
+
+struct ByTtl;
+
+impl moka::Expiry<EntryKey, Arc<Slot>> for ByTtl {
+    fn expire_after_create(&self, _: &EntryKey, v: &Arc<Slot>, _: Instant) -> Option<Duration> {
+        Some(v.ttl())
+    }
+    fn expire_after_update(
+        &self,
+        _: &EntryKey,
+        v: &Arc<Slot>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.ttl())
+    }
+}
+
+/// A [`Store`] in this process's memory.
+#[derive(Clone, Debug)]
+pub struct MemoryStore {
+    entries: moka::sync::Cache<EntryKey, Arc<Slot>>,
+    versions: moka::sync::Cache<TagKey, i64>,
+    clock: Arc<dyn Clock>,
+    next_version: Arc<AtomicI64>,
+    tokens: Arc<AtomicU64>,
+}
+
+impl MemoryStore {
+    /// A store holding at most `capacity` entries, on the system clock.
+    pub fn new(capacity: u64) -> Self {
+        Self::with_clock(capacity, Arc::new(SystemClock::default()))
+    }
+
+    /// A store on the given clock (a [`MockClock`](crate::clock::MockClock) in tests).
+    pub fn with_clock(capacity: u64, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(ByTtl)
+                .build(),
+            versions: moka::sync::Cache::builder()
+                .max_capacity(capacity.max(1024))
+                .build(),
+            clock,
+            next_version: Arc::new(AtomicI64::new(1)),
+            tokens: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// Entries held now (approximate; pending evictions may still count).
+    pub fn entry_count(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+
+    fn fresh_version(&self) -> i64 {
+        self.next_version.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn version(&self, k: &TagKey) -> i64 {
+        self.versions.get_with_by_ref(k, || self.fresh_version())
+    }
+
+    fn current(&self, stamps: &[(TagKey, i64)]) -> bool {
+        stamps.iter().all(|(k, v)| self.versions.get(k) == Some(*v))
+    }
+
+    /// The payload of a slot if it is a live, valid entry; `Err(true)` for a live lease.
+    fn judge(&self, slot: &Slot, now: Duration) -> Result<Bytes, bool> {
+        if slot.expires() <= now {
+            return Err(false);
+        }
+        match slot {
+            Slot::Lease { .. } => Err(true),
+            Slot::Entry { stamps, payload, .. } if self.current(stamps) => Ok(payload.clone()),
+            Slot::Entry { .. } => Err(false),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn kind(&self) -> Kind {
+        Kind::Memory
+    }
+
+    async fn get(&self, key: &EntryKey) -> Result<Lookup, StoreError> {
+        let Some(slot) = self.entries.get(key) else {
+            return Ok(Lookup::Miss);
+        };
+        Ok(match self.judge(&slot, self.clock.now()) {
+            Ok(p) => Lookup::Hit(p),
+            Err(true) => Lookup::Pending,
+            Err(false) => Lookup::Miss,
+        })
+    }
+
+    async fn claim(
+        &self,
+        key: &EntryKey,
+        stamps: &[TagKey],
+        lease: Duration,
+        _keep: Duration,
+    ) -> Result<Claim, StoreError> {
+        let now = self.clock.now();
+        let token = self.tokens.fetch_add(1, Ordering::Relaxed);
+        let mut out = None;
+        self.entries.entry_by_ref(key).and_compute_with(|cur| {
+            if let Some(cur) = cur {
+                match self.judge(cur.value(), now) {
+                    Ok(p) => {
+                        out = Some(Claim::Hit(p));
+                        return Op::Nop;
+                    }
+                    Err(true) => {
+                        out = Some(Claim::Pending);
+                        return Op::Nop;
+                    }
+                    Err(false) => {}
+                }
+            }
+            let stamps = stamps.iter().map(|k| (k.clone(), self.version(k))).collect();
+            out = Some(Claim::Granted(Lease { token, stamps }));
+            Op::Put(Arc::new(Slot::Lease {
+                token,
+                expires: now + lease,
+                ttl: lease,
+            }))
+        });
+        out.ok_or_else(|| StoreError::Protocol("claim: no outcome".into()))
+    }
+
+    async fn fill(
+        &self,
+        key: &EntryKey,
+        lease: &Lease,
+        payload: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = self.clock.now();
+        let mut written = false;
+        self.entries.entry_by_ref(key).and_compute_with(|cur| {
+            let held = matches!(cur.as_ref().map(|c| &**c.value()),
+                Some(Slot::Lease { token, expires, .. }) if *token == lease.token && *expires > now);
+            if !held {
+                return Op::Nop;
+            }
+            if !self.current(&lease.stamps) {
+                return Op::Remove;
+            }
+            written = true;
+            Op::Put(Arc::new(Slot::Entry {
+                stamps: lease.stamps.clone(),
+                payload,
+                expires: now + ttl,
+                ttl,
+            }))
+        });
+        Ok(written)
+    }
+
+    async fn release(&self, key: &EntryKey, lease: &Lease) -> Result<(), StoreError> {
+        self.entries.entry_by_ref(key).and_compute_with(|cur| {
+            match cur.as_ref().map(|c| &**c.value()) {
+                Some(Slot::Lease { token, .. }) if *token == lease.token => Op::Remove,
+                _ => Op::Nop,
+            }
+        });
+        Ok(())
+    }
+
+    async fn set(
+        &self,
+        key: &EntryKey,
+        stamps: &[TagKey],
+        payload: Bytes,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let stamps = stamps.iter().map(|k| (k.clone(), self.version(k))).collect();
+        let slot = Slot::Entry {
+            stamps,
+            payload,
+            expires: self.clock.now() + ttl,
+            ttl,
+        };
+        self.entries.insert(key.clone(), Arc::new(slot));
+        Ok(())
+    }
+
+    async fn delete(&self, keys: &[EntryKey]) -> Result<(), StoreError> {
+        for k in keys {
+            self.entries.invalidate(k);
+        }
+        Ok(())
+    }
+
+    async fn bump(&self, stamps: &[TagKey]) -> Result<(), StoreError> {
+        for k in stamps {
+            self.versions.entry_by_ref(k).and_compute_with(|cur| match cur {
+                Some(_) => Op::Put(self.fresh_version()),
+                None => Op::Nop,
+            });
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

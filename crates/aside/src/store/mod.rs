@@ -1,0 +1,123 @@
+//! The store boundary: bytes, TTLs, leases and version stamps. Nothing typed crosses it.
+//!
+//! A store keeps entries under [`EntryKey`]s and integer versions under [`TagKey`]s. An entry
+//! is written together with the versions of its stamp keys (the namespace epoch, its key
+//! prefixes and its tags) *as they were read before its value was loaded*; it is valid only
+//! while every one of those versions is unchanged. Invalidating a tag, a prefix or the whole
+//! namespace is therefore one version bump, whatever the number or the TTLs of the entries.
+//!
+//! A missing version key never matches a stamp, so a version key that expired or was evicted
+//! invalidates its entries instead of resurrecting them. Version keys are created on first use
+//! with a fresh value (not 0) and kept alive at least as long as the entries stamped with them.
+//!
+//! Fills are fenced: [`Store::claim`] puts a lease placeholder in the entry's place and hands
+//! out a token; [`Store::fill`] writes only while that placeholder is still there and every
+//! stamp still current. Any delete of the key, or a bump of one of its stamps, voids the lease.
+//!
+//! Every implementation must behave the same; `tests/behaviour.rs` runs one suite against each.
+
+use crate::error::StoreError;
+use crate::key::{EntryKey, TagKey};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::time::Duration;
+
+pub mod memory;
+pub mod redis;
+
+pub use memory::MemoryStore;
+pub use redis::{RedisConfig, RedisStore};
+
+/// The outcome of a read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// A valid entry: its payload (the engine's envelope).
+    Hit(Bytes),
+    /// Nothing valid is stored.
+    Miss,
+    /// Nothing is stored yet, and a loader holds the lease to fill it.
+    Pending,
+}
+
+/// The outcome of [`Store::claim`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// A valid entry was there after all.
+    Hit(Bytes),
+    /// Another loader holds the lease.
+    Pending,
+    /// The caller holds the lease and should load, then [`Store::fill`].
+    Granted(Lease),
+}
+
+/// A lease to fill one entry: the token in the placeholder and the stamp versions read when it
+/// was granted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The token written in the placeholder.
+    pub token: u64,
+    /// The stamp keys and their versions when the lease was granted.
+    pub stamps: Vec<(TagKey, i64)>,
+}
+
+/// What a store reports about itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// In this process only.
+    Memory,
+    /// Shared through Redis.
+    Redis,
+}
+
+/// A cache backend. Implementations only move bytes; keys are made by [`crate::key`] and
+/// values by the codec, so a store never sees user input unescaped.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Which kind of store this is.
+    fn kind(&self) -> Kind;
+
+    /// Reads an entry, checking its stamps.
+    async fn get(&self, key: &EntryKey) -> Result<Lookup, StoreError>;
+
+    /// On a miss: returns the entry if one became valid meanwhile, `Pending` if another loader
+    /// holds the lease, or grants a lease of `lease` duration and returns the current versions
+    /// of `stamps` (creating the missing ones and keeping each alive for at least `keep`).
+    async fn claim(
+        &self,
+        key: &EntryKey,
+        stamps: &[TagKey],
+        lease: Duration,
+        keep: Duration,
+    ) -> Result<Claim, StoreError>;
+
+    /// Writes `payload` for `ttl` if the lease is still held and its stamps still current.
+    /// Returns whether it was written.
+    async fn fill(
+        &self,
+        key: &EntryKey,
+        lease: &Lease,
+        payload: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives a lease back without filling (the loader failed), if it is still held.
+    async fn release(&self, key: &EntryKey, lease: &Lease) -> Result<(), StoreError>;
+
+    /// Writes `payload` for `ttl` unconditionally, stamped with the current versions of `stamps`.
+    async fn set(
+        &self,
+        key: &EntryKey,
+        stamps: &[TagKey],
+        payload: Bytes,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes entries (and voids their leases).
+    async fn delete(&self, keys: &[EntryKey]) -> Result<(), StoreError>;
+
+    /// Bumps versions: every entry stamped with one of them becomes invalid.
+    async fn bump(&self, stamps: &[TagKey]) -> Result<(), StoreError>;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,427 @@
+//! The Redis store: redis-rs `ConnectionManager` and a handful of Lua scripts.
+//!
+//! An entry is stored as one string: a stamp line, then the engine's payload:
+//!
+//! ```text
+//! 3 app:g 1764150000123456 app:p:product: 1764150000123457 app:t:category:c1 1764150000123460
+//! 1 0 v
+//! {"id":"p1","name":"Product 1",...}
+//! ```
+//!
+//! The stamp line lists the version keys the entry depends on and the versions they had; a
+//! read returns the payload only while each of those keys still holds that version (one Lua
+//! call, one round trip). A lease placeholder is the string `L <token>`.
+//!
+//! Version keys hold decimal integers. They are created with the server's time in
+//! microseconds and bumped to `max(current + 1, now)`, so a version key that expired and was
+//! created again never repeats an old version.
+//!
+//! Every call is bounded by the command timeout, whatever the state of the TCP connection
+//! (a paused server never answers; the timeout decides). The connection is made lazily: a
+//! store can be built while Redis is down, and reconnects by itself.
+
+use super::{Claim, Kind, Lease, Lookup, Store};
+use crate::error::StoreError;
+use crate::key::{EntryKey, TagKey};
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::ConnectionManager;
+use redis::{Client, Script, Value};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// How to reach Redis.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+    pub url: String,
+    /// Upper bound of every command, from sending to reply (default 250 ms).
+    pub command_timeout: Duration,
+    /// Upper bound of one connection attempt (default 1 s).
+    pub connect_timeout: Duration,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact(&self.url))
+            .field("command_timeout", &self.command_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl RedisConfig {
+    /// A configuration with the default timeouts.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            command_timeout: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Hides the password of a connection URL: `redis://user:***@host:6379`.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let cred = &url[s + 3..at];
+            let user = cred.split(':').next().unwrap_or("");
+            format!("{}://{}:***@{}", &url[..s], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+const CHECK: &str = r#"
+local function check(v)
+  local nl = string.find(v, '\n', 1, true)
+  if not nl then return nil end
+  local i = string.find(v, ' ', 1, true)
+  if not i or i > nl then return nil end
+  while true do
+    local j = string.find(v, ' ', i + 1, true)
+    if not j or j > nl then return nil end
+    local e = string.find(v, ' ', j + 1, true)
+    if not e or e > nl then e = nl end
+    if redis.call('GET', string.sub(v, i + 1, j - 1)) ~= string.sub(v, j + 1, e - 1) then
+      return nil
+    end
+    if e == nl then break end
+    i = e
+  end
+  return string.sub(v, nl + 1)
+end
+local function version(k, keep)
+  local v = redis.call('GET', k)
+  if not v then
+    local t = redis.call('TIME')
+    v = t[1] .. string.sub('000000' .. t[2], -6)
+    redis.call('SET', k, v, 'PX', keep)
+  else
+    local pt = redis.call('PTTL', k)
+    if pt >= 0 and pt < tonumber(keep) then redis.call('PEXPIRE', k, keep) end
+  end
+  return v
+end
+"#;
+
+const GET: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+if string.byte(v, 1) == 76 then return 2 end
+local p = check(v)
+if p then return p end
+return 0
+"#;
+
+const CLAIM: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v then
+  if string.byte(v, 1) == 76 then return 2 end
+  local p = check(v)
+  if p then return p end
+end
+redis.call('SET', KEYS[1], 'L ' .. ARGV[1], 'PX', ARGV[2])
+local out = {}
+for i = 2, #KEYS do out[#out + 1] = version(KEYS[i], ARGV[3]) end
+return out
+"#;
+
+const FILL: &str = r#"
+if redis.call('GET', KEYS[1]) ~= 'L ' .. ARGV[1] then return 0 end
+for i = 2, #KEYS do
+  if redis.call('GET', KEYS[i]) ~= ARGV[i + 2] then
+    redis.call('DEL', KEYS[1])
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2])
+return 1
+"#;
+
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == 'L ' .. ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"#;
+
+const SET: &str = r#"
+local h = { tostring(#KEYS - 1) }
+for i = 2, #KEYS do
+  h[#h + 1] = KEYS[i]
+  h[#h + 1] = version(KEYS[i], ARGV[2])
+end
+redis.call('SET', KEYS[1], table.concat(h, ' ') .. '\n' .. ARGV[3], 'PX', ARGV[1])
+return 1
+"#;
+
+const BUMP: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1] .. string.sub('000000' .. t[2], -6))
+for i = 1, #KEYS do
+  local v = redis.call('GET', KEYS[i])
+  if v then
+    local n = tonumber(v)
+    if n == nil or n + 1 < now then
+      redis.call('SET', KEYS[i], string.format('%.0f', now), 'KEEPTTL')
+    else
+      redis.call('INCR', KEYS[i])
+    end
+  end
+end
+return 1
+"#;
+
+struct Scripts {
+    get: Script,
+    claim: Script,
+    fill: Script,
+    release: Script,
+    set: Script,
+    bump: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let with_check = |body: &str| Script::new(&format!("{CHECK}{body}"));
+        Self {
+            get: with_check(GET),
+            claim: with_check(CLAIM),
+            fill: Script::new(FILL),
+            release: Script::new(RELEASE),
+            set: with_check(SET),
+            bump: Script::new(BUMP),
+        }
+    }
+}
+
+/// A [`Store`] on a standalone Redis server (TLS and ACL users through the URL).
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    scripts: Arc<Scripts>,
+    timeout: Duration,
+    tokens: Arc<AtomicU64>,
+    url: String,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// Builds the store without connecting: the first command connects. Must be called
+    /// inside a Tokio runtime. Fails only if the URL cannot be parsed.
+    pub fn new(config: &RedisConfig) -> Result<Self, crate::error::BuildError> {
+        let client = Client::open(config.url.as_str())
+            .map_err(|e| crate::error::BuildError::RedisUrl(e.to_string().replace(&config.url, &redact(&config.url))))?;
+        let mgr = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.command_timeout))
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, mgr)
+            .map_err(|e| crate::error::BuildError::RedisUrl(e.to_string()))?;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        Ok(Self {
+            conn,
+            scripts: Arc::new(Scripts::new()),
+            timeout: config.command_timeout,
+            tokens: Arc::new(AtomicU64::new(seed ^ u64::from(std::process::id()) << 32)),
+            url: redact(&config.url),
+        })
+    }
+
+    async fn bounded<T>(
+        &self,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if e.is_timeout() => Err(StoreError::Timeout(self.timeout)),
+            Ok(Err(e)) => Err(StoreError::Backend(Arc::new(e))),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
+fn payload_or(v: Value, what: &str) -> Result<Option<Lookup>, StoreError> {
+    match v {
+        Value::BulkString(b) => Ok(Some(Lookup::Hit(Bytes::from(b)))),
+        Value::Int(0) => Ok(Some(Lookup::Miss)),
+        Value::Int(2) => Ok(Some(Lookup::Pending)),
+        Value::Array(_) => Ok(None),
+        other => Err(StoreError::Protocol(format!("{what}: {other:?}"))),
+    }
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::Int(i) => Some(*i),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn kind(&self) -> Kind {
+        Kind::Redis
+    }
+
+    async fn get(&self, key: &EntryKey) -> Result<Lookup, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.get.key(key.as_str());
+        let v: Value = self.bounded(inv.invoke_async(&mut conn)).await?;
+        payload_or(v, "get")?.ok_or_else(|| StoreError::Protocol("get: array".into()))
+    }
+
+    async fn claim(
+        &self,
+        key: &EntryKey,
+        stamps: &[TagKey],
+        lease: Duration,
+        keep: Duration,
+    ) -> Result<Claim, StoreError> {
+        let token = self.tokens.fetch_add(1, Ordering::Relaxed);
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.claim.key(key.as_str());
+        for s in stamps {
+            inv.key(s.as_str());
+        }
+        inv.arg(token).arg(ms(lease)).arg(ms(keep));
+        let v: Value = self.bounded(inv.invoke_async(&mut conn)).await?;
+        if let Value::Array(vers) = &v {
+            if vers.len() != stamps.len() {
+                return Err(StoreError::Protocol("claim: stamp count".into()));
+            }
+            let stamps = stamps
+                .iter()
+                .zip(vers)
+                .map(|(k, v)| int(v).map(|v| (k.clone(), v)))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| StoreError::Protocol("claim: version".into()))?;
+            return Ok(Claim::Granted(Lease { token, stamps }));
+        }
+        match payload_or(v, "claim")? {
+            Some(Lookup::Hit(b)) => Ok(Claim::Hit(b)),
+            Some(Lookup::Pending) => Ok(Claim::Pending),
+            _ => Err(StoreError::Protocol("claim: miss".into())),
+        }
+    }
+
+    async fn fill(
+        &self,
+        key: &EntryKey,
+        lease: &Lease,
+        payload: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut record = Vec::with_capacity(payload.len() + 32 * (lease.stamps.len() + 1));
+        record.extend_from_slice(lease.stamps.len().to_string().as_bytes());
+        for (k, v) in &lease.stamps {
+            record.push(b' ');
+            record.extend_from_slice(k.as_str().as_bytes());
+            record.push(b' ');
+            record.extend_from_slice(v.to_string().as_bytes());
+        }
+        record.push(b'\n');
+        record.extend_from_slice(&payload);
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.fill.key(key.as_str());
+        for (k, _) in &lease.stamps {
+            inv.key(k.as_str());
+        }
+        inv.arg(lease.token).arg(ms(ttl)).arg(record);
+        for (_, v) in &lease.stamps {
+            inv.arg(v.to_string());
+        }
+        let n: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(n == 1)
+    }
+
+    async fn release(&self, key: &EntryKey, lease: &Lease) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.release.key(key.as_str());
+        inv.arg(lease.token);
+        let _: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn set(
+        &self,
+        key: &EntryKey,
+        stamps: &[TagKey],
+        payload: Bytes,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.set.key(key.as_str());
+        for s in stamps {
+            inv.key(s.as_str());
+        }
+        // Version keys outlive the entry by a margin, so the entry never outlives its stamps.
+        inv.arg(ms(ttl)).arg(ms(ttl * 2)).arg(payload.as_ref());
+        let _: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn delete(&self, keys: &[EntryKey]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("DEL");
+        for k in keys {
+            cmd.arg(k.as_str());
+        }
+        let _: i64 = self.bounded(cmd.query_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn bump(&self, stamps: &[TagKey]) -> Result<(), StoreError> {
+        if stamps.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.bump.prepare_invoke();
+        for s in stamps {
+            inv.key(s.as_str());
+        }
+        let _: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = self.bounded(redis::cmd("PING").query_async(&mut conn)).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("redis://u:secret@h:6379/0"), "redis://u:***@h:6379/0");
+        assert_eq!(redact("rediss://:secret@h"), "rediss://:***@h");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+    }
+}

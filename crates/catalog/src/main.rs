@@ -1,0 +1,2 @@
+//! The catalog service.
+fn main() {}
