@@ -56,6 +56,7 @@ impl Backlog {
         self.len.load(Ordering::Relaxed)
     }
 
+    #[cfg(test)]
     pub(crate) fn overflowed(&self) -> bool {
         self.lock().overflowed
     }
@@ -126,8 +127,8 @@ mod tests {
         let b = Backlog::new(10);
         let k = ns().entry("a").unwrap();
         let t = ns().tag("x").unwrap();
-        b.push(&[k.clone(), k.clone()], &[t.clone()]);
-        b.push(&[k.clone()], &[]);
+        b.push(&[k.clone(), k.clone()], std::slice::from_ref(&t));
+        b.push(std::slice::from_ref(&k), &[]);
         assert!(!b.is_empty());
         assert_eq!(b.len(), 2);
         let batch = b.take();

@@ -32,7 +32,7 @@ impl Breaker {
     }
 
     fn now(&self) -> u64 {
-        (self.clock.now().as_nanos() as u64).max(1)
+        self.clock.now().as_nanos() as u64
     }
 
     /// Whether a call may go to the store now.
@@ -45,7 +45,12 @@ impl Breaker {
         now >= until
             && self
                 .open_until
-                .compare_exchange(until, now + self.cooldown.as_nanos() as u64, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(
+                    until,
+                    self.reopen_at(now),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
                 .is_ok()
     }
 
@@ -62,8 +67,12 @@ impl Breaker {
         let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if n >= self.threshold || self.is_open() {
             self.open_until
-                .store(self.now() + self.cooldown.as_nanos() as u64, Ordering::Release);
+                .store(self.reopen_at(self.now()), Ordering::Release);
         }
+    }
+
+    fn reopen_at(&self, now: u64) -> u64 {
+        (now + self.cooldown.as_nanos() as u64).max(1)
     }
 
     pub(crate) fn is_open(&self) -> bool {

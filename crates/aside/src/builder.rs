@@ -206,7 +206,10 @@ impl<C: Codec> CacheBuilder<C> {
         };
         let ns = Namespace::new(&self.namespace).map_err(BuildError::Namespace)?;
         let year = Duration::from_secs(365 * 24 * 3600);
-        for (name, d) in [("default_ttl", self.default_ttl), ("negative_ttl", self.negative_ttl)] {
+        for (name, d) in [
+            ("default_ttl", self.default_ttl),
+            ("negative_ttl", self.negative_ttl),
+        ] {
             if d < Duration::from_millis(1) || d > year {
                 return Err(invalid(name, "must be between 1 ms and 365 days"));
             }

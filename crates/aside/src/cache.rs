@@ -356,7 +356,8 @@ impl<C: Codec> Cache<C> {
         let store = &self.inner.store;
         let r = async {
             if batch.overflowed {
-                self.call(Op::Bump, store.bump(&[self.inner.ns.epoch()])).await
+                self.call(Op::Bump, store.bump(&[self.inner.ns.epoch()]))
+                    .await
             } else {
                 let keys: Vec<_> = batch.keys.iter().cloned().collect();
                 let stamps: Vec<_> = batch.stamps.iter().cloned().collect();
@@ -367,12 +368,18 @@ impl<C: Codec> Cache<C> {
         .await;
         match r {
             Ok(()) => {
-                debug!(overflowed = batch.overflowed, "pending invalidations applied");
+                debug!(
+                    overflowed = batch.overflowed,
+                    "pending invalidations applied"
+                );
                 self.inner.backlog.settle();
             }
             Err(_) => self.inner.backlog.restore(batch),
         }
-        self.inner.metrics.pending.set(self.inner.backlog.len() as f64);
+        self.inner
+            .metrics
+            .pending
+            .set(self.inner.backlog.len() as f64);
         if self.inner.backlog.is_empty() {
             Ok(())
         } else {
@@ -407,7 +414,10 @@ impl<C: Codec> Cache<C> {
             Err(_) => {
                 self.inner.backlog.push(keys, stamps);
                 self.inner.metrics.queued.increment(1);
-                self.inner.metrics.pending.set(self.inner.backlog.len() as f64);
+                self.inner
+                    .metrics
+                    .pending
+                    .set(self.inner.backlog.len() as f64);
                 // Try right away: a store that answers again gets the whole backlog now.
                 match self.ready().await {
                     Ok(()) => Invalidation::Applied,
@@ -417,7 +427,11 @@ impl<C: Codec> Cache<C> {
         }
     }
 
-    async fn decode<T: DeserializeOwned>(&self, k: &EntryKey, payload: &[u8]) -> Option<Decoded<T>> {
+    async fn decode<T: DeserializeOwned>(
+        &self,
+        k: &EntryKey,
+        payload: &[u8],
+    ) -> Option<Decoded<T>> {
         let why = match envelope::open(payload, self.inner.settings.schema) {
             Ok(Body::Absent) => return Some(Decoded::Absent),
             Ok(Body::Value(b)) => match self.inner.codec.decode::<T>(b) {
@@ -429,13 +443,18 @@ impl<C: Codec> Cache<C> {
         };
         self.inner.metrics.corrupt.increment(1);
         warn!(key = %k, reason = %why, "undecodable cache entry removed");
-        let _ = self.call(Op::Delete, self.inner.store.delete(std::slice::from_ref(k))).await;
+        let _ = self
+            .call(Op::Delete, self.inner.store.delete(std::slice::from_ref(k)))
+            .await;
         None
     }
 
     fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Bytes> {
         let mut out = envelope::value_header(self.inner.settings.schema);
-        self.inner.codec.encode(value, &mut out).map_err(Error::Encode)?;
+        self.inner
+            .codec
+            .encode(value, &mut out)
+            .map_err(Error::Encode)?;
         Ok(Bytes::from(out))
     }
 
@@ -530,7 +549,10 @@ impl<'a, C: Codec> Entry<'a, C> {
         let stamps = inner.ns.stamps_for(self.key, &self.tags)?;
         let payload = cache.encode(value)?;
         cache
-            .call(Op::Set, inner.store.set(&k, &stamps, payload, cache.jittered(ttl)))
+            .call(
+                Op::Set,
+                inner.store.set(&k, &stamps, payload, cache.jittered(ttl)),
+            )
             .await
             .map_err(Error::Backend)
     }
@@ -578,12 +600,10 @@ impl<'a, C: Codec> Entry<'a, C> {
         let stamps = inner.ns.stamps_for(self.key, &self.tags)?;
 
         if let Ok(Lookup::Hit(p)) = cache.read(&k).await {
-            match cache.decode::<T>(&k, &p).await {
-                Some(d) => {
-                    m.hits.increment(1);
-                    return Ok(hit(d));
-                }
-                None => {} // removed; load below
+            // An undecodable entry was removed by decode: load below.
+            if let Some(d) = cache.decode::<T>(&k, &p).await {
+                m.hits.increment(1);
+                return Ok(hit(d));
             }
         }
         m.misses.increment(1);
@@ -607,7 +627,10 @@ impl<'a, C: Codec> Entry<'a, C> {
             };
             let keep = ttl.max(negative_ttl) * 2 + inner.settings.lease;
             let claim = cache
-                .call(Op::Claim, inner.store.claim(&k, &stamps, inner.settings.lease, keep))
+                .call(
+                    Op::Claim,
+                    inner.store.claim(&k, &stamps, inner.settings.lease, keep),
+                )
                 .await;
             let lease = match claim {
                 Ok(Claim::Hit(p)) => match cache.decode::<T>(&k, &p).await {
@@ -638,12 +661,17 @@ impl<'a, C: Codec> Entry<'a, C> {
                 Err(_) => None,
             };
             let Some(loader) = loader.take() else { break };
-            return cache.load(leader, &k, lease, ttl, negative_ttl, loader).await;
+            return cache
+                .load(leader, &k, lease, ttl, negative_ttl, loader)
+                .await;
         }
         // Retries exhausted (entries kept turning out undecodable, or leaders kept vanishing):
         // load without the store.
         match loader.take() {
-            Some(loader) => run(cache, loader).await.map(|v| Fetched { value: v, status: Status::Miss }),
+            Some(loader) => run(cache, loader).await.map(|v| Fetched {
+                value: v,
+                status: Status::Miss,
+            }),
             None => Err(LoadError::Cache(Error::Backend(StoreError::Protocol(
                 "load could not be completed".into(),
             )))),
@@ -730,7 +758,10 @@ impl<C: Codec> Cache<C> {
             match payload {
                 Some(p) => {
                     let ttl = self.jittered(ttl);
-                    match self.call(Op::Fill, inner.store.fill(k, lease, p, ttl)).await {
+                    match self
+                        .call(Op::Fill, inner.store.fill(k, lease, p, ttl))
+                        .await
+                    {
                         Ok(true) => {}
                         Ok(false) => {
                             inner.metrics.fills_refused.increment(1);

@@ -20,7 +20,8 @@ pub trait Codec: Send + Sync + 'static {
     /// A short name, used in errors and metrics.
     fn name(&self) -> &'static str;
     /// Appends the encoding of `value` to `out`.
-    fn encode<T: Serialize + ?Sized>(&self, value: &T, out: &mut Vec<u8>) -> Result<(), CodecError>;
+    fn encode<T: Serialize + ?Sized>(&self, value: &T, out: &mut Vec<u8>)
+    -> Result<(), CodecError>;
     /// Decodes a value.
     fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError>;
 }
@@ -43,7 +44,11 @@ impl Codec for Json {
         "json"
     }
 
-    fn encode<T: Serialize + ?Sized>(&self, value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    fn encode<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
         serde_json::to_writer(out, value).map_err(|e| CodecError {
             codec: "json",
             source: Box::new(e),

@@ -48,7 +48,8 @@ pub fn open(bytes: &[u8], schema: u32) -> Result<Body<'_>, Refused> {
         .ok_or(Refused::Corrupt)?;
     let head = std::str::from_utf8(&bytes[..nl]).map_err(|_| Refused::Corrupt)?;
     let mut parts = head.split(' ');
-    let (Some("1"), Some(s), Some(kind), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some("1"), Some(s), Some(kind), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(Refused::Corrupt);
     };
@@ -81,8 +82,21 @@ mod tests {
     #[test]
     fn other_schemas_and_garbage_are_refused() {
         assert_eq!(open(&absent(2), 3), Err(Refused::Schema(2)));
-        for bad in [&b""[..], b"{\"a\":1}", b"2 0 v\n1", b"1 x v\n", b"1 0 q\n", b"1 0 n\nx", b"1 0\n"] {
-            assert_eq!(open(bad, 0), Err(Refused::Corrupt), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"{\"a\":1}",
+            b"2 0 v\n1",
+            b"1 x v\n",
+            b"1 0 q\n",
+            b"1 0 n\nx",
+            b"1 0\n",
+        ] {
+            assert_eq!(
+                open(bad, 0),
+                Err(Refused::Corrupt),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

@@ -94,7 +94,10 @@ impl Leader<'_> {
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
         let mut calls = self.flights.calls.lock().unwrap_or_else(|p| p.into_inner());
-        if calls.get(&self.key).is_some_and(|c| Arc::ptr_eq(c, &self.call)) {
+        if calls
+            .get(&self.key)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.call))
+        {
             calls.remove(&self.key);
         }
     }
@@ -120,9 +123,16 @@ mod tests {
     #[tokio::test]
     async fn followers_get_the_leaders_outcome() {
         let f = Flights::default();
-        let Role::Leader(leader) = f.join(&key("a")) else { panic!("first caller leads") };
-        let Role::Follower(rx) = f.join(&key("a")) else { panic!("second caller follows") };
-        assert!(matches!(f.join(&key("b")), Role::Leader(_)), "other keys fly alone");
+        let Role::Leader(leader) = f.join(&key("a")) else {
+            panic!("first caller leads")
+        };
+        let Role::Follower(rx) = f.join(&key("a")) else {
+            panic!("second caller follows")
+        };
+        assert!(
+            matches!(f.join(&key("b")), Role::Leader(_)),
+            "other keys fly alone"
+        );
         leader.finish(Shared::Value(Bytes::from_static(b"v")));
         assert!(matches!(wait(rx).await, Some(Shared::Value(b)) if &b[..] == b"v"));
         assert_eq!(f.len(), 0);
@@ -132,7 +142,9 @@ mod tests {
     async fn a_dropped_leader_releases_its_followers() {
         let f = Flights::default();
         let leader = f.join(&key("a"));
-        let Role::Follower(rx) = f.join(&key("a")) else { panic!() };
+        let Role::Follower(rx) = f.join(&key("a")) else {
+            panic!()
+        };
         drop(leader);
         assert!(wait(rx).await.is_none());
         assert!(matches!(f.join(&key("a")), Role::Leader(_)));
@@ -143,10 +155,16 @@ mod tests {
         let f = Flights::default();
         let _old = f.join(&key("a"));
         f.invalidated();
-        let Role::Leader(new) = f.join(&key("a")) else { panic!("must not join a flight from before the invalidation") };
+        let Role::Leader(new) = f.join(&key("a")) else {
+            panic!("must not join a flight from before the invalidation")
+        };
         assert!(matches!(f.join(&key("a")), Role::Follower(_)));
         drop(_old);
-        assert_eq!(f.len(), 1, "the old leader does not unregister the new flight");
+        assert_eq!(
+            f.len(),
+            1,
+            "the old leader does not unregister the new flight"
+        );
         drop(new);
     }
 }

@@ -142,7 +142,11 @@ fn check(what: &'static str, s: &str) -> Result<(), Error> {
     if s.is_empty() || s.len() > MAX_KEY_LEN {
         return Err(Error::InvalidKey {
             what,
-            reason: if s.is_empty() { "is empty" } else { "is longer than 1024 bytes" },
+            reason: if s.is_empty() {
+                "is empty"
+            } else {
+                "is longer than 1024 bytes"
+            },
         });
     }
     Ok(())
@@ -211,7 +215,10 @@ mod tests {
         let ns = ns();
         assert_eq!(ns.entry("product:p1").unwrap().as_str(), "app:e:product:p1");
         assert_eq!(ns.tag("category:c1").unwrap().as_str(), "app:t:category:c1");
-        assert_eq!(ns.prefix("products:list:").unwrap().as_str(), "app:p:products:list:");
+        assert_eq!(
+            ns.prefix("products:list:").unwrap().as_str(),
+            "app:p:products:list:"
+        );
         assert_eq!(ns.epoch().as_str(), "app:g");
         assert_eq!(ns.entry("a*b{c}").unwrap().as_str(), "app:e:a%2Ab%7Bc%7D");
     }
@@ -228,7 +235,9 @@ mod tests {
 
     #[test]
     fn stamps_cover_epoch_prefixes_and_tags() {
-        let s = ns().stamps_for("products:list:1:20", &["x", "x", "y"]).unwrap();
+        let s = ns()
+            .stamps_for("products:list:1:20", &["x", "x", "y"])
+            .unwrap();
         let s: Vec<_> = s.iter().map(|k| k.as_str()).collect();
         assert_eq!(
             s,
@@ -243,8 +252,17 @@ mod tests {
         );
         // A prefix invalidation addresses exactly the stamp an entry under it carries.
         let p = ns().prefix("products:list:").unwrap();
-        assert!(ns().stamps_for("products:list:9:20", &[] as &[&str]).unwrap().contains(&p));
-        assert!(!ns().stamps_for("productsX:list:9", &[] as &[&str]).unwrap().contains(&p));
+        assert!(
+            ns().stamps_for("products:list:9:20", &[] as &[&str])
+                .unwrap()
+                .contains(&p)
+        );
+        assert!(
+            !ns()
+                .stamps_for("productsX:list:9", &[] as &[&str])
+                .unwrap()
+                .contains(&p)
+        );
     }
 
     proptest! {
@@ -261,7 +279,8 @@ mod tests {
             prop_assume!(!k.is_empty() && k.len() <= MAX_KEY_LEN);
             for key in [ns().entry(&k).unwrap().0, ns().tag(&k).unwrap().0] {
                 prop_assert!(key.bytes().all(|b| b.is_ascii_graphic()));
-                prop_assert!(!key.contains(['*', '?', '[', ']', '\\', '{', '}', ' ']));
+                let forbidden = ['*', '?', '[', ']', '\\', '{', '}', ' '];
+                prop_assert!(!key.contains(forbidden), "{} holds a forbidden character", key);
                 prop_assert!(key.starts_with("app:e:") || key.starts_with("app:t:"));
             }
         }

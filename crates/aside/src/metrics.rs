@@ -31,7 +31,9 @@ pub(crate) enum Op {
     Ping,
 }
 
-const OPS: [&str; 8] = ["get", "claim", "fill", "release", "set", "delete", "bump", "ping"];
+const OPS: [&str; 8] = [
+    "get", "claim", "fill", "release", "set", "delete", "bump", "ping",
+];
 
 #[derive(Debug)]
 pub(crate) struct Metrics {

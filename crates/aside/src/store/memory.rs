@@ -122,7 +122,9 @@ impl MemoryStore {
         }
         match slot {
             Slot::Lease { .. } => Err(true),
-            Slot::Entry { stamps, payload, .. } if self.current(stamps) => Ok(payload.clone()),
+            Slot::Entry {
+                stamps, payload, ..
+            } if self.current(stamps) => Ok(payload.clone()),
             Slot::Entry { .. } => Err(false),
         }
     }
@@ -169,7 +171,10 @@ impl Store for MemoryStore {
                     Err(false) => {}
                 }
             }
-            let stamps = stamps.iter().map(|k| (k.clone(), self.version(k))).collect();
+            let stamps = stamps
+                .iter()
+                .map(|k| (k.clone(), self.version(k)))
+                .collect();
             out = Some(Claim::Granted(Lease { token, stamps }));
             Op::Put(Arc::new(Slot::Lease {
                 token,
@@ -226,7 +231,10 @@ impl Store for MemoryStore {
         payload: Bytes,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let stamps = stamps.iter().map(|k| (k.clone(), self.version(k))).collect();
+        let stamps = stamps
+            .iter()
+            .map(|k| (k.clone(), self.version(k)))
+            .collect();
         let slot = Slot::Entry {
             stamps,
             payload,
@@ -246,10 +254,12 @@ impl Store for MemoryStore {
 
     async fn bump(&self, stamps: &[TagKey]) -> Result<(), StoreError> {
         for k in stamps {
-            self.versions.entry_by_ref(k).and_compute_with(|cur| match cur {
-                Some(_) => Op::Put(self.fresh_version()),
-                None => Op::Nop,
-            });
+            self.versions
+                .entry_by_ref(k)
+                .and_compute_with(|cur| match cur {
+                    Some(_) => Op::Put(self.fresh_version()),
+                    None => Op::Nop,
+                });
         }
         Ok(())
     }

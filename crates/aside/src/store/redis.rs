@@ -221,8 +221,11 @@ impl RedisStore {
     /// Builds the store without connecting: the first command connects. Must be called
     /// inside a Tokio runtime. Fails only if the URL cannot be parsed.
     pub fn new(config: &RedisConfig) -> Result<Self, crate::error::BuildError> {
-        let client = Client::open(config.url.as_str())
-            .map_err(|e| crate::error::BuildError::RedisUrl(e.to_string().replace(&config.url, &redact(&config.url))))?;
+        let client = Client::open(config.url.as_str()).map_err(|e| {
+            crate::error::BuildError::RedisUrl(
+                e.to_string().replace(&config.url, &redact(&config.url)),
+            )
+        })?;
         let mgr = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(Some(config.command_timeout))
             .set_connection_timeout(Some(config.connect_timeout))
@@ -286,7 +289,7 @@ impl Store for RedisStore {
 
     async fn get(&self, key: &EntryKey) -> Result<Lookup, StoreError> {
         let mut conn = self.conn.clone();
-        let mut inv = self.scripts.get.key(key.as_str());
+        let inv = self.scripts.get.key(key.as_str());
         let v: Value = self.bounded(inv.invoke_async(&mut conn)).await?;
         payload_or(v, "get")?.ok_or_else(|| StoreError::Protocol("get: array".into()))
     }
@@ -409,7 +412,9 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let _: String = self.bounded(redis::cmd("PING").query_async(&mut conn)).await?;
+        let _: String = self
+            .bounded(redis::cmd("PING").query_async(&mut conn))
+            .await?;
         Ok(())
     }
 }
@@ -420,7 +425,10 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact("redis://u:secret@h:6379/0"), "redis://u:***@h:6379/0");
+        assert_eq!(
+            redact("redis://u:secret@h:6379/0"),
+            "redis://u:***@h:6379/0"
+        );
         assert_eq!(redact("rediss://:secret@h"), "rediss://:***@h");
         assert_eq!(redact("redis://h:6379"), "redis://h:6379");
     }

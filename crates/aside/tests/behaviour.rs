@@ -1,0 +1,651 @@
+//! One behaviour suite, run against every store: the in-process store (on a mock clock) and
+//! Redis (a private `redis-server` per test).
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use aside::clock::MockClock;
+use aside::store::MemoryStore;
+use aside::{Cache, CacheBuilder, Error, Invalidation, LoadError, Status};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use support::{TestRedis, eventually};
+use tokio::sync::{Barrier, oneshot};
+
+enum Backend {
+    Memory {
+        store: Arc<MemoryStore>,
+        clock: MockClock,
+    },
+    Redis(TestRedis),
+}
+
+struct Fx {
+    backend: Backend,
+    ns: String,
+}
+
+static NS: AtomicUsize = AtomicUsize::new(0);
+
+impl Fx {
+    fn memory() -> Self {
+        let clock = MockClock::default();
+        Self {
+            backend: Backend::Memory {
+                store: Arc::new(MemoryStore::with_clock(10_000, Arc::new(clock.clone()))),
+                clock,
+            },
+            ns: format!("m{}", NS.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
+
+    fn redis() -> Self {
+        Self {
+            backend: Backend::Redis(TestRedis::start()),
+            ns: format!("r{}", NS.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
+
+    fn builder(&self) -> CacheBuilder {
+        let b = Cache::builder().namespace(&self.ns).jitter(0.0);
+        match &self.backend {
+            Backend::Memory { store, clock } => {
+                b.store(store.clone()).clock(Arc::new(clock.clone()))
+            }
+            Backend::Redis(r) => b.redis(r.url()),
+        }
+    }
+
+    fn cache(&self) -> Cache {
+        self.builder().build().unwrap()
+    }
+
+    /// Lets an entry written with `ttl` under `key` expire.
+    async fn expire(&self, key: &str, ttl: Duration) {
+        match &self.backend {
+            Backend::Memory { clock, .. } => clock.advance(ttl + Duration::from_millis(1)),
+            Backend::Redis(r) => {
+                let raw = format!("{}:e:{key}", self.ns);
+                let mut c = r.conn().await;
+                let gone = eventually(ttl * 4 + Duration::from_secs(2), || {
+                    let mut c = c.clone();
+                    let raw = raw.clone();
+                    async move {
+                        !redis::cmd("EXISTS")
+                            .arg(&raw)
+                            .query_async::<bool>(&mut c)
+                            .await
+                            .unwrap()
+                    }
+                })
+                .await;
+                let _: () = redis::cmd("PING").query_async(&mut c).await.unwrap();
+                assert!(gone, "{raw} did not expire");
+            }
+        }
+    }
+
+    fn short(&self) -> Duration {
+        match self.backend {
+            Backend::Memory { .. } => Duration::from_secs(1),
+            Backend::Redis(_) => Duration::from_millis(150),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Product {
+    id: String,
+    price: f64,
+    tags: Vec<String>,
+}
+
+fn product(id: &str) -> Product {
+    Product {
+        id: id.into(),
+        price: 9.99,
+        tags: vec!["a".into()],
+    }
+}
+
+type Never = std::convert::Infallible;
+
+async fn falsy_values_are_hits(fx: Fx) {
+    let c = fx.cache();
+    c.set("zero", &0u32).await.unwrap();
+    c.set("empty", &"").await.unwrap();
+    c.set("false", &false).await.unwrap();
+    c.set("none", &None::<u8>).await.unwrap();
+    c.set("vec", &Vec::<u8>::new()).await.unwrap();
+    c.set("map", &BTreeMap::<String, u8>::new()).await.unwrap();
+    assert_eq!(c.get::<u32>("zero").await.unwrap(), Some(0));
+    assert_eq!(c.get::<String>("empty").await.unwrap(), Some(String::new()));
+    assert_eq!(c.get::<bool>("false").await.unwrap(), Some(false));
+    assert_eq!(c.get::<Option<u8>>("none").await.unwrap(), Some(None));
+    assert_eq!(c.get::<Vec<u8>>("vec").await.unwrap(), Some(vec![]));
+    assert_eq!(
+        c.get::<BTreeMap<String, u8>>("map").await.unwrap(),
+        Some(BTreeMap::new())
+    );
+
+    // And through get_or_load: a falsy value is loaded once, then served as a hit.
+    let calls = AtomicUsize::new(0);
+    for _ in 0..3 {
+        let f = c
+            .entry("count")
+            .fetch(|| async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, Never>(Some(0i64))
+            })
+            .await
+            .unwrap();
+        assert_eq!(f.value, Some(0));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(c.get::<i64>("count").await.unwrap(), Some(0));
+}
+
+async fn typed_round_trip_and_delete(fx: Fx) {
+    let c = fx.cache();
+    c.set("product:p1", &product("p1")).await.unwrap();
+    c.set("product:p2", &product("p2")).await.unwrap();
+    c.set("product:p3", &product("p3")).await.unwrap();
+    assert_eq!(
+        c.get::<Product>("product:p1").await.unwrap(),
+        Some(product("p1"))
+    );
+    assert_eq!(
+        c.del(["product:p1", "product:p2"]).await.unwrap(),
+        Invalidation::Applied
+    );
+    assert_eq!(
+        c.del(Vec::<String>::new()).await.unwrap(),
+        Invalidation::Applied
+    );
+    assert_eq!(c.get::<Product>("product:p1").await.unwrap(), None);
+    assert_eq!(c.get::<Product>("product:p2").await.unwrap(), None);
+    assert_eq!(
+        c.get::<Product>("product:p3").await.unwrap(),
+        Some(product("p3"))
+    );
+}
+
+async fn entries_expire_and_default_ttl_applies(fx: Fx) {
+    let short = fx.short();
+    let c = fx.builder().default_ttl(short).build().unwrap();
+    c.set("k", &1u8).await.unwrap();
+    c.entry("long")
+        .ttl(Duration::from_secs(3600))
+        .set(&2u8)
+        .await
+        .unwrap();
+    assert_eq!(c.get::<u8>("k").await.unwrap(), Some(1));
+    fx.expire("k", short).await;
+    assert_eq!(c.get::<u8>("k").await.unwrap(), None, "default TTL applies");
+    assert_eq!(
+        c.get::<u8>("long").await.unwrap(),
+        Some(2),
+        "per-call TTL applies"
+    );
+}
+
+async fn negative_results_are_cached_for_the_negative_ttl(fx: Fx) {
+    let short = fx.short();
+    let c = fx.builder().negative_ttl(short).build().unwrap();
+    let calls = AtomicUsize::new(0);
+    let load = || async {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Ok::<Option<Product>, Never>(None)
+    };
+    for _ in 0..5 {
+        assert_eq!(c.get_or_load("product:missing", load).await.unwrap(), None);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "a 'not found' is cached");
+    let f = c.entry("product:missing").fetch(load).await.unwrap();
+    assert_eq!((f.value, f.status), (None, Status::Hit));
+    fx.expire("product:missing", short).await;
+    c.get_or_load("product:missing", load).await.unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "and loaded again once it expired"
+    );
+}
+
+/// 500 tasks released together onto one cold key: one loader call. With `instances` > 1 the
+/// tasks are spread over that many `Cache`s sharing the store (the lease across processes).
+async fn one_load_for_a_stampede(fx: Fx, instances: usize) {
+    const TASKS: usize = 500;
+    let caches: Vec<Cache> = (0..instances).map(|_| fx.cache()).collect();
+    let barrier = Arc::new(Barrier::new(TASKS));
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..TASKS {
+        let (c, barrier, arrived, calls) = (
+            caches[i % instances].clone(),
+            barrier.clone(),
+            arrived.clone(),
+            calls.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            arrived.fetch_add(1, Ordering::SeqCst);
+            c.get_or_load("product:hot", || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                // Hold the load until every task has asked, so none can arrive after it.
+                while arrived.load(Ordering::SeqCst) < TASKS {
+                    tokio::task::yield_now().await;
+                }
+                Ok::<_, Never>(Some(product("hot")))
+            })
+            .await
+            .unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Some(product("hot")));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+async fn loader_errors_are_shared_and_not_cached(fx: Fx) {
+    #[derive(Debug)]
+    struct DbDown;
+    let c = fx.cache();
+    let barrier = Arc::new(Barrier::new(20));
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (c, barrier, arrived, calls) =
+            (c.clone(), barrier.clone(), arrived.clone(), calls.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            arrived.fetch_add(1, Ordering::SeqCst);
+            c.get_or_load::<u8, _, _, _>("k", || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                while arrived.load(Ordering::SeqCst) < 20 {
+                    tokio::task::yield_now().await;
+                }
+                Err(DbDown)
+            })
+            .await
+        }));
+    }
+    let mut errors = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Err(LoadError::Loader(e)) => errors.push(e),
+            other => panic!("expected the loader's error, got {other:?}"),
+        }
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert!(
+        errors.iter().all(|e| Arc::ptr_eq(e, &errors[0])),
+        "one error, shared"
+    );
+    let v = c
+        .get_or_load("k", || async { Ok::<_, DbDown>(Some(7u8)) })
+        .await
+        .unwrap();
+    assert_eq!(v, Some(7), "a failure is not cached");
+}
+
+/// The stale-set race: a load reads the old row, the key is invalidated, the load finishes.
+/// Its value goes back to its caller but must never be written.
+async fn a_load_older_than_an_invalidation_is_not_written(fx: Fx, how: &str) {
+    let c = fx.cache();
+    let (read_tx, read_rx) = oneshot::channel();
+    let (go_tx, go_rx) = oneshot::channel::<()>();
+    let loader = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.entry("products:list:1:20")
+                .tags(["category:c1"])
+                .get_or_load(|| async move {
+                    read_tx.send(()).unwrap(); // the old row has been read
+                    go_rx.await.unwrap(); // held between its read and its write
+                    Ok::<_, Never>(Some("old".to_string()))
+                })
+                .await
+                .unwrap()
+        })
+    };
+    read_rx.await.unwrap();
+    match how {
+        "del" => c.del(["products:list:1:20"]).await.unwrap(),
+        "tag" => c.invalidate_tag("category:c1").await.unwrap(),
+        "prefix" => c.invalidate_prefix("products:list:").await.unwrap(),
+        "set" => {
+            c.set("products:list:1:20", &"new").await.unwrap();
+            Invalidation::Applied
+        }
+        _ => unreachable!(),
+    };
+    go_tx.send(()).unwrap();
+    assert_eq!(
+        loader.await.unwrap().as_deref(),
+        Some("old"),
+        "the caller still gets its value"
+    );
+    let now = c.get::<String>("products:list:1:20").await.unwrap();
+    let expected = if how == "set" {
+        Some("new".to_string())
+    } else {
+        None
+    };
+    assert_eq!(now, expected, "the old value was not written ({how})");
+    // The next read loads the new value and caches it.
+    let v = c
+        .get_or_load("products:list:1:20", || async {
+            Ok::<_, Never>(Some("new".to_string()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(v.as_deref(), Some("new"));
+}
+
+async fn a_tag_invalidates_entries_whatever_their_ttls(fx: Fx) {
+    let short = fx.short();
+    let c = fx.cache();
+    c.entry("long")
+        .ttl(Duration::from_secs(3600))
+        .tags(["t", "u"])
+        .set(&1u8)
+        .await
+        .unwrap();
+    c.entry("short")
+        .ttl(short)
+        .tag("t")
+        .set(&2u8)
+        .await
+        .unwrap();
+    c.entry("other")
+        .ttl(Duration::from_secs(3600))
+        .tag("u")
+        .set(&3u8)
+        .await
+        .unwrap();
+    fx.expire("short", short).await;
+    assert_eq!(c.get::<u8>("long").await.unwrap(), Some(1));
+    c.invalidate_tag("t").await.unwrap();
+    assert_eq!(
+        c.get::<u8>("long").await.unwrap(),
+        None,
+        "the 1 h entry is invalidated"
+    );
+    assert_eq!(
+        c.get::<u8>("other").await.unwrap(),
+        Some(3),
+        "other tags are untouched"
+    );
+    c.invalidate_tags(["u"]).await.unwrap();
+    assert_eq!(c.get::<u8>("other").await.unwrap(), None);
+    // Invalidating a tag nothing carries is fine, and later entries with it are valid.
+    c.invalidate_tag("nobody").await.unwrap();
+    c.entry("later").tag("t").set(&4u8).await.unwrap();
+    assert_eq!(c.get::<u8>("later").await.unwrap(), Some(4));
+}
+
+async fn a_prefix_invalidates_only_keys_under_it(fx: Fx) {
+    let c = fx.cache();
+    for k in [
+        "products:list:1:20",
+        "products:list:2:20",
+        "products:listing",
+        "product:p1",
+        "products:x",
+    ] {
+        c.set(k, &k).await.unwrap();
+    }
+    c.invalidate_prefix("products:list:").await.unwrap();
+    assert_eq!(c.get::<String>("products:list:1:20").await.unwrap(), None);
+    assert_eq!(c.get::<String>("products:list:2:20").await.unwrap(), None);
+    for k in ["products:listing", "product:p1", "products:x"] {
+        assert_eq!(
+            c.get::<String>(k).await.unwrap().as_deref(),
+            Some(k),
+            "{k} untouched"
+        );
+    }
+    c.invalidate_prefix("products:").await.unwrap();
+    assert_eq!(c.get::<String>("products:x").await.unwrap(), None);
+    assert_eq!(
+        c.get::<String>("product:p1").await.unwrap().as_deref(),
+        Some("product:p1")
+    );
+    assert!(matches!(
+        c.invalidate_prefix("products").await,
+        Err(Error::InvalidPrefix(_))
+    ));
+    assert!(matches!(
+        c.invalidate_prefix("a:b:c:d:e:").await,
+        Err(Error::InvalidPrefix(_))
+    ));
+    c.invalidate_all().await;
+    assert_eq!(
+        c.get::<String>("product:p1").await.unwrap(),
+        None,
+        "invalidate_all"
+    );
+}
+
+async fn incompatible_entries_are_misses_removed_and_counted(fx: Fx) {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let old = fx.builder().schema_version(1).build().unwrap();
+    let new = metrics::with_local_recorder(&recorder, || {
+        fx.builder().schema_version(2).build().unwrap()
+    });
+    old.set("product:p1", &product("p1")).await.unwrap();
+    old.set("product:p2", &"not a product").await.unwrap();
+    assert_eq!(
+        new.get::<Product>("product:p1").await.unwrap(),
+        None,
+        "another schema is a miss"
+    );
+    assert_eq!(
+        old.get::<Product>("product:p1").await.unwrap(),
+        None,
+        "and was removed"
+    );
+    assert_eq!(new.get::<Product>("product:p2").await.unwrap(), None);
+    let v = old
+        .get_or_load("product:p2", || async {
+            Ok::<_, Never>(Some(product("p2")))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        v,
+        Some(product("p2")),
+        "an undecodable value is reloaded, not an error"
+    );
+    let corrupt = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find(|(k, ..)| k.key().name() == "aside_corrupt_total")
+        .map(|(.., v)| v);
+    assert!(
+        matches!(
+            corrupt,
+            Some(metrics_util::debugging::DebugValue::Counter(2))
+        ),
+        "counted: {corrupt:?}"
+    );
+}
+
+async fn bad_input_is_an_error_and_changes_nothing(fx: Fx) {
+    let c = fx.cache();
+    assert!(matches!(
+        c.get::<u8>("").await,
+        Err(Error::InvalidKey { .. })
+    ));
+    assert!(matches!(
+        c.set(&"k".repeat(1025), &1u8).await,
+        Err(Error::InvalidKey { .. })
+    ));
+    assert!(matches!(
+        c.entry("k").ttl(Duration::ZERO).set(&1u8).await,
+        Err(Error::InvalidTtl(_))
+    ));
+    assert!(matches!(
+        c.entry("k").tag("").set(&1u8).await,
+        Err(Error::InvalidKey { .. })
+    ));
+    assert!(matches!(
+        c.del(["ok", ""]).await,
+        Err(Error::InvalidKey { .. })
+    ));
+    assert!(matches!(
+        c.invalidate_tag("").await,
+        Err(Error::InvalidKey { .. })
+    ));
+    let r = c
+        .get_or_load("", || async { Ok::<_, Never>(Some(1u8)) })
+        .await;
+    assert!(matches!(r, Err(LoadError::Cache(Error::InvalidKey { .. }))));
+    assert_eq!(c.get::<u8>("k").await.unwrap(), None, "nothing was written");
+    // Glob and separator characters are plain characters in a key.
+    c.set("a*", &1u8).await.unwrap();
+    c.set("a?b[c]{d} e\n", &2u8).await.unwrap();
+    assert_eq!(c.get::<u8>("ab").await.unwrap(), None);
+    assert_eq!(c.get::<u8>("a*").await.unwrap(), Some(1));
+    assert_eq!(c.get::<u8>("a?b[c]{d} e\n").await.unwrap(), Some(2));
+    assert!(Cache::builder().namespace("a:b").build().is_err());
+    assert!(Cache::builder().jitter(0.9).build().is_err());
+    assert!(
+        Cache::builder()
+            .default_ttl(Duration::ZERO)
+            .build()
+            .is_err()
+    );
+}
+
+async fn namespaces_are_isolated(fx: Fx) {
+    let a = fx.cache();
+    let b = fx
+        .builder()
+        .namespace(format!("{}x", fx.ns))
+        .build()
+        .unwrap();
+    a.set("k", &1u8).await.unwrap();
+    assert_eq!(b.get::<u8>("k").await.unwrap(), None);
+    b.set("k", &2u8).await.unwrap();
+    b.invalidate_all().await;
+    assert_eq!(a.get::<u8>("k").await.unwrap(), Some(1));
+}
+
+async fn jitter_spreads_expiry(fx: Fx) {
+    let Backend::Memory { clock, .. } = &fx.backend else {
+        unreachable!("the Redis variant reads TTLs directly (redis_only.rs)")
+    };
+    let c = fx.builder().jitter(0.5).build().unwrap();
+    for i in 0..64 {
+        c.entry(&i.to_string())
+            .ttl(Duration::from_secs(100))
+            .set(&i)
+            .await
+            .unwrap();
+    }
+    clock.advance(Duration::from_secs(75));
+    let mut alive = 0;
+    for i in 0..64 {
+        alive += c.get::<i32>(&i.to_string()).await.unwrap().is_some() as usize;
+    }
+    assert!(
+        alive > 0 && alive < 64,
+        "{alive} of 64 alive after 3/4 of the TTL"
+    );
+    clock.advance(Duration::from_secs(26));
+    assert_eq!(
+        c.get::<i32>("0").await.unwrap(),
+        None,
+        "nothing outlives its TTL"
+    );
+}
+
+macro_rules! suite {
+    ($store:ident, $fx:expr) => {
+        mod $store {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn falsy_values_are_hits() {
+                super::falsy_values_are_hits($fx).await
+            }
+            #[tokio::test]
+            async fn typed_round_trip_and_delete() {
+                super::typed_round_trip_and_delete($fx).await
+            }
+            #[tokio::test]
+            async fn entries_expire_and_default_ttl_applies() {
+                super::entries_expire_and_default_ttl_applies($fx).await
+            }
+            #[tokio::test]
+            async fn negative_results_are_cached() {
+                super::negative_results_are_cached_for_the_negative_ttl($fx).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn one_load_for_500_tasks() {
+                super::one_load_for_a_stampede($fx, 1).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn one_load_for_500_tasks_over_two_instances() {
+                super::one_load_for_a_stampede($fx, 2).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn loader_errors_are_shared() {
+                super::loader_errors_are_shared_and_not_cached($fx).await
+            }
+            #[tokio::test]
+            async fn fence_against_del() {
+                super::a_load_older_than_an_invalidation_is_not_written($fx, "del").await
+            }
+            #[tokio::test]
+            async fn fence_against_tag() {
+                super::a_load_older_than_an_invalidation_is_not_written($fx, "tag").await
+            }
+            #[tokio::test]
+            async fn fence_against_prefix() {
+                super::a_load_older_than_an_invalidation_is_not_written($fx, "prefix").await
+            }
+            #[tokio::test]
+            async fn fence_against_set() {
+                super::a_load_older_than_an_invalidation_is_not_written($fx, "set").await
+            }
+            #[tokio::test]
+            async fn tags_whatever_the_ttls() {
+                super::a_tag_invalidates_entries_whatever_their_ttls($fx).await
+            }
+            #[tokio::test]
+            async fn prefixes() {
+                super::a_prefix_invalidates_only_keys_under_it($fx).await
+            }
+            #[tokio::test]
+            async fn incompatible_entries() {
+                super::incompatible_entries_are_misses_removed_and_counted($fx).await
+            }
+            #[tokio::test]
+            async fn bad_input() {
+                super::bad_input_is_an_error_and_changes_nothing($fx).await
+            }
+            #[tokio::test]
+            async fn namespaces() {
+                super::namespaces_are_isolated($fx).await
+            }
+        }
+    };
+}
+
+suite!(memory_store, Fx::memory());
+suite!(redis_store, Fx::redis());
+
+#[tokio::test]
+async fn memory_jitter_spreads_expiry() {
+    jitter_spreads_expiry(Fx::memory()).await
+}
