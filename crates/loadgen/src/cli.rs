@@ -1,0 +1,360 @@
+//! The command line: `loadgen run` and `loadgen compare`.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::dbstats::DbStats;
+use crate::http::Target;
+use crate::keys::{IdFormat, Popularity};
+use crate::mix::Mix;
+use crate::report::{self, JsonReport};
+use crate::runner::{self, LoadSpec, TargetReport};
+
+/// Drives HTTP product-catalog services with a mix of reads and writes and reports
+/// throughput, latency percentiles, cache hit ratio, database queries and service CPU.
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load one or more targets, one after another, and report each.
+    Run(RunArgs),
+    /// Load several targets with the same load, one after another, and print ratios to a
+    /// baseline.
+    Compare(CompareArgs),
+}
+
+/// `loadgen run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Base URL of a service (`http://127.0.0.1:8080`), optionally named: `NAME=URL`.
+    #[arg(required = true, value_name = "[NAME=]URL")]
+    pub targets: Vec<String>,
+    /// Process id of the service, to report its CPU time per 100k requests (repeat to sum
+    /// several processes; with several targets, use `compare`).
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<u32>,
+    /// The load.
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// The output.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `loadgen compare`
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// A target as `NAME=URL`; repeat for each (they run in this order).
+    #[arg(long = "target", required = true, value_name = "NAME=URL")]
+    pub targets: Vec<String>,
+    /// The target the ratios are relative to (default: the first).
+    #[arg(long)]
+    pub baseline: Option<String>,
+    /// A service process as `NAME=PID`, to report its CPU time per 100k requests; repeat a
+    /// name to sum several processes (a service and its own Redis, say).
+    #[arg(long = "pid", value_name = "NAME=PID")]
+    pub pids: Vec<String>,
+    /// Pause between two targets, so one's tail does not leak into the next.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub pause: Duration,
+    /// The load.
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// The output.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// The load, the same for every target.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// Operation weights: `get` (GET /products/{id}), `list` (GET /products?page=),
+    /// `put` (PUT /products/{id}).
+    #[arg(long, default_value = "get=100")]
+    pub mix: Mix,
+    /// Ids are numbered 1..=N.
+    #[arg(long, default_value_t = 1000)]
+    pub ids: u64,
+    /// How a number becomes an id: `p{}` for the catalog (p1..pN), `{}` for the seed (1..N).
+    #[arg(long, default_value = "p{}")]
+    pub id_format: String,
+    /// Zipf exponent of key popularity (id 1 the most popular); uniform when absent.
+    #[arg(long, value_name = "EXPONENT")]
+    pub zipf: Option<f64>,
+    /// List reads pick a page in 1..=N.
+    #[arg(long, default_value_t = 10)]
+    pub pages: u64,
+    /// `limit` of list reads.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// Concurrent keep-alive connections.
+    #[arg(short = 'c', long, default_value_t = 64)]
+    pub connections: usize,
+    /// Measured time (`10s`, `500ms`, `2m`); with `--requests`, a cap. Default 10s.
+    #[arg(short = 'd', long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Measured requests (then the run ends after this many, or after 300 s).
+    #[arg(short = 'n', long)]
+    pub requests: Option<u64>,
+    /// Unrecorded load before measuring.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Open loop: total requests per second, sent on schedule; latency counts from each
+    /// request's scheduled time (no coordinated omission). Closed loop when absent.
+    #[arg(long, value_name = "REQ_PER_S")]
+    pub rate: Option<f64>,
+    /// Per-request timeout.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Read every id once before warm-up, so the cache holds them all.
+    #[arg(long)]
+    pub prefill: bool,
+    /// Random seed: the same seed gives the same key sequence per connection.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Where to count database queries during the run.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub db_stats: DbStats,
+}
+
+/// What to print and draw.
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// Print one JSON document on stdout instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Draw throughput and p99 per second into this PNG.
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Parses `1.5s`, `250ms`, `2m`, `1h` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: f64 = number
+        .parse()
+        .with_context(|| format!("{s:?} is not a duration like 10s"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        u => bail!("unknown unit {u:?} in {s:?} (ms, s, m, h)"),
+    };
+    Duration::try_from_secs_f64(secs).with_context(|| format!("{s:?} is out of range"))
+}
+
+impl LoadArgs {
+    /// The load spec these flags describe.
+    pub fn spec(&self, output: &OutputArgs) -> Result<LoadSpec> {
+        let spec = LoadSpec {
+            mix: self.mix,
+            ids: self.ids,
+            id_format: IdFormat::parse(&self.id_format)?,
+            popularity: self.zipf.map_or(Popularity::Uniform, Popularity::Zipf),
+            pages: self.pages,
+            limit: self.limit,
+            connections: self.connections,
+            duration: self.duration,
+            requests: self.requests,
+            warmup: self.warmup,
+            rate: self.rate,
+            timeout: self.timeout,
+            prefill: self.prefill,
+            seed: self.seed,
+            db_stats: self.db_stats,
+            progress: !output.quiet && std::io::stderr().is_terminal(),
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+/// Parses `NAME=PID` pairs into pids per name.
+pub fn parse_pids(pairs: &[String]) -> Result<BTreeMap<String, Vec<u32>>> {
+    let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for pair in pairs {
+        let (name, pid) = pair
+            .split_once('=')
+            .with_context(|| format!("--pid {pair:?} is not NAME=PID"))?;
+        let pid: u32 = pid
+            .trim()
+            .parse()
+            .with_context(|| format!("--pid {pair:?}: bad pid"))?;
+        out.entry(name.trim().to_owned()).or_default().push(pid);
+    }
+    Ok(out)
+}
+
+/// Runs the command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            let spec = args.load.spec(&args.output)?;
+            let targets = args
+                .targets
+                .iter()
+                .map(|t| Target::parse(t))
+                .collect::<Result<Vec<_>>>()?;
+            let mut reports = Vec::new();
+            for (i, target) in targets.iter().enumerate() {
+                let pids = if targets.len() == 1 {
+                    args.pid.as_slice()
+                } else {
+                    &[]
+                };
+                if i > 0 && !args.pid.is_empty() {
+                    eprintln!(
+                        "note: --pid applies to a single target; use `compare --pid NAME=PID`"
+                    );
+                }
+                let report = runner::run_target(target, &spec, pids).await?;
+                if !args.output.json {
+                    println!("{}", report::detail(&spec, &report));
+                }
+                reports.push(report);
+            }
+            finish(&spec, &reports, None, &args.output)
+        }
+        Command::Compare(args) => {
+            let spec = args.load.spec(&args.output)?;
+            let targets = args
+                .targets
+                .iter()
+                .map(|t| Target::parse(t))
+                .collect::<Result<Vec<_>>>()?;
+            let mut names = std::collections::BTreeSet::new();
+            for t in &targets {
+                if !names.insert(t.name.as_str()) {
+                    bail!("two targets are named {:?}", t.name);
+                }
+            }
+            let pids = parse_pids(&args.pids)?;
+            if let Some(unknown) = pids.keys().find(|n| !names.contains(n.as_str())) {
+                bail!("--pid names {unknown:?}, which is not a target");
+            }
+            let baseline = match &args.baseline {
+                Some(b) if names.contains(b.as_str()) => b.clone(),
+                Some(b) => bail!("--baseline {b:?} is not a target"),
+                None => targets.first().map(|t| t.name.clone()).unwrap_or_default(),
+            };
+            let mut reports = Vec::new();
+            for (i, target) in targets.iter().enumerate() {
+                if i > 0 {
+                    tokio::time::sleep(args.pause).await;
+                }
+                let pids = pids.get(&target.name).map(Vec::as_slice).unwrap_or(&[]);
+                let report = runner::run_target(target, &spec, pids).await?;
+                if !args.output.json {
+                    println!("{}", report::detail(&spec, &report));
+                }
+                reports.push(report);
+            }
+            if !args.output.json {
+                println!("{}", report::comparison(&reports, &baseline));
+            }
+            finish(&spec, &reports, Some(&baseline), &args.output)
+        }
+    }
+}
+
+fn finish(
+    spec: &LoadSpec,
+    reports: &[TargetReport],
+    baseline: Option<&str>,
+    output: &OutputArgs,
+) -> Result<()> {
+    if let Some(path) = &output.plot {
+        crate::plot::draw(path, reports)?;
+        if !output.json {
+            println!("plot written to {}", path.display());
+        }
+    }
+    if output.json {
+        let doc = JsonReport {
+            load: spec,
+            baseline,
+            targets: reports,
+            ratios: baseline.and_then(|b| report::ratios(reports, b)),
+        };
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn pids_by_name() {
+        let p = parse_pids(&["a=1".into(), "b=2".into(), "a=3".into()]).unwrap();
+        assert_eq!(p["a"], vec![1, 3]);
+        assert_eq!(p["b"], vec![2]);
+        assert!(parse_pids(&["a".into()]).is_err());
+        assert!(parse_pids(&["a=x".into()]).is_err());
+    }
+
+    #[test]
+    fn command_line_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "compare",
+            "--target",
+            "a=http://127.0.0.1:1",
+            "--target",
+            "b=http://127.0.0.1:2",
+            "--pid",
+            "a=5",
+            "--zipf",
+            "1.0",
+            "--mix",
+            "get=9,put=1",
+            "-c",
+            "8",
+            "-d",
+            "2s",
+        ])
+        .unwrap();
+        let Command::Compare(args) = cli.command else {
+            panic!("not compare")
+        };
+        assert_eq!(args.targets.len(), 2);
+        let spec = args.load.spec(&args.output).unwrap();
+        assert_eq!(spec.popularity, Popularity::Zipf(1.0));
+        assert_eq!(spec.connections, 8);
+        assert!(Cli::try_parse_from(["loadgen", "run"]).is_err());
+    }
+}

@@ -1,0 +1,181 @@
+//! HTTP/1.1 keep-alive connections to a target, with raw hyper.
+//!
+//! Each load task owns one [`Conn`]: one TCP connection, requests sent one after another
+//! (no pipelining, like a browser or a connection pool slot). Nothing is shared between
+//! connections, and the paths of every request are built once before the run.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::stats::CacheStatus;
+
+/// A service under load: a name for reports and where it listens.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Name in reports (`catalog-redis`, `seed`, ...).
+    pub name: String,
+    /// The base URL as given (`http://127.0.0.1:8080`).
+    pub url: String,
+    /// `host:port` to connect to.
+    addr: String,
+    host: HeaderValue,
+}
+
+impl Target {
+    /// Parses `NAME=URL` or a bare `URL` (then named after its `host:port`). Only `http://`
+    /// URLs without a path are accepted: the tool appends `/products...` itself.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let (name, url) = match spec.split_once('=') {
+            Some((name, url)) if !name.contains("://") => (Some(name.trim()), url.trim()),
+            _ => (None, spec.trim()),
+        };
+        let uri: Uri = url
+            .parse()
+            .with_context(|| format!("{url:?} is not a URL"))?;
+        if uri.scheme_str() != Some("http") {
+            bail!("{url:?}: only http:// targets are supported");
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            bail!("{url:?}: give the service's base URL, without a path");
+        }
+        let authority = uri.authority().context("URL has no host")?;
+        let host = authority.host();
+        let port = authority.port_u16().unwrap_or(80);
+        let addr = format!("{host}:{port}");
+        let name = match name {
+            Some("") => bail!("{spec:?}: empty target name"),
+            Some(n) => n.to_owned(),
+            None => addr.clone(),
+        };
+        Ok(Target {
+            name,
+            url: url.trim_end_matches('/').to_owned(),
+            host: HeaderValue::from_str(authority.as_str())?,
+            addr,
+        })
+    }
+
+    /// Opens a keep-alive connection. The connection's driver runs as its own task and
+    /// ends when the [`Conn`] is dropped.
+    pub async fn connect(&self) -> Result<Conn> {
+        let stream = TcpStream::connect(&self.addr)
+            .await
+            .with_context(|| format!("connecting to {}", self.addr))?;
+        // Requests are small and latency-bound: do not let Nagle hold them back.
+        stream.set_nodelay(true)?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            // An error here also fails the request in flight, which is where it is counted.
+            let _ = connection.await;
+        });
+        Ok(Conn {
+            sender,
+            host: self.host.clone(),
+        })
+    }
+
+    /// One `GET path` on a fresh connection, with the whole body (for `/metrics` and
+    /// `/stats`). Fails after 10 seconds.
+    pub async fn fetch(&self, path: &str) -> Result<(u16, Bytes)> {
+        let work = async {
+            let mut conn = self.connect().await?;
+            let uri: Uri = path.parse()?;
+            let req = conn.request(Method::GET, uri, None)?;
+            conn.sender.ready().await?;
+            let resp = conn.sender.send_request(req).await?;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, body))
+        };
+        tokio::time::timeout(Duration::from_secs(10), work)
+            .await
+            .with_context(|| format!("GET {}{path} timed out", self.url))?
+            .with_context(|| format!("GET {}{path}", self.url))
+    }
+}
+
+/// One HTTP/1.1 keep-alive connection.
+#[derive(Debug)]
+pub struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+    host: HeaderValue,
+}
+
+/// What the load loop needs from a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// HTTP status code.
+    pub status: u16,
+    /// The `x-cache` header.
+    pub cache: CacheStatus,
+}
+
+impl Conn {
+    fn request(
+        &self,
+        method: Method,
+        uri: Uri,
+        json: Option<Bytes>,
+    ) -> Result<Request<Full<Bytes>>> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(HOST, self.host.clone());
+        if json.is_some() {
+            builder = builder.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        Ok(builder.body(Full::new(json.unwrap_or_default()))?)
+    }
+
+    /// Sends one request and reads its response to the end. The body is drained frame by
+    /// frame, never collected.
+    pub async fn send(&mut self, method: Method, uri: Uri, json: Option<Bytes>) -> Result<Outcome> {
+        let req = self.request(method, uri, json)?;
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let cache =
+            CacheStatus::from_header(resp.headers().get("x-cache").map(HeaderValue::as_bytes));
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            frame?;
+        }
+        Ok(Outcome { status, cache })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn parses_targets() {
+        let t = Target::parse("seed=http://127.0.0.1:3100").unwrap();
+        assert_eq!(
+            (t.name.as_str(), t.addr.as_str()),
+            ("seed", "127.0.0.1:3100")
+        );
+        let t = Target::parse("http://localhost:8080/").unwrap();
+        assert_eq!(
+            (t.name.as_str(), t.url.as_str()),
+            ("localhost:8080", "http://localhost:8080")
+        );
+        assert_eq!(
+            Target::parse("http://127.0.0.1").unwrap().addr,
+            "127.0.0.1:80"
+        );
+        assert!(Target::parse("https://127.0.0.1:1").is_err());
+        assert!(Target::parse("x=http://127.0.0.1:1/products").is_err());
+        assert!(Target::parse("=http://127.0.0.1:1").is_err());
+        assert!(Target::parse("not a url").is_err());
+    }
+}
