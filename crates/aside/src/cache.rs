@@ -189,6 +189,11 @@ impl<C: Codec> Cache<C> {
                     Ok(None)
                 }
             },
+            Lookup::Corrupt => {
+                self.discard(&k, "not a record").await;
+                self.inner.metrics.misses.increment(1);
+                Ok(None)
+            }
             Lookup::Miss | Lookup::Pending => {
                 self.inner.metrics.misses.increment(1);
                 Ok(None)
@@ -441,12 +446,16 @@ impl<C: Codec> Cache<C> {
             Err(envelope::Refused::Schema(s)) => format!("written with schema {s}"),
             Err(envelope::Refused::Corrupt) => "not an entry envelope".to_owned(),
         };
+        self.discard(k, &why).await;
+        None
+    }
+
+    async fn discard(&self, k: &EntryKey, why: &str) {
         self.inner.metrics.corrupt.increment(1);
         warn!(key = %k, reason = %why, "undecodable cache entry removed");
         let _ = self
             .call(Op::Delete, self.inner.store.delete(std::slice::from_ref(k)))
             .await;
-        None
     }
 
     fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Bytes> {
@@ -480,7 +489,7 @@ impl<C: Codec> Cache<C> {
             match self.read(k).await {
                 Ok(Lookup::Hit(p)) => return Waited::Filled(p),
                 Ok(Lookup::Pending) => {}
-                Ok(Lookup::Miss) => return Waited::Vacant,
+                Ok(Lookup::Miss | Lookup::Corrupt) => return Waited::Vacant,
                 Err(_) => return Waited::TimedOut,
             }
         }
@@ -599,12 +608,16 @@ impl<'a, C: Codec> Entry<'a, C> {
         let k = inner.ns.entry(self.key)?;
         let stamps = inner.ns.stamps_for(self.key, &self.tags)?;
 
-        if let Ok(Lookup::Hit(p)) = cache.read(&k).await {
-            // An undecodable entry was removed by decode: load below.
-            if let Some(d) = cache.decode::<T>(&k, &p).await {
-                m.hits.increment(1);
-                return Ok(hit(d));
+        match cache.read(&k).await {
+            Ok(Lookup::Hit(p)) => {
+                // An undecodable entry was removed by decode: load below.
+                if let Some(d) = cache.decode::<T>(&k, &p).await {
+                    m.hits.increment(1);
+                    return Ok(hit(d));
+                }
             }
+            Ok(Lookup::Corrupt) => cache.discard(&k, "not a record").await,
+            _ => {}
         }
         m.misses.increment(1);
 

@@ -37,6 +37,8 @@ pub enum Lookup {
     Miss,
     /// Nothing is stored yet, and a loader holds the lease to fill it.
     Pending,
+    /// Bytes that are not an entry of this store (written by something else, or damaged).
+    Corrupt,
 }
 
 /// The outcome of [`Store::claim`].

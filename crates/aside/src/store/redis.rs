@@ -77,22 +77,31 @@ pub fn redact(url: &str) -> String {
 }
 
 const CHECK: &str = r#"
+local function lease(v)
+  return string.byte(v, 1) == 76 and string.match(v, '^L %d+$') ~= nil
+end
+-- The payload of a valid record; else nil and 0 (stale stamps) or 3 (not a record).
 local function check(v)
   local nl = string.find(v, '\n', 1, true)
-  if not nl then return nil end
-  local i = string.find(v, ' ', 1, true)
-  if not i or i > nl then return nil end
-  while true do
-    local j = string.find(v, ' ', i + 1, true)
-    if not j or j > nl then return nil end
-    local e = string.find(v, ' ', j + 1, true)
-    if not e or e > nl then e = nl end
-    if redis.call('GET', string.sub(v, i + 1, j - 1)) ~= string.sub(v, j + 1, e - 1) then
-      return nil
-    end
-    if e == nl then break end
+  if not nl then return nil, 3 end
+  local head = string.sub(v, 1, nl - 1)
+  local i = string.find(head, ' ', 1, true)
+  if not i then return nil, 3 end
+  local n = tonumber(string.sub(head, 1, i - 1))
+  if not n then return nil, 3 end
+  local count, stale = 0, false
+  while i do
+    local j = string.find(head, ' ', i + 1, true)
+    if not j then return nil, 3 end
+    local e = string.find(head, ' ', j + 1, true)
+    local ver = string.sub(head, j + 1, (e or (#head + 1)) - 1)
+    if not string.match(ver, '^%d+$') then return nil, 3 end
+    count = count + 1
+    if not stale and redis.call('GET', string.sub(head, i + 1, j - 1)) ~= ver then stale = true end
     i = e
   end
+  if count ~= n then return nil, 3 end
+  if stale then return nil, 0 end
   return string.sub(v, nl + 1)
 end
 local function version(k, keep)
@@ -112,16 +121,16 @@ end
 const GET: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
-if string.byte(v, 1) == 76 then return 2 end
-local p = check(v)
+if lease(v) then return 2 end
+local p, why = check(v)
 if p then return p end
-return 0
+return why
 "#;
 
 const CLAIM: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if v then
-  if string.byte(v, 1) == 76 then return 2 end
+  if lease(v) then return 2 end
   local p = check(v)
   if p then return p end
 end
@@ -221,6 +230,10 @@ impl RedisStore {
     /// Builds the store without connecting: the first command connects. Must be called
     /// inside a Tokio runtime. Fails only if the URL cannot be parsed.
     pub fn new(config: &RedisConfig) -> Result<Self, crate::error::BuildError> {
+        if config.url.starts_with("rediss:") {
+            // rustls needs a process-wide crypto provider; install ring's unless one is set.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let client = Client::open(config.url.as_str()).map_err(|e| {
             crate::error::BuildError::RedisUrl(
                 e.to_string().replace(&config.url, &redact(&config.url)),
@@ -268,6 +281,7 @@ fn payload_or(v: Value, what: &str) -> Result<Option<Lookup>, StoreError> {
         Value::BulkString(b) => Ok(Some(Lookup::Hit(Bytes::from(b)))),
         Value::Int(0) => Ok(Some(Lookup::Miss)),
         Value::Int(2) => Ok(Some(Lookup::Pending)),
+        Value::Int(3) => Ok(Some(Lookup::Corrupt)),
         Value::Array(_) => Ok(None),
         other => Err(StoreError::Protocol(format!("{what}: {other:?}"))),
     }

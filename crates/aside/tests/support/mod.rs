@@ -29,6 +29,15 @@ impl TestRedis {
         Self::start_with(&[])
     }
 
+    /// Starts a server on a given port.
+    pub fn start_on(port: u16) -> Self {
+        let mut r = Self::start_with(&[]);
+        r.kill();
+        r.port = port;
+        r.spawn();
+        r
+    }
+
     /// Starts a server with extra `redis-server` arguments.
     pub fn start_with(extra: &[&str]) -> Self {
         let mut r = Self {

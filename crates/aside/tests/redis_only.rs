@@ -1,0 +1,523 @@
+//! Redis-specific behaviour: outages (killed and paused servers), lazy connect, TLS, ACL users,
+//! raw corrupt bytes, and what the engine sends to Redis.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use aside::{Cache, Invalidation, LoadError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use support::{TestRedis, eventually, free_port};
+
+type Never = std::convert::Infallible;
+
+fn cache(r: &TestRedis) -> Cache {
+    Cache::builder()
+        .namespace("t")
+        .redis(r.url())
+        .command_timeout(Duration::from_millis(100))
+        .breaker(3, Duration::from_millis(200))
+        .build()
+        .unwrap()
+}
+
+async fn redis_get(r: &TestRedis, key: &str) -> Option<Vec<u8>> {
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut r.conn().await)
+        .await
+        .unwrap()
+}
+
+fn counter(snap: &metrics_util::debugging::Snapshotter, name: &str) -> u64 {
+    snap.snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(k, ..)| k.key().name() == name)
+        .map(|(.., v)| match v {
+            metrics_util::debugging::DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn values_are_readable_json_in_redis() {
+    let r = TestRedis::start();
+    let c = cache(&r);
+    c.entry("product:p1")
+        .tag("category:c1")
+        .set(&serde_json::json!({"id": "p1"}))
+        .await
+        .unwrap();
+    let raw = String::from_utf8(redis_get(&r, "t:e:product:p1").await.unwrap()).unwrap();
+    let (stamps, payload) = raw.split_once('\n').unwrap();
+    assert!(stamps.starts_with("3 t:g "), "{stamps}");
+    assert!(
+        stamps.contains("t:p:product: ") && stamps.contains("t:t:category:c1 "),
+        "{stamps}"
+    );
+    assert_eq!(payload, "1 0 v\n{\"id\":\"p1\"}");
+}
+
+#[tokio::test]
+async fn ttls_are_set_with_jitter_and_tags_outlive_their_entries() {
+    let r = TestRedis::start();
+    let c = Cache::builder()
+        .namespace("t")
+        .redis(r.url())
+        .jitter(0.5)
+        .build()
+        .unwrap();
+    let mut conn = r.conn().await;
+    let mut ttls = Vec::new();
+    for i in 0..32 {
+        c.entry(&format!("k{i}"))
+            .ttl(Duration::from_secs(100))
+            .tag("x")
+            .set(&i)
+            .await
+            .unwrap();
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(format!("t:e:k{i}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            (50_000..=100_000).contains(&pttl),
+            "ttl {pttl} outside [50 s, 100 s]"
+        );
+        ttls.push(pttl / 1000);
+    }
+    ttls.sort();
+    ttls.dedup();
+    assert!(ttls.len() > 4, "jitter spreads TTLs: {ttls:?}");
+    let tag_ttl: i64 = redis::cmd("PTTL")
+        .arg("t:t:x")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        tag_ttl >= 100_000,
+        "the tag version outlives its entries: {tag_ttl}"
+    );
+}
+
+#[tokio::test]
+async fn corrupt_bytes_are_a_miss_removed_and_counted() {
+    let r = TestRedis::start();
+    let rec = metrics_util::debugging::DebuggingRecorder::new();
+    let snap = rec.snapshotter();
+    let c = metrics::with_local_recorder(&rec, || cache(&r));
+    let mut conn = r.conn().await;
+    c.set("good", &1u8).await.unwrap();
+    let good = redis_get(&r, "t:e:good").await.unwrap();
+    let stamps = String::from_utf8(good)
+        .unwrap()
+        .split_once('\n')
+        .unwrap()
+        .0
+        .to_owned();
+    for (key, bytes) in [
+        ("garbage", b"\x00\xff{not json".to_vec()),
+        ("half", format!("{stamps}\n1 0 v\n{{\"trunc").into_bytes()),
+        ("no-stamps", b"1 0 v\n1".to_vec()),
+        ("bad-stamps", b"2 t:g\n1 0 v\n1".to_vec()),
+    ] {
+        let _: () = redis::cmd("SET")
+            .arg(format!("t:e:{key}"))
+            .arg(bytes)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(c.get::<u8>(key).await.unwrap(), None, "{key} is a miss");
+        let v = c
+            .get_or_load(key, || async { Ok::<_, Never>(Some(5u8)) })
+            .await
+            .unwrap();
+        assert_eq!(v, Some(5), "{key} is reloaded");
+        assert_eq!(
+            c.get::<u8>(key).await.unwrap(),
+            Some(5),
+            "{key} is replaced"
+        );
+    }
+    assert_eq!(
+        counter(&snap, "aside_corrupt_total"),
+        4,
+        "every corrupt entry is counted"
+    );
+}
+
+#[tokio::test]
+async fn invalidation_never_scans_or_lists_keys() {
+    let r = TestRedis::start();
+    let c = cache(&r);
+    for i in 0..200 {
+        c.set(&format!("products:list:{i}:20"), &i).await.unwrap();
+    }
+    let mut conn = r.conn().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    c.invalidate_prefix("products:list:").await.unwrap();
+    c.invalidate_tag("category:c1").await.unwrap();
+    c.del(["products:list:1:20", "product:p1"]).await.unwrap();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for forbidden in ["cmdstat_keys:", "cmdstat_scan:", "cmdstat_smembers:"] {
+        assert!(
+            !stats.contains(forbidden),
+            "{forbidden} was called:\n{stats}"
+        );
+    }
+    // A handful of commands, not one per key.
+    let calls: u64 = stats
+        .lines()
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(calls < 20, "{calls} commands for 200 keys:\n{stats}");
+    assert_eq!(c.get::<i32>("products:list:7:20").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_redis_costs_callers_nothing() {
+    let mut r = TestRedis::start();
+    let rec = metrics_util::debugging::DebuggingRecorder::new();
+    let snap = rec.snapshotter();
+    let c = metrics::with_local_recorder(&rec, || cache(&r));
+    let loads = AtomicUsize::new(0);
+    let load = || async {
+        loads.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, Never>(Some("from db".to_string()))
+    };
+    assert_eq!(
+        c.get_or_load("k", load).await.unwrap().as_deref(),
+        Some("from db")
+    );
+    r.kill();
+    for _ in 0..50 {
+        assert_eq!(
+            c.get_or_load("k", load).await.unwrap().as_deref(),
+            Some("from db")
+        );
+    }
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        51,
+        "every read fell back to the loader"
+    );
+    assert!(c.health().breaker_open, "the breaker opened");
+    assert!(
+        counter(&snap, "aside_backend_skipped_total") > 0,
+        "and calls were skipped"
+    );
+    assert!(
+        counter(&snap, "aside_backend_errors_total") <= 6,
+        "only a few calls paid for the outage"
+    );
+    assert!(
+        c.set("k", &"x").await.is_err(),
+        "set says it could not write"
+    );
+    assert_eq!(c.del(["k"]).await.unwrap(), Invalidation::Queued);
+
+    r.restart();
+    assert!(
+        eventually(Duration::from_secs(10), || c.ping()).await,
+        "the cache reconnects"
+    );
+    assert_eq!(c.health().pending_invalidations, 0);
+    c.get_or_load("k", load).await.unwrap();
+    let before = loads.load(Ordering::SeqCst);
+    c.get_or_load("k", load).await.unwrap();
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        before,
+        "cached again once Redis is back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_is_bounded_by_the_timeout_and_missed_invalidations_are_replayed() {
+    let r = TestRedis::start();
+    let c = Cache::builder()
+        .namespace("t")
+        .redis(r.url())
+        .command_timeout(Duration::from_millis(100))
+        .breaker(3, Duration::from_secs(2))
+        .build()
+        .unwrap();
+    c.set("product:p1", &"old").await.unwrap();
+    c.entry("product:p2")
+        .tag("category:c1")
+        .set(&"old")
+        .await
+        .unwrap();
+    c.set("product:p3", &"kept").await.unwrap();
+    r.pause();
+    // The TCP connection stays up: only the timeout can end these calls.
+    let start = std::time::Instant::now();
+    for _ in 0..3 {
+        let err = c.get::<String>("product:p3").await.unwrap_err();
+        assert!(
+            matches!(&err, aside::Error::Backend(e) if e.is_timeout()),
+            "{err:?}"
+        );
+    }
+    assert!(c.health().breaker_open);
+    // With the breaker open these are never sent: they wait in the backlog.
+    assert_eq!(c.del(["product:p1"]).await.unwrap(), Invalidation::Queued);
+    assert_eq!(
+        c.invalidate_tag("category:c1").await.unwrap(),
+        Invalidation::Queued
+    );
+    let v = c
+        .get_or_load("product:p1", || async {
+            Ok::<_, Never>(Some("new".to_string()))
+        })
+        .await;
+    assert_eq!(
+        v.unwrap().as_deref(),
+        Some("new"),
+        "reads fall back to the loader"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "bounded by timeouts, not TCP"
+    );
+    assert_eq!(c.health().pending_invalidations, 2);
+
+    r.resume();
+    assert!(
+        redis_get(&r, "t:e:product:p1").await.is_some(),
+        "Redis still holds the old value"
+    );
+    assert!(eventually(Duration::from_secs(10), || c.ping()).await);
+    assert_eq!(c.health().pending_invalidations, 0);
+    assert_eq!(
+        c.get::<String>("product:p1").await.unwrap(),
+        None,
+        "the delete was replayed"
+    );
+    assert_eq!(
+        c.get::<String>("product:p2").await.unwrap(),
+        None,
+        "the tag bump was replayed"
+    );
+    assert_eq!(
+        c.get::<String>("product:p3").await.unwrap().as_deref(),
+        Some("kept")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_invalidations_are_applied_before_the_first_read() {
+    let r = TestRedis::start();
+    let c = Cache::builder()
+        .namespace("t")
+        .redis(r.url())
+        .command_timeout(Duration::from_millis(100))
+        .breaker(1, Duration::from_secs(3600)) // no probe: the read itself must flush
+        .build()
+        .unwrap();
+    let other = cache(&r); // a second instance that saw no outage
+    c.set("k", &"old").await.unwrap();
+    r.pause();
+    assert_eq!(c.del(["k"]).await.unwrap(), Invalidation::Queued);
+    r.resume();
+    // The timed-out DEL may still run once Redis resumes; put the old value back as if it was lost.
+    other.set("k", &"old").await.unwrap();
+    // This instance's breaker is open for an hour; its reads go to the loader, never to stale Redis data.
+    let v = c
+        .get_or_load("k", || async { Ok::<_, Never>(Some("new".to_string())) })
+        .await
+        .unwrap();
+    assert_eq!(v.as_deref(), Some("new"));
+    assert_eq!(
+        other.get::<String>("k").await.unwrap().as_deref(),
+        Some("old"),
+        "not applied yet"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overflowing_backlog_invalidates_the_whole_namespace() {
+    let r = TestRedis::start();
+    let c = Cache::builder()
+        .namespace("t")
+        .redis(r.url())
+        .command_timeout(Duration::from_millis(100))
+        .breaker(1, Duration::from_millis(50))
+        .backlog_capacity(3)
+        .build()
+        .unwrap();
+    for k in ["a", "b", "c", "d", "untouched"] {
+        c.set(k, &k).await.unwrap();
+    }
+    r.pause();
+    for k in ["a", "b", "c", "d"] {
+        c.del([k]).await.unwrap();
+    }
+    r.resume();
+    assert!(eventually(Duration::from_secs(10), || c.ping()).await);
+    assert_eq!(
+        c.get::<String>("untouched").await.unwrap(),
+        None,
+        "the epoch was bumped"
+    );
+    c.set("after", &1u8).await.unwrap();
+    assert_eq!(c.get::<u8>("after").await.unwrap(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_and_serves_while_redis_is_down_then_connects() {
+    let port = free_port();
+    let c = Cache::builder()
+        .namespace("t")
+        .redis(format!("redis://127.0.0.1:{port}/"))
+        .command_timeout(Duration::from_millis(100))
+        .breaker(2, Duration::from_millis(50))
+        .build()
+        .expect("building does not connect");
+    let v = c
+        .get_or_load("k", || async { Ok::<_, Never>(Some(1u8)) })
+        .await
+        .unwrap();
+    assert_eq!(v, Some(1));
+    let _r = TestRedis::start_on(port);
+    assert!(
+        eventually(Duration::from_secs(10), || c.ping()).await,
+        "connects once Redis is up"
+    );
+    c.set("k", &2u8).await.unwrap();
+    let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let exists: bool = redis::cmd("EXISTS")
+        .arg("t:e:k")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(exists);
+}
+
+#[tokio::test]
+async fn acl_users_authenticate_through_the_url() {
+    let r = TestRedis::start_with(&[
+        "--user", "default", "off", "--user", "app", "on", ">s3cret", "~*", "&*", "+@all",
+    ]);
+    let url = |pw: &str| format!("redis://app:{pw}@127.0.0.1:{}/", r.port);
+    let good = Cache::builder()
+        .namespace("t")
+        .redis(url("s3cret"))
+        .build()
+        .unwrap();
+    good.set("k", &1u8).await.unwrap();
+    assert_eq!(good.get::<u8>("k").await.unwrap(), Some(1));
+    let bad = Cache::builder()
+        .namespace("t")
+        .redis(url("wrong"))
+        .build()
+        .unwrap();
+    assert!(
+        bad.get::<u8>("k").await.is_err(),
+        "a wrong password is a backend error"
+    );
+    let v = bad
+        .get_or_load("k", || async { Ok::<_, Never>(Some(9u8)) })
+        .await
+        .unwrap();
+    assert_eq!(v, Some(9), "and get_or_load still answers");
+    let dbg = format!(
+        "{:?}",
+        Cache::builder().redis(url("s3cret")).build().unwrap()
+    );
+    assert!(
+        !dbg.contains("s3cret"),
+        "no password in Debug output: {dbg}"
+    );
+}
+
+#[tokio::test]
+async fn tls_through_rediss_urls() {
+    let r = TestRedis::start_tls();
+    let c = Cache::builder()
+        .namespace("t")
+        .redis(r.url())
+        .build()
+        .unwrap();
+    c.set("k", &"over tls").await.unwrap();
+    assert_eq!(
+        c.get::<String>("k").await.unwrap().as_deref(),
+        Some("over tls")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_loads_itself_when_the_lease_holder_died() {
+    let r = TestRedis::start();
+    let c = Cache::builder()
+        .namespace("t")
+        .redis(r.url())
+        .lease_wait(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    // Another process took the lease and died: its placeholder stays until the lease expires.
+    let _: () = redis::cmd("SET")
+        .arg("t:e:k")
+        .arg("L 42")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut r.conn().await)
+        .await
+        .unwrap();
+    let v = c
+        .get_or_load("k", || async { Ok::<_, Never>(Some(1u8)) })
+        .await
+        .unwrap();
+    assert_eq!(v, Some(1), "waits briefly, then loads");
+    assert_eq!(
+        redis_get(&r, "t:e:k").await.as_deref(),
+        Some(&b"L 42"[..]),
+        "without overwriting the lease"
+    );
+}
+
+#[tokio::test]
+async fn loader_errors_release_the_lease() {
+    let r = TestRedis::start();
+    let c = cache(&r);
+    let e = c
+        .get_or_load::<u8, _, _, _>("k", || async { Err("db down") })
+        .await;
+    assert!(matches!(e, Err(LoadError::Loader(_))));
+    assert_eq!(
+        redis_get(&r, "t:e:k").await,
+        None,
+        "no placeholder left behind"
+    );
+    let shared: Arc<&str> = match c
+        .get_or_load::<u8, _, _, _>("k", || async { Err("again") })
+        .await
+    {
+        Err(LoadError::Loader(e)) => e,
+        _ => panic!(),
+    };
+    assert_eq!(*shared, "again");
+}
