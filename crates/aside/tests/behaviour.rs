@@ -219,7 +219,9 @@ async fn negative_results_are_cached_for_the_negative_ttl(fx: Fx) {
 /// tasks are spread over that many `Cache`s sharing the store (the lease across processes).
 async fn one_load_for_a_stampede(fx: Fx, instances: usize) {
     const TASKS: usize = 500;
-    let caches: Vec<Cache> = (0..instances).map(|_| fx.cache()).collect();
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let caches: Vec<Cache> = metrics::with_local_recorder(&recorder, || (0..instances).map(|_| fx.cache()).collect());
     let barrier = Arc::new(Barrier::new(TASKS));
     let arrived = Arc::new(AtomicUsize::new(0));
     let calls = Arc::new(AtomicUsize::new(0));
@@ -250,6 +252,18 @@ async fn one_load_for_a_stampede(fx: Fx, instances: usize) {
         assert_eq!(t.await.unwrap(), Some(product("hot")));
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // In-process single-flight: each instance asked the store for the lease at most once.
+    let claims: usize = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(k, ..)| k.key().name() == "aside_backend_seconds" && k.key().labels().any(|l| l.value() == "claim"))
+        .map(|(.., v)| match v {
+            metrics_util::debugging::DebugValue::Histogram(h) => h.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!((1..=instances).contains(&claims), "{claims} lease requests from {instances} instance(s)");
 }
 
 async fn loader_errors_are_shared_and_not_cached(fx: Fx) {
