@@ -1,0 +1,171 @@
+//! The command line (DESIGN.md C1). Every flag has an environment variable; a flag wins over
+//! its variable.
+
+use clap::{Args, Parser, Subcommand};
+use std::fmt;
+use std::time::Duration;
+
+/// `catalog`: a product-catalog HTTP service, cached with `aside`.
+#[derive(Debug, Parser)]
+#[command(name = "catalog", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API until SIGINT or SIGTERM.
+    Serve(Config),
+}
+
+/// The settings of `catalog serve`.
+#[derive(Clone, Args)]
+pub struct Config {
+    /// Address to listen on (port 0: any free port; the address is printed).
+    #[arg(long, env = "CATALOG_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+
+    /// Database: sqlite://PATH (created if missing), sqlite::memory:, or postgres://USER:PASS@HOST/DB.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://catalog.db")]
+    pub database_url: String,
+
+    /// Redis to cache in: redis://[USER:PASS@]HOST:PORT[/DB] or rediss:// (TLS). Without it, an
+    /// in-process cache.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Products to seed into an empty database (with categories c1..c20).
+    #[arg(long, env = "CATALOG_SEED_PRODUCTS", default_value_t = 1000)]
+    pub seed_products: u32,
+
+    /// Milliseconds added to every database round trip (to show what the cache saves).
+    #[arg(long, env = "CATALOG_DB_LATENCY_MS", default_value_t = 0)]
+    pub db_latency_ms: u64,
+
+    /// Bypass the cache entirely: every read goes to the database (`x-cache: bypass`).
+    #[arg(long, env = "CATALOG_NO_CACHE")]
+    pub no_cache: bool,
+
+    /// Upper bound of every database round trip; beyond it the request gets a 503.
+    #[arg(long, env = "CATALOG_DB_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub db_timeout: Duration,
+
+    /// Database connection pool size.
+    #[arg(long, env = "CATALOG_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    pub db_max_connections: u32,
+
+    /// How long a product stays cached.
+    #[arg(long, env = "CATALOG_PRODUCT_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub product_ttl: Duration,
+
+    /// How long a list page stays cached.
+    #[arg(long, env = "CATALOG_LIST_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub list_ttl: Duration,
+
+    /// How long a "not found" stays cached.
+    #[arg(long, env = "CATALOG_NEGATIVE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub negative_ttl: Duration,
+
+    /// Namespace of the cache's keys in Redis (instances sharing one see each other's entries).
+    #[arg(long, env = "CATALOG_CACHE_NAMESPACE", default_value = "catalog")]
+    pub cache_namespace: String,
+}
+
+impl Config {
+    /// The Redis URL, if one is set and not empty.
+    pub fn redis(&self) -> Option<&str> {
+        self.redis_url.as_deref().filter(|u| !u.trim().is_empty())
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database_url", &redact(&self.database_url))
+            .field("redis_url", &self.redis_url.as_deref().map(redact))
+            .field("seed_products", &self.seed_products)
+            .field("db_latency_ms", &self.db_latency_ms)
+            .field("no_cache", &self.no_cache)
+            .field("db_timeout", &self.db_timeout)
+            .field("db_max_connections", &self.db_max_connections)
+            .field("product_ttl", &self.product_ttl)
+            .field("list_ttl", &self.list_ttl)
+            .field("negative_ttl", &self.negative_ttl)
+            .field("cache_namespace", &self.cache_namespace)
+            .finish()
+    }
+}
+
+/// A connection URL with its password hidden: `postgres://user:***@host/db`.
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = &rest[..at];
+            let user = user.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme_end], &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("redis://:secret@h"), "redis://:***@h");
+        assert_eq!(redact("sqlite://catalog.db"), "sqlite://catalog.db");
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let Command::Serve(c) = Cli::try_parse_from(["catalog", "serve"])
+            .map(|c| c.command)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.seed_products, 1000);
+        assert!(!c.no_cache);
+        assert_eq!(c.product_ttl, Duration::from_secs(300));
+        assert_eq!(c.list_ttl, Duration::from_secs(60));
+        let Command::Serve(c) = Cli::try_parse_from([
+            "catalog",
+            "serve",
+            "--listen",
+            "0.0.0.0:1",
+            "--no-cache",
+            "--db-latency-ms",
+            "5",
+            "--negative-ttl",
+            "200ms",
+            "--seed-products",
+            "7",
+        ])
+        .map(|c| c.command)
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (
+                c.listen.as_str(),
+                c.no_cache,
+                c.db_latency_ms,
+                c.seed_products
+            ),
+            ("0.0.0.0:1", true, 5, 7)
+        );
+        assert_eq!(c.negative_ttl, Duration::from_millis(200));
+    }
+}

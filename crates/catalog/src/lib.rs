@@ -1,0 +1,144 @@
+//! `catalog`: the product-catalog service of the seed (`ProductService`), over SQLite or
+//! PostgreSQL, cached with `aside` in process or in Redis.
+//!
+//! The HTTP contract is DESIGN.md C2 and the command line C1; the README documents both.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use clap::Parser;
+//! let catalog::config::Cli { command: catalog::config::Command::Serve(config) } =
+//!     catalog::config::Cli::parse();
+//! let listener = tokio::net::TcpListener::bind(&config.listen).await?;
+//! catalog::run(listener, config, std::future::pending()).await
+//! # }
+//! ```
+//!
+//! # Layout
+//! - [`config`]: the command line and its environment variables.
+//! - [`model`]: what the API returns and accepts, and its validation rules.
+//! - [`db`]: the [`Repository`](db::Repository) trait, its SQLite and PostgreSQL
+//!   implementations, and [`Db`](db::Db), which counts, delays and bounds every round trip.
+//! - [`service`]: [`Catalog`](service::Catalog), cache-aside reads and write-then-invalidate
+//!   writes; its docs list every key, TTL and tag.
+//! - [`routes`]: the handlers; [`extract`] and [`error`] turn every rejection into the API's
+//!   Error body.
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod model;
+pub mod routes;
+pub mod service;
+
+use crate::config::Config;
+use crate::service::{Catalog, Ttls};
+use anyhow::Context;
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tracing::info;
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The catalog.
+    pub catalog: Arc<Catalog>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    /// State over `catalog`, rendering metrics from the process's recorder.
+    pub fn new(catalog: Catalog) -> Self {
+        Self {
+            catalog: Arc::new(catalog),
+            metrics: metrics_recorder(),
+        }
+    }
+}
+
+/// The HTTP API.
+pub fn app(state: AppState) -> Router {
+    routes::router(state)
+}
+
+/// The process's Prometheus recorder, installed on first call. Install it before building a
+/// cache or a [`Db`](db::Db): metrics registered before it are lost.
+pub fn metrics_recorder() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was installed already; /metrics will be empty");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Connects the database, applies migrations, seeds an empty database and builds the cache.
+pub async fn build(config: &Config) -> anyhow::Result<AppState> {
+    let metrics = metrics_recorder();
+    let options = db::Options {
+        latency: Duration::from_millis(config.db_latency_ms),
+        timeout: config.db_timeout,
+        max_connections: config.db_max_connections,
+    };
+    let url = config::redact(&config.database_url);
+    let repo = db::connect(&config.database_url, &options)
+        .await
+        .with_context(|| format!("cannot open the database {url}"))?;
+    repo.migrate()
+        .await
+        .context("cannot migrate the database")?;
+    if repo
+        .seed(config.seed_products)
+        .await
+        .context("cannot seed the database")?
+    {
+        info!(products = config.seed_products, "seeded an empty database");
+    }
+    let cache = if config.no_cache {
+        None
+    } else {
+        let mut b = aside::Cache::builder()
+            .namespace(config.cache_namespace.as_str())
+            .default_ttl(config.product_ttl)
+            .negative_ttl(config.negative_ttl);
+        if let Some(url) = config.redis() {
+            b = b.redis(url);
+        }
+        Some(b.build().context("invalid cache settings")?)
+    };
+    let ttls = Ttls {
+        product: config.product_ttl,
+        list: config.list_ttl,
+        negative: config.negative_ttl,
+    };
+    Ok(AppState {
+        catalog: Arc::new(Catalog::new(db::Db::new(repo, options), cache, ttls)),
+        metrics,
+    })
+}
+
+/// Builds the service, prints `listening on http://ADDR` on stdout once it is ready, and
+/// serves on `listener` until `shutdown` completes; requests in flight are finished.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = build(&config).await?;
+    let addr = listener.local_addr()?;
+    info!(config = ?config, %addr, "catalog ready");
+    println!("listening on http://{addr}");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("server failed")
+}

@@ -1,0 +1,48 @@
+//! The HTTP API (DESIGN.md C2). Handlers are thin: extract and validate, call the
+//! [`Catalog`](crate::service::Catalog), shape the response.
+
+use crate::AppState;
+use crate::error::ApiError;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderName;
+use axum::response::IntoResponse;
+use axum::routing::{get, put};
+use tower_http::catch_panic::CatchPanicLayer;
+
+mod categories;
+mod ops;
+mod products;
+
+/// Largest request body accepted (413 beyond).
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// The `x-cache` header of product and list reads.
+pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// Every route, with the API's Error body for unknown routes (404), wrong methods (405),
+/// oversized bodies (413) and panics (500).
+pub fn router(state: AppState) -> Router {
+    let no_id = || async { ApiError::invalid("invalid_id", "the path has no id") };
+    Router::new()
+        .route("/products", get(products::list).post(products::create))
+        .route(
+            "/products/{id}",
+            get(products::get)
+                .put(products::update)
+                .delete(products::delete),
+        )
+        .route("/products/", get(no_id).put(no_id).delete(no_id))
+        .route("/categories/{id}", put(categories::rename))
+        .route("/categories/", put(no_id))
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async { ApiError::NotFound("no such route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("handler panicked");
+            ApiError::Internal.into_response()
+        }))
+        .with_state(state)
+}
