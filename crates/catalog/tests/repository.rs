@@ -1,0 +1,299 @@
+//! One suite of repository tests, run against SQLite and against PostgreSQL (a fresh database
+//! per test on 127.0.0.1:5432).
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use catalog::db::{self, DbError, Options, Repository, seed_product};
+use catalog::model::{Id, NewProduct, ProductPatch, now};
+use std::sync::Arc;
+
+fn id(s: &str) -> Id {
+    Id::parse(s).unwrap()
+}
+
+fn new_product(i: &str, category: &str) -> NewProduct {
+    NewProduct {
+        id: id(i),
+        name: format!("New {i}"),
+        price: 12.5,
+        category_id: id(category),
+        created_at: now(),
+    }
+}
+
+/// A migrated, seeded repository (25 products) and what keeps its database alive.
+struct Fixture {
+    repo: Arc<dyn Repository>,
+    _keep: Box<dyn std::any::Any>,
+}
+
+async fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    // A file that does not exist yet: connect must create it.
+    let url = format!("sqlite://{}", dir.path().join("new.db").display());
+    let repo = db::connect(&url, &Options::default()).await.unwrap();
+    repo.migrate().await.unwrap();
+    assert!(repo.seed(25).await.unwrap());
+    Fixture {
+        repo,
+        _keep: Box::new(dir),
+    }
+}
+
+async fn postgres() -> Fixture {
+    let pg = support::TestPostgres::new().await;
+    let repo = db::connect(&pg.url, &Options::default()).await.unwrap();
+    repo.migrate().await.unwrap();
+    assert!(repo.seed(25).await.unwrap());
+    Fixture {
+        repo,
+        _keep: Box::new(pg),
+    }
+}
+
+async fn seeding_is_deterministic_and_happens_once(f: Fixture) {
+    let r = &f.repo;
+    assert!(
+        !r.seed(25).await.unwrap(),
+        "a seeded database is not seeded again"
+    );
+    let p = r.product(&id("p1")).await.unwrap().unwrap();
+    let want = seed_product(1);
+    assert_eq!(
+        (
+            p.name.as_str(),
+            p.price,
+            p.category_id.as_str(),
+            p.category.name.as_str()
+        ),
+        ("Product 1", 1.99, "c1", "Category 1")
+    );
+    assert_eq!(
+        (p.created_at, p.updated_at),
+        (want.created_at, want.created_at)
+    );
+    let p21 = r.product(&id("p21")).await.unwrap().unwrap();
+    assert_eq!((p21.category_id.as_str(), p21.price), ("c1", 21.99));
+    let page = r.page(0, 5).await.unwrap();
+    assert_eq!(page.total, 25);
+    let ids: Vec<_> = page.products.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["p25", "p24", "p23", "p22", "p21"]);
+    assert!(r.product(&id("p26")).await.unwrap().is_none());
+    assert!(
+        r.rename_category(&id("c20"), "Category 20")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(r.rename_category(&id("c21"), "x").await.unwrap().is_none());
+}
+
+async fn pages_split_and_end(f: Fixture) {
+    let r = &f.repo;
+    let last = r.page(20, 10).await.unwrap();
+    assert_eq!(last.total, 25);
+    let ids: Vec<_> = last.products.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["p5", "p4", "p3", "p2", "p1"]);
+    let past = r.page(1_000_000, 10).await.unwrap();
+    assert!(past.products.is_empty());
+    assert_eq!(past.total, 25, "the total is known past the last page");
+    let all = r.page(0, 100).await.unwrap();
+    assert_eq!(all.products.len(), 25);
+    assert!(
+        all.products
+            .windows(2)
+            .all(|w| w[0].created_at > w[1].created_at)
+    );
+}
+
+async fn insert_returns_what_reads_return(f: Fixture) {
+    let r = &f.repo;
+    let mut np = new_product("n-1", "c3");
+    np.name = "é".repeat(200);
+    np.price = 0.1 + 0.2;
+    let created = r.insert(&np).await.unwrap();
+    assert_eq!(created.category.name, "Category 3");
+    assert_eq!(created.created_at, np.created_at);
+    assert_eq!(created.updated_at, np.created_at);
+    assert_eq!(r.product(&id("n-1")).await.unwrap(), Some(created.clone()));
+    assert_eq!(created.price, 0.1 + 0.2);
+    let page = r.page(0, 1).await.unwrap();
+    assert_eq!(page.products[0].id, "n-1", "the newest product comes first");
+    assert_eq!(page.total, 26);
+}
+
+async fn insert_refuses_duplicates_and_unknown_categories(f: Fixture) {
+    let r = &f.repo;
+    assert!(matches!(
+        r.insert(&new_product("p1", "c1")).await,
+        Err(DbError::Duplicate)
+    ));
+    assert!(matches!(
+        r.insert(&new_product("n-2", "c99")).await,
+        Err(DbError::UnknownCategory)
+    ));
+    assert!(r.product(&id("n-2")).await.unwrap().is_none());
+    assert_eq!(
+        r.product(&id("p1")).await.unwrap().unwrap().name,
+        "Product 1"
+    );
+}
+
+async fn update_changes_only_what_is_given(f: Fixture) {
+    let r = &f.repo;
+    let before = r.product(&id("p2")).await.unwrap().unwrap();
+    let t = now();
+    let patch = ProductPatch {
+        price: Some(7.0),
+        ..Default::default()
+    };
+    let after = r.update(&id("p2"), &patch, t).await.unwrap().unwrap();
+    assert_eq!(
+        (after.name.as_str(), after.price, after.category_id.as_str()),
+        ("Product 2", 7.0, "c2")
+    );
+    assert_eq!((after.created_at, after.updated_at), (before.created_at, t));
+    let patch = ProductPatch {
+        name: Some("Two".into()),
+        category_id: Some(id("c5")),
+        ..Default::default()
+    };
+    let after = r.update(&id("p2"), &patch, now()).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            after.name.as_str(),
+            after.price,
+            after.category.name.as_str()
+        ),
+        ("Two", 7.0, "Category 5")
+    );
+    assert_eq!(r.product(&id("p2")).await.unwrap(), Some(after));
+    assert!(
+        r.update(&id("nope"), &patch, now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn update_refuses_unknown_categories(f: Fixture) {
+    let r = &f.repo;
+    let before = r.product(&id("p3")).await.unwrap();
+    let patch = ProductPatch {
+        category_id: Some(id("c99")),
+        name: Some("x".into()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        r.update(&id("p3"), &patch, now()).await,
+        Err(DbError::UnknownCategory)
+    ));
+    assert_eq!(
+        r.product(&id("p3")).await.unwrap(),
+        before,
+        "a failed update changes nothing"
+    );
+}
+
+async fn delete_reports_existence(f: Fixture) {
+    let r = &f.repo;
+    assert!(r.delete(&id("p4")).await.unwrap());
+    assert!(!r.delete(&id("p4")).await.unwrap());
+    assert!(r.product(&id("p4")).await.unwrap().is_none());
+    assert_eq!(r.page(0, 100).await.unwrap().total, 24);
+}
+
+async fn rename_shows_in_every_product_of_the_category(f: Fixture) {
+    let r = &f.repo;
+    let c = r
+        .rename_category(&id("c1"), "Lamps")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((c.id.as_str(), c.name.as_str()), ("c1", "Lamps"));
+    for p in ["p1", "p21"] {
+        assert_eq!(
+            r.product(&id(p)).await.unwrap().unwrap().category.name,
+            "Lamps"
+        );
+    }
+    assert_eq!(
+        r.product(&id("p2")).await.unwrap().unwrap().category.name,
+        "Category 2"
+    );
+    let page = r.page(0, 100).await.unwrap();
+    assert!(
+        page.products
+            .iter()
+            .filter(|p| p.category_id == "c1")
+            .all(|p| p.category.name == "Lamps")
+    );
+}
+
+async fn ping_answers(f: Fixture) {
+    f.repo.ping().await.unwrap();
+}
+
+macro_rules! suite {
+    ($backend:ident: $($test:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::$backend().await).await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! both {
+    ($($test:ident),* $(,)?) => {
+        suite!(sqlite: $($test),*);
+        suite!(postgres: $($test),*);
+    };
+}
+
+both!(
+    seeding_is_deterministic_and_happens_once,
+    pages_split_and_end,
+    insert_returns_what_reads_return,
+    insert_refuses_duplicates_and_unknown_categories,
+    update_changes_only_what_is_given,
+    update_refuses_unknown_categories,
+    delete_reports_existence,
+    rename_shows_in_every_product_of_the_category,
+    ping_answers,
+);
+
+#[tokio::test]
+async fn memory_sqlite_keeps_its_data_across_pool_use() {
+    let repo = db::connect("sqlite::memory:", &Options::default())
+        .await
+        .unwrap();
+    repo.migrate().await.unwrap();
+    assert!(repo.seed(3).await.unwrap());
+    for _ in 0..3 {
+        assert_eq!(repo.page(0, 10).await.unwrap().total, 3);
+    }
+}
+
+#[tokio::test]
+async fn unsupported_urls_are_refused() {
+    assert!(matches!(
+        db::connect("mysql://x", &Options::default()).await,
+        Err(DbError::UnsupportedUrl)
+    ));
+}
+
+#[tokio::test]
+async fn postgres_seeds_a_thousand_in_one_go() {
+    let pg = support::TestPostgres::new().await;
+    let repo = db::connect(&pg.url, &Options::default()).await.unwrap();
+    repo.migrate().await.unwrap();
+    repo.migrate().await.unwrap(); // idempotent
+    assert!(repo.seed(2500).await.unwrap());
+    let page = repo.page(0, 1).await.unwrap();
+    assert_eq!((page.total, page.products[0].id.as_str()), (2500, "p2500"));
+}
