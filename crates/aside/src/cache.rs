@@ -174,7 +174,8 @@ impl<C: Codec> Cache<C> {
     /// ```
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let k = self.inner.ns.entry(key)?;
-        match self.read(&k).await.map_err(Error::Backend)? {
+        let stamps = self.inner.ns.stamps_for(key, &[] as &[&str])?;
+        match self.read(&k, &stamps).await.map_err(Error::Backend)? {
             Lookup::Hit(p) => match self.decode::<T>(&k, &p).await {
                 Some(Decoded::Value(v)) => {
                     self.inner.metrics.hits.increment(1);
@@ -392,9 +393,13 @@ impl<C: Codec> Cache<C> {
         }
     }
 
-    async fn read(&self, k: &EntryKey) -> std::result::Result<Lookup, StoreError> {
+    async fn read(
+        &self,
+        k: &EntryKey,
+        stamps: &[TagKey],
+    ) -> std::result::Result<Lookup, StoreError> {
         self.ready().await?;
-        self.call(Op::Get, self.inner.store.get(k)).await
+        self.call(Op::Get, self.inner.store.get(k, stamps)).await
     }
 
     async fn invalidate(&self, keys: &[EntryKey], stamps: &[TagKey]) -> Invalidation {
@@ -476,7 +481,7 @@ impl<C: Codec> Cache<C> {
         (ttl - cut).max(Duration::from_millis(1))
     }
 
-    async fn wait_for_fill(&self, k: &EntryKey) -> Waited {
+    async fn wait_for_fill(&self, k: &EntryKey, stamps: &[TagKey]) -> Waited {
         let deadline = Instant::now() + self.inner.settings.lease_wait;
         let mut pause = Duration::from_millis(2);
         loop {
@@ -486,7 +491,7 @@ impl<C: Codec> Cache<C> {
             }
             tokio::time::sleep(pause.min(left)).await;
             pause = (pause * 2).min(Duration::from_millis(50));
-            match self.read(k).await {
+            match self.read(k, stamps).await {
                 Ok(Lookup::Hit(p)) => return Waited::Filled(p),
                 Ok(Lookup::Pending) => {}
                 Ok(Lookup::Miss | Lookup::Corrupt) => return Waited::Vacant,
@@ -608,7 +613,7 @@ impl<'a, C: Codec> Entry<'a, C> {
         let k = inner.ns.entry(self.key)?;
         let stamps = inner.ns.stamps_for(self.key, &self.tags)?;
 
-        match cache.read(&k).await {
+        match cache.read(&k, &stamps).await {
             Ok(Lookup::Hit(p)) => {
                 // An undecodable entry was removed by decode: load below.
                 if let Some(d) = cache.decode::<T>(&k, &p).await {
@@ -639,12 +644,18 @@ impl<'a, C: Codec> Entry<'a, C> {
                 },
             };
             let keep = ttl.max(negative_ttl) * 2 + inner.settings.lease;
-            let claim = cache
-                .call(
-                    Op::Claim,
-                    inner.store.claim(&k, &stamps, inner.settings.lease, keep),
-                )
-                .await;
+            // Like every read, a claim waits until pending invalidations are applied.
+            let claim = match cache.ready().await {
+                Ok(()) => {
+                    cache
+                        .call(
+                            Op::Claim,
+                            inner.store.claim(&k, &stamps, inner.settings.lease, keep),
+                        )
+                        .await
+                }
+                Err(e) => Err(e),
+            };
             let lease = match claim {
                 Ok(Claim::Hit(p)) => match cache.decode::<T>(&k, &p).await {
                     Some(d) => {
@@ -656,7 +667,7 @@ impl<'a, C: Codec> Entry<'a, C> {
                     }
                     None => continue,
                 },
-                Ok(Claim::Pending) => match cache.wait_for_fill(&k).await {
+                Ok(Claim::Pending) => match cache.wait_for_fill(&k, &stamps).await {
                     Waited::Filled(p) => match cache.decode::<T>(&k, &p).await {
                         Some(d) => {
                             leader.finish(match &d {

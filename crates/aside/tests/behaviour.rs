@@ -221,7 +221,8 @@ async fn one_load_for_a_stampede(fx: Fx, instances: usize) {
     const TASKS: usize = 500;
     let recorder = metrics_util::debugging::DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    let caches: Vec<Cache> = metrics::with_local_recorder(&recorder, || (0..instances).map(|_| fx.cache()).collect());
+    let caches: Vec<Cache> =
+        metrics::with_local_recorder(&recorder, || (0..instances).map(|_| fx.cache()).collect());
     let barrier = Arc::new(Barrier::new(TASKS));
     let arrived = Arc::new(AtomicUsize::new(0));
     let calls = Arc::new(AtomicUsize::new(0));
@@ -257,13 +258,19 @@ async fn one_load_for_a_stampede(fx: Fx, instances: usize) {
         .snapshot()
         .into_vec()
         .into_iter()
-        .filter(|(k, ..)| k.key().name() == "aside_backend_seconds" && k.key().labels().any(|l| l.value() == "claim"))
+        .filter(|(k, ..)| {
+            k.key().name() == "aside_backend_seconds"
+                && k.key().labels().any(|l| l.value() == "claim")
+        })
         .map(|(.., v)| match v {
             metrics_util::debugging::DebugValue::Histogram(h) => h.len(),
             _ => 0,
         })
         .sum();
-    assert!((1..=instances).contains(&claims), "{claims} lease requests from {instances} instance(s)");
+    assert!(
+        (1..=instances).contains(&claims),
+        "{claims} lease requests from {instances} instance(s)"
+    );
 }
 
 async fn loader_errors_are_shared_and_not_cached(fx: Fx) {

@@ -136,7 +136,7 @@ impl Store for MemoryStore {
         Kind::Memory
     }
 
-    async fn get(&self, key: &EntryKey) -> Result<Lookup, StoreError> {
+    async fn get(&self, key: &EntryKey, _stamps: &[TagKey]) -> Result<Lookup, StoreError> {
         let Some(slot) = self.entries.get(key) else {
             return Ok(Lookup::Miss);
         };

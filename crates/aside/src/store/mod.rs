@@ -78,8 +78,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Which kind of store this is.
     fn kind(&self) -> Kind;
 
-    /// Reads an entry, checking its stamps.
-    async fn get(&self, key: &EntryKey) -> Result<Lookup, StoreError>;
+    /// Reads an entry, checking its stamps. `stamps` are the version keys the caller expects
+    /// the entry to carry (the store may fetch them with the entry); an entry carrying others
+    /// is checked against those too.
+    async fn get(&self, key: &EntryKey, stamps: &[TagKey]) -> Result<Lookup, StoreError>;
 
     /// On a miss: returns the entry if one became valid meanwhile, `Pending` if another loader
     /// holds the lease, or grants a lease of `lease` duration and returns the current versions

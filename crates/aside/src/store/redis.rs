@@ -118,15 +118,6 @@ local function version(k, keep)
 end
 "#;
 
-const GET: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if not v then return 0 end
-if lease(v) then return 2 end
-local p, why = check(v)
-if p then return p end
-return why
-"#;
-
 const CLAIM: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if v then
@@ -185,7 +176,6 @@ return 1
 "#;
 
 struct Scripts {
-    get: Script,
     claim: Script,
     fill: Script,
     release: Script,
@@ -197,7 +187,6 @@ impl Scripts {
     fn new() -> Self {
         let with_check = |body: &str| Script::new(&format!("{CHECK}{body}"));
         Self {
-            get: with_check(GET),
             claim: with_check(CLAIM),
             fill: Script::new(FILL),
             release: Script::new(RELEASE),
@@ -276,6 +265,36 @@ fn ms(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
 
+fn is_lease(v: &[u8]) -> bool {
+    v.len() > 2 && v.starts_with(b"L ") && v[2..].iter().all(u8::is_ascii_digit)
+}
+
+/// A parsed stamp line: `<n> <key> <version> ...\n`, then the payload.
+#[derive(Debug, PartialEq)]
+struct Record<'a> {
+    stamps: Vec<(&'a [u8], &'a [u8])>,
+    payload_at: usize,
+}
+
+/// Parses a stored entry exactly as the Lua `check` does; `None` if it is not a record.
+fn parse_record(v: &[u8]) -> Option<Record<'_>> {
+    let nl = v.iter().position(|&b| b == b'\n')?;
+    let mut parts = v[..nl].split(|&b| b == b' ');
+    let n: usize = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let mut stamps = Vec::with_capacity(n);
+    while let Some(k) = parts.next() {
+        let ver = parts.next()?;
+        if k.is_empty() || ver.is_empty() || !ver.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        stamps.push((k, ver));
+    }
+    (stamps.len() == n && n > 0).then_some(Record {
+        stamps,
+        payload_at: nl + 1,
+    })
+}
+
 fn payload_or(v: Value, what: &str) -> Result<Option<Lookup>, StoreError> {
     match v {
         Value::BulkString(b) => Ok(Some(Lookup::Hit(Bytes::from(b)))),
@@ -301,11 +320,55 @@ impl Store for RedisStore {
         Kind::Redis
     }
 
-    async fn get(&self, key: &EntryKey) -> Result<Lookup, StoreError> {
+    async fn get(&self, key: &EntryKey, stamps: &[TagKey]) -> Result<Lookup, StoreError> {
+        // One MGET: the entry and the versions it is expected to carry, read atomically.
         let mut conn = self.conn.clone();
-        let inv = self.scripts.get.key(key.as_str());
-        let v: Value = self.bounded(inv.invoke_async(&mut conn)).await?;
-        payload_or(v, "get")?.ok_or_else(|| StoreError::Protocol("get: array".into()))
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(key.as_str());
+        for s in stamps {
+            cmd.arg(s.as_str());
+        }
+        let mut vals: Vec<Option<Vec<u8>>> = self.bounded(cmd.query_async(&mut conn)).await?;
+        if vals.len() != stamps.len() + 1 {
+            return Err(StoreError::Protocol("get: reply length".into()));
+        }
+        let Some(entry) = vals[0].take() else {
+            return Ok(Lookup::Miss);
+        };
+        if is_lease(&entry) {
+            return Ok(Lookup::Pending);
+        }
+        let Some(record) = parse_record(&entry) else {
+            return Ok(Lookup::Corrupt);
+        };
+        let mut others = Vec::new();
+        for (k, v) in &record.stamps {
+            match stamps.iter().position(|s| s.as_str().as_bytes() == *k) {
+                Some(i) if vals[i + 1].as_deref() == Some(*v) => {}
+                Some(_) => return Ok(Lookup::Miss),
+                None => others.push((*k, *v)),
+            }
+        }
+        if !others.is_empty() {
+            // Stamps the caller did not name. Checking them after the entry was read is still
+            // exact: versions never return to an earlier value, so a match now means no bump
+            // happened since the entry was written.
+            let mut cmd = redis::cmd("MGET");
+            for (k, _) in &others {
+                cmd.arg(*k);
+            }
+            let now: Vec<Option<Vec<u8>>> = self.bounded(cmd.query_async(&mut conn)).await?;
+            if now.len() != others.len()
+                || others
+                    .iter()
+                    .zip(&now)
+                    .any(|((_, v), n)| n.as_deref() != Some(*v))
+            {
+                return Ok(Lookup::Miss);
+            }
+        }
+        let at = record.payload_at;
+        Ok(Lookup::Hit(Bytes::from(entry).slice(at..)))
     }
 
     async fn claim(
@@ -435,7 +498,44 @@ impl Store for RedisStore {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn records_parse_like_the_lua_check() {
+        let r = parse_record(b"2 a:g 17 a:t:x 3\n1 0 v\n{}").unwrap();
+        assert_eq!(
+            r.stamps,
+            vec![(&b"a:g"[..], &b"17"[..]), (&b"a:t:x"[..], &b"3"[..])]
+        );
+        assert_eq!(r.payload_at, 17);
+        for bad in [
+            &b"1 0 v\n1"[..],
+            b"2 a:g 1\n",
+            b"1 a:g 1 a:t 2\n",
+            b"0\n",
+            b"no newline",
+            b"x a 1\n",
+            b"1 a 1x\n",
+        ] {
+            assert_eq!(
+                parse_record(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(
+            is_lease(b"L 42") && !is_lease(b"L ") && !is_lease(b"L 4x") && !is_lease(b"1 a 1\n")
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics(v in prop::collection::vec(any::<u8>(), 0..64)) {
+            let _ = parse_record(&v);
+        }
+    }
 
     #[test]
     fn passwords_are_redacted() {

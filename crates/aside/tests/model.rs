@@ -1,0 +1,111 @@
+//! Model-based test: random sequences of sets, deletes, tag and prefix invalidations against
+//! a `HashMap` model, on the in-process store and on Redis.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use aside::Cache;
+use proptest::prelude::*;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+const KEYS: [&str; 5] = ["a", "b", "x:1", "x:2", "y:1"];
+const TAGS: [&str; 2] = ["t1", "t2"];
+const PREFIXES: [&str; 2] = ["x:", "y:"];
+
+#[derive(Clone, Debug)]
+enum Op {
+    Set(usize, i64, Vec<usize>),
+    Get(usize),
+    Del(Vec<usize>),
+    Tag(usize),
+    Prefix(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (
+            0..KEYS.len(),
+            any::<i64>(),
+            prop::collection::vec(0..TAGS.len(), 0..3)
+        )
+            .prop_map(|(k, v, t)| Op::Set(k, v, t)),
+        (0..KEYS.len()).prop_map(Op::Get),
+        prop::collection::vec(0..KEYS.len(), 0..3).prop_map(Op::Del),
+        (0..TAGS.len()).prop_map(Op::Tag),
+        (0..PREFIXES.len()).prop_map(Op::Prefix),
+    ]
+}
+
+async fn run(cache: Cache, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut model: HashMap<&str, (i64, BTreeSet<usize>)> = HashMap::new();
+    for op in ops {
+        match op {
+            Op::Set(k, v, tags) => {
+                let names: Vec<&str> = tags.iter().map(|&t| TAGS[t]).collect();
+                cache.entry(KEYS[k]).tags(names).set(&v).await.unwrap();
+                model.insert(KEYS[k], (v, tags.into_iter().collect()));
+            }
+            Op::Get(k) => {
+                let got = cache.get::<i64>(KEYS[k]).await.unwrap();
+                prop_assert_eq!(got, model.get(KEYS[k]).map(|e| e.0), "get {}", KEYS[k]);
+            }
+            Op::Del(ks) => {
+                cache.del(ks.iter().map(|&k| KEYS[k])).await.unwrap();
+                for k in ks {
+                    model.remove(KEYS[k]);
+                }
+            }
+            Op::Tag(t) => {
+                cache.invalidate_tag(TAGS[t]).await.unwrap();
+                model.retain(|_, e| !e.1.contains(&t));
+            }
+            Op::Prefix(p) => {
+                cache.invalidate_prefix(PREFIXES[p]).await.unwrap();
+                model.retain(|k, _| !k.starts_with(PREFIXES[p]));
+            }
+        }
+    }
+    for k in KEYS {
+        prop_assert_eq!(
+            cache.get::<i64>(k).await.unwrap(),
+            model.get(k).map(|e| e.0),
+            "final {}",
+            k
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn memory_store_matches_the_model(ops in prop::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(run(Cache::builder().build().unwrap(), ops))?;
+    }
+}
+
+static NS: AtomicUsize = AtomicUsize::new(0);
+
+#[test]
+fn redis_store_matches_the_model() {
+    let redis = support::TestRedis::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(48));
+    runner
+        .run(&prop::collection::vec(op(), 1..40), |ops| {
+            rt.block_on(async {
+                let ns = format!("m{}", NS.fetch_add(1, Ordering::Relaxed));
+                let cache = Cache::builder()
+                    .namespace(ns)
+                    .redis(redis.url())
+                    .build()
+                    .unwrap();
+                run(cache, ops).await
+            })
+        })
+        .unwrap();
+}
