@@ -1,0 +1,920 @@
+//! Handler tests: `app(state).oneshot(request)` over an in-memory SQLite database (30 seeded
+//! products) and the in-process cache, for every route, status code and validation rule of
+//! DESIGN.md C2.
+#![allow(clippy::unwrap_used)]
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use catalog::config::{Cli, Command};
+use catalog::db::{self, Db, Page, Repository};
+use catalog::model::{Category, Id, NewProduct, Product, ProductPatch};
+use catalog::service::{Catalog, Ttls};
+use catalog::{AppState, app};
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt;
+
+async fn state_with(args: &[&str]) -> AppState {
+    let mut argv = vec![
+        "catalog",
+        "serve",
+        "--database-url",
+        "sqlite::memory:",
+        "--seed-products",
+        "30",
+    ];
+    argv.extend_from_slice(args);
+    let Command::Serve(config) = Cli::try_parse_from(argv).unwrap().command;
+    catalog::build(&config).await.unwrap()
+}
+
+async fn state() -> AppState {
+    state_with(&[]).await
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Reply {
+    fn x_cache(&self) -> &str {
+        self.headers
+            .get("x-cache")
+            .map_or("", |v| v.to_str().unwrap())
+    }
+
+    /// Asserts the Error body shape and returns its code.
+    fn error_code(&self) -> &str {
+        let e = &self.body["error"];
+        assert!(
+            e["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "no message: {}",
+            self.body
+        );
+        assert_eq!(self.body.as_object().unwrap().len(), 1, "{}", self.body);
+        e["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not an Error body: {}", self.body))
+    }
+}
+
+async fn send(s: &AppState, req: Request<Body>) -> Reply {
+    let resp = app(s.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn call(s: &AppState, method: Method, uri: &str, body: Option<&str>) -> Reply {
+    let mut b = Request::builder().method(method).uri(uri);
+    if body.is_some() {
+        b = b.header(header::CONTENT_TYPE, "application/json");
+    }
+    send(
+        s,
+        b.body(Body::from(body.unwrap_or("").to_owned())).unwrap(),
+    )
+    .await
+}
+
+async fn get(s: &AppState, uri: &str) -> Reply {
+    call(s, Method::GET, uri, None).await
+}
+
+/// Everything in the database, read without going through the cache or the query counter.
+async fn snapshot(s: &AppState) -> Page {
+    s.catalog.db().repository().page(0, 1000).await.unwrap()
+}
+
+#[tokio::test]
+async fn get_product_returns_the_contract_shape_then_hits() {
+    let s = state().await;
+    let r = get(&s, "/products/p1").await;
+    assert_eq!((r.status, r.x_cache()), (StatusCode::OK, "miss"));
+    assert_eq!(
+        r.body,
+        json!({
+            "id": "p1", "name": "Product 1", "price": 1.99, "categoryId": "c1",
+            "category": { "id": "c1", "name": "Category 1" },
+            "createdAt": "2025-01-01T00:00:01Z", "updatedAt": "2025-01-01T00:00:01Z"
+        })
+    );
+    let again = get(&s, "/products/p1").await;
+    assert_eq!((again.status, again.x_cache()), (StatusCode::OK, "hit"));
+    assert_eq!(again.body, r.body);
+    assert_eq!(s.catalog.db().queries(), 1);
+}
+
+#[tokio::test]
+async fn missing_product_is_404_and_negatively_cached() {
+    let s = state().await;
+    let r = get(&s, "/products/nope").await;
+    assert_eq!(
+        (r.status, r.x_cache(), r.error_code()),
+        (StatusCode::NOT_FOUND, "miss", "not_found")
+    );
+    for _ in 0..20 {
+        let r = get(&s, "/products/nope").await;
+        assert_eq!((r.status, r.x_cache()), (StatusCode::NOT_FOUND, "hit"));
+    }
+    assert_eq!(
+        s.catalog.db().queries(),
+        1,
+        "one database read for 21 requests"
+    );
+}
+
+#[tokio::test]
+async fn cold_concurrent_reads_load_once() {
+    let s = state().await;
+    let barrier = Arc::new(tokio::sync::Barrier::new(200));
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let (s, barrier) = (s.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                get(&s, "/products/p7").await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(
+            (r.status, r.body["id"].as_str()),
+            (StatusCode::OK, Some("p7"))
+        );
+    }
+    assert_eq!(s.catalog.db().queries(), 1);
+}
+
+#[tokio::test]
+async fn list_pages_newest_first() {
+    let s = state().await;
+    let r = get(&s, "/products").await;
+    assert_eq!((r.status, r.x_cache()), (StatusCode::OK, "miss"));
+    assert_eq!(
+        (r.body["total"].as_u64(), r.body["page"].as_u64()),
+        (Some(30), Some(1))
+    );
+    assert_eq!(
+        (r.body["limit"].as_u64(), r.body["totalPages"].as_u64()),
+        (Some(20), Some(2))
+    );
+    let products = r.body["products"].as_array().unwrap();
+    assert_eq!(products.len(), 20);
+    assert_eq!(products[0]["id"], "p30");
+    assert_eq!(products[0]["category"]["name"], "Category 10");
+    assert_eq!(get(&s, "/products").await.x_cache(), "hit");
+
+    let r = get(&s, "/products?page=2&limit=20").await;
+    let ids: Vec<_> = r.body["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 10);
+    assert_eq!((ids[0], ids[9]), ("p10", "p1"));
+
+    let past = get(&s, "/products?page=9&limit=7").await;
+    assert_eq!(past.status, StatusCode::OK);
+    assert_eq!(past.body["products"], json!([]));
+    assert_eq!(
+        (
+            past.body["total"].as_u64(),
+            past.body["totalPages"].as_u64()
+        ),
+        (Some(30), Some(5))
+    );
+
+    let big = get(&s, "/products?limit=100").await;
+    assert_eq!(big.body["products"].as_array().unwrap().len(), 30);
+}
+
+#[tokio::test]
+async fn create_is_201_and_visible_at_once() {
+    let s = state().await;
+    assert_eq!(get(&s, "/products/n1").await.status, StatusCode::NOT_FOUND); // cached "not found"
+    get(&s, "/products?limit=5").await; // cached page
+    let r = call(
+        &s,
+        Method::POST,
+        "/products",
+        Some(r#"{"id":"n1","name":"Lamp","price":0,"categoryId":"c2"}"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(
+        (r.body["id"].as_str(), r.body["price"].as_f64()),
+        (Some("n1"), Some(0.0))
+    );
+    assert_eq!(
+        r.body["category"],
+        json!({"id": "c2", "name": "Category 2"})
+    );
+    assert_eq!(r.body["createdAt"], r.body["updatedAt"]);
+
+    let got = get(&s, "/products/n1").await;
+    assert_eq!((got.status, &got.body), (StatusCode::OK, &r.body));
+    let page = get(&s, "/products?limit=5").await;
+    assert_eq!(page.body["products"][0]["id"], "n1");
+    assert_eq!(page.body["total"], 31);
+
+    let generated = call(
+        &s,
+        Method::POST,
+        "/products",
+        Some(r#"{"name":"Desk","price":3.5,"categoryId":"c3"}"#),
+    )
+    .await;
+    assert_eq!(generated.status, StatusCode::CREATED);
+    let id = generated.body["id"].as_str().unwrap();
+    assert!(Id::parse(id).is_ok());
+    assert_eq!(
+        get(&s, &format!("/products/{id}")).await.body["name"],
+        "Desk"
+    );
+
+    let dup = call(
+        &s,
+        Method::POST,
+        "/products",
+        Some(r#"{"id":"n1","name":"Other","price":1,"categoryId":"c1"}"#),
+    )
+    .await;
+    assert_eq!(
+        (dup.status, dup.error_code()),
+        (StatusCode::CONFLICT, "conflict")
+    );
+    assert_eq!(get(&s, "/products/n1").await.body["name"], "Lamp");
+}
+
+#[tokio::test]
+async fn update_is_visible_at_once_in_product_and_lists() {
+    let s = state().await;
+    get(&s, "/products/p30").await;
+    assert_eq!(get(&s, "/products/p30").await.x_cache(), "hit");
+    get(&s, "/products?limit=3").await;
+    let r = call(
+        &s,
+        Method::PUT,
+        "/products/p30",
+        Some(r#"{"name":"Renamed","price":5}"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        (r.body["name"].as_str(), r.body["price"].as_f64()),
+        (Some("Renamed"), Some(5.0))
+    );
+    assert_ne!(r.body["updatedAt"], r.body["createdAt"]);
+    let got = get(&s, "/products/p30").await;
+    assert_eq!(got.body, r.body);
+    let page = get(&s, "/products?limit=3").await;
+    assert_eq!(page.body["products"][0], r.body);
+
+    let moved = call(
+        &s,
+        Method::PUT,
+        "/products/p30",
+        Some(r#"{"categoryId":"c4"}"#),
+    )
+    .await;
+    assert_eq!(
+        moved.body["category"],
+        json!({"id": "c4", "name": "Category 4"})
+    );
+    assert_eq!(get(&s, "/products/p30").await.body["category"]["id"], "c4");
+
+    let missing = call(&s, Method::PUT, "/products/nope", Some(r#"{"name":"x"}"#)).await;
+    assert_eq!(
+        (missing.status, missing.error_code()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+}
+
+#[tokio::test]
+async fn delete_is_204_then_404() {
+    let s = state().await;
+    get(&s, "/products/p30").await;
+    get(&s, "/products?limit=2").await;
+    let r = call(&s, Method::DELETE, "/products/p30", None).await;
+    assert_eq!((r.status, &r.body), (StatusCode::NO_CONTENT, &Value::Null));
+    assert_eq!(get(&s, "/products/p30").await.status, StatusCode::NOT_FOUND);
+    let page = get(&s, "/products?limit=2").await;
+    assert_eq!(
+        (
+            page.body["products"][0]["id"].as_str(),
+            page.body["total"].as_u64()
+        ),
+        (Some("p29"), Some(29))
+    );
+    let again = call(&s, Method::DELETE, "/products/p30", None).await;
+    assert_eq!(
+        (again.status, again.error_code()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+}
+
+#[tokio::test]
+async fn category_rename_reaches_cached_products_and_lists() {
+    let s = state().await;
+    // p1 read twice (the second fill knows its category: tagged category:c1), p21 once
+    // (tagged category-unknown), p2 in another category, and a list page.
+    for uri in [
+        "/products/p1",
+        "/products/p1",
+        "/products/p21",
+        "/products/p2",
+        "/products?limit=30",
+    ] {
+        get(&s, uri).await;
+    }
+    assert_eq!(get(&s, "/products/p1").await.x_cache(), "hit");
+    let r = call(
+        &s,
+        Method::PUT,
+        "/categories/c1",
+        Some(r#"{"name":"Lamps"}"#),
+    )
+    .await;
+    assert_eq!(
+        (r.status, &r.body),
+        (StatusCode::OK, &json!({"id": "c1", "name": "Lamps"}))
+    );
+    for id in ["p1", "p21"] {
+        let p = get(&s, &format!("/products/{id}")).await;
+        assert_eq!(p.body["category"]["name"], "Lamps", "{id}");
+    }
+    assert_eq!(
+        get(&s, "/products/p2").await.body["category"]["name"],
+        "Category 2"
+    );
+    let page = get(&s, "/products?limit=30").await;
+    let renamed = page.body["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["categoryId"] == "c1");
+    assert!(
+        renamed
+            .map(|p| &p["category"]["name"])
+            .all(|n| n == "Lamps")
+    );
+
+    let missing = call(&s, Method::PUT, "/categories/c99", Some(r#"{"name":"x"}"#)).await;
+    assert_eq!(
+        (missing.status, missing.error_code()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+}
+
+#[tokio::test]
+async fn a_product_moved_elsewhere_is_not_cached_under_its_old_category() {
+    // Two instances sharing one cache and one database: B moves p1 to c2 while A still
+    // remembers p1 in c1, then B renames c2. A must show the new name.
+    let a = state().await;
+    let b = AppState::new(Catalog::new(
+        a.catalog.db().clone(),
+        a.catalog.cache().cloned(),
+        Ttls::default(),
+    ));
+    get(&a, "/products/p1").await;
+    assert_eq!(get(&a, "/products/p1").await.x_cache(), "hit");
+    let moved = call(
+        &b,
+        Method::PUT,
+        "/products/p1",
+        Some(r#"{"categoryId":"c2"}"#),
+    )
+    .await;
+    assert_eq!(moved.status, StatusCode::OK);
+    let r = get(&a, "/products/p1").await;
+    assert_eq!(
+        (r.x_cache(), r.body["category"]["id"].as_str()),
+        ("miss", Some("c2"))
+    );
+    let r = get(&a, "/products/p1").await;
+    assert_eq!(
+        r.x_cache(),
+        "miss",
+        "the read that found the move did not store its value"
+    );
+    assert_eq!(get(&a, "/products/p1").await.x_cache(), "hit");
+    call(
+        &b,
+        Method::PUT,
+        "/categories/c2",
+        Some(r#"{"name":"Gadgets"}"#),
+    )
+    .await;
+    assert_eq!(
+        get(&a, "/products/p1").await.body["category"]["name"],
+        "Gadgets"
+    );
+}
+
+#[tokio::test]
+async fn failed_writes_leave_the_cache_as_it_was() {
+    let s = state().await;
+    get(&s, "/products/p1").await;
+    get(&s, "/products?limit=5").await;
+    let writes = [
+        (
+            Method::PUT,
+            "/products/p1",
+            Some(r#"{"categoryId":"c99"}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            "/products/nope",
+            Some(r#"{"name":"x"}"#),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::DELETE,
+            "/products/nope",
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::POST,
+            "/products",
+            Some(r#"{"id":"p1","name":"x","price":1,"categoryId":"c1"}"#),
+            StatusCode::CONFLICT,
+        ),
+        (
+            Method::POST,
+            "/products",
+            Some(r#"{"name":"x","price":1,"categoryId":"c99"}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            "/categories/c99",
+            Some(r#"{"name":"x"}"#),
+            StatusCode::NOT_FOUND,
+        ),
+    ];
+    for (m, uri, body, want) in writes {
+        assert_eq!(call(&s, m, uri, body).await.status, want, "{uri}");
+        assert_eq!(
+            get(&s, "/products/p1").await.x_cache(),
+            "hit",
+            "after {uri}"
+        );
+        assert_eq!(
+            get(&s, "/products?limit=5").await.x_cache(),
+            "hit",
+            "after {uri}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_inputs_are_4xx_with_an_error_body_and_change_nothing() {
+    let s = state().await;
+    let before = snapshot(&s).await;
+    let long_name = format!(r#"{{"name":"{}"}}"#, "x".repeat(201));
+    let long_id = format!("/products/{}", "x".repeat(65));
+    let mut cases: Vec<(Method, String, Option<String>)> = Vec::new();
+    for uri in [
+        "/products/p%2A",
+        "/products/p*",
+        "/products/p%3A1",
+        "/products/a%2Fb",
+        "/products/%20",
+        "/products/%C3%A9",
+        "/products/p1%00",
+        "/products/..%2F..",
+        "/products/%FF",
+        "/products/p%3F",
+        "/products/%7Bp1%7D",
+        "/products/products:list:1:20",
+        "/products/",
+        long_id.as_str(),
+        "/products?page=0",
+        "/products?page=-1",
+        "/products?page=abc",
+        "/products?page=1.5",
+        "/products?limit=0",
+        "/products?limit=101",
+        "/products?limit=x",
+        "/products?page=",
+        "/products?page=1&page=2",
+        "/products?page=99999999999",
+        "/products?limit=1e2",
+    ] {
+        cases.push((Method::GET, uri.to_owned(), None));
+    }
+    for body in [
+        "{}",
+        r#"{"name":""}"#,
+        &long_name,
+        r#"{"name":null}"#,
+        r#"{"name":1}"#,
+        r#"{"name":["a"]}"#,
+        r#"{"price":-1}"#,
+        r#"{"price":-0.000001}"#,
+        r#"{"price":"1"}"#,
+        r#"{"price":1e400}"#,
+        r#"{"price":null}"#,
+        r#"{"price":true}"#,
+        r#"{"categoryId":"c*"}"#,
+        r#"{"categoryId":"c99"}"#,
+        r#"{"categoryId":""}"#,
+        r#"{"categoryId":5}"#,
+        r#"{"extra":1}"#,
+        r#"{"name":"ok","extra":1}"#,
+        r#"{"id":"p2"}"#,
+        r#"{"createdAt":"2020-01-01T00:00:00Z"}"#,
+        "not json",
+        "[]",
+        "null",
+        "",
+        r#"{"name":"a\u0000b"}"#,
+        r#"{"name":"\ud800"}"#,
+        r#"{"name":"ok""#,
+        r#"{"name":"ok"} {}"#,
+        r#"{"name":"a","name":"b"}"#,
+    ] {
+        cases.push((Method::PUT, "/products/p1".into(), Some(body.to_owned())));
+    }
+    for body in [
+        "{}",
+        r#"{"name":"x","price":1}"#,
+        r#"{"name":"x","categoryId":"c1"}"#,
+        r#"{"price":1,"categoryId":"c1"}"#,
+        r#"{"id":"bad id","name":"x","price":1,"categoryId":"c1"}"#,
+        r#"{"id":"","name":"x","price":1,"categoryId":"c1"}"#,
+        r#"{"id":"p:1","name":"x","price":1,"categoryId":"c1"}"#,
+        r#"{"id":null,"name":"x","price":1,"categoryId":"c1"}"#,
+        r#"{"id":7,"name":"x","price":1,"categoryId":"c1"}"#,
+        r#"{"name":"","price":1,"categoryId":"c1"}"#,
+        r#"{"name":"x","price":-0.5,"categoryId":"c1"}"#,
+        r#"{"name":"x","price":1e999,"categoryId":"c1"}"#,
+        r#"{"name":"x","price":"NaN","categoryId":"c1"}"#,
+        r#"{"name":"x","price":1,"categoryId":"c99"}"#,
+        r#"{"name":"x","price":1,"categoryId":"c1","color":"red"}"#,
+        r#"{"id":"p1","name":"x","price":1,"categoryId":"c1"}"#,
+        r#"{"name":{"a":1},"price":1,"categoryId":"c1"}"#,
+        "[1,2]",
+        "\"x\"",
+        "",
+    ] {
+        cases.push((Method::POST, "/products".into(), Some(body.to_owned())));
+    }
+    for (uri, body) in [
+        ("/categories/c1", "{}"),
+        ("/categories/c1", r#"{"name":""}"#),
+        ("/categories/c1", r#"{"name":7}"#),
+        ("/categories/c1", r#"{"name":"x","id":"c2"}"#),
+        ("/categories/c1", &long_name),
+        ("/categories/c1", r#"{"name":null}"#),
+        ("/categories/c%2A", r#"{"name":"x"}"#),
+        ("/categories/c99", r#"{"name":"x"}"#),
+        ("/categories/", r#"{"name":"x"}"#),
+    ] {
+        cases.push((Method::PUT, uri.into(), Some(body.to_owned())));
+    }
+    for uri in ["/products/p%2A", "/products/", "/products/nope"] {
+        cases.push((Method::DELETE, uri.into(), None));
+    }
+    for (m, uri, body) in cases {
+        let r = call(&s, m.clone(), &uri, body.as_deref()).await;
+        assert!(
+            r.status.is_client_error(),
+            "{m} {uri} {body:?}: {} {}",
+            r.status,
+            r.body
+        );
+        r.error_code();
+    }
+    // Bodies that are not declared JSON.
+    for ct in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let mut b = Request::builder().method(Method::POST).uri("/products");
+        if let Some(ct) = ct {
+            b = b.header(header::CONTENT_TYPE, ct);
+        }
+        let r = send(
+            &s,
+            b.body(Body::from(r#"{"name":"x","price":1,"categoryId":"c1"}"#))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.error_code()),
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+        );
+    }
+    assert_eq!(snapshot(&s).await, before, "the database is unchanged");
+}
+
+#[tokio::test]
+async fn specific_validation_codes() {
+    let s = state().await;
+    let cases = [
+        (Method::GET, "/products/p*", None, "invalid_id"),
+        (Method::GET, "/products?page=0", None, "invalid_page"),
+        (Method::GET, "/products?limit=101", None, "invalid_limit"),
+        (Method::PUT, "/products/p1", Some("{}"), "empty_update"),
+        (
+            Method::PUT,
+            "/products/p1",
+            Some(r#"{"name":""}"#),
+            "invalid_name",
+        ),
+        (
+            Method::PUT,
+            "/products/p1",
+            Some(r#"{"price":-1}"#),
+            "invalid_price",
+        ),
+        (
+            Method::PUT,
+            "/products/p1",
+            Some(r#"{"categoryId":"c*"}"#),
+            "invalid_category_id",
+        ),
+        (
+            Method::PUT,
+            "/products/p1",
+            Some(r#"{"categoryId":"c99"}"#),
+            "unknown_category",
+        ),
+        (
+            Method::PUT,
+            "/products/p1",
+            Some(r#"{"nope":1}"#),
+            "invalid_body",
+        ),
+        (Method::PUT, "/products/p1", Some("{"), "invalid_json"),
+    ];
+    for (m, uri, body, code) in cases {
+        let r = call(&s, m, uri, body).await;
+        assert_eq!(
+            (r.status, r.error_code()),
+            (StatusCode::BAD_REQUEST, code),
+            "{uri} {body:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_413() {
+    let s = state().await;
+    let body = format!(r#"{{"name":"{}"}}"#, "x".repeat(70 * 1024));
+    let r = call(&s, Method::PUT, "/products/p1", Some(&body)).await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
+    let r = call(&s, Method::POST, "/products", Some(&body)).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Just under the limit is read (and refused for its content, not its size).
+    let body = format!(r#"{{"name":"{}"}}"#, "x".repeat(60 * 1024));
+    assert_eq!(
+        call(&s, Method::PUT, "/products/p1", Some(&body))
+            .await
+            .error_code(),
+        "invalid_name"
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_error_bodies() {
+    let s = state().await;
+    let r = get(&s, "/nothing/here").await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let r = call(&s, Method::PATCH, "/products/p1", Some("{}")).await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+    let r = call(&s, Method::DELETE, "/products", None).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    let r = get(&s, "/categories/c1").await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+}
+
+#[tokio::test]
+async fn healthz_reports_db_and_cache() {
+    let s = state().await;
+    let r = get(&s, "/healthz").await;
+    assert_eq!(
+        (r.status, &r.body),
+        (
+            StatusCode::OK,
+            &json!({"status": "ok", "db": "up", "cache": "up"})
+        )
+    );
+    let off = state_with(&["--no-cache"]).await;
+    assert_eq!(
+        get(&off, "/healthz").await.body,
+        json!({"status": "ok", "db": "up", "cache": "off"})
+    );
+}
+
+#[tokio::test]
+async fn metrics_expose_db_queries_and_cache_counters() {
+    let s = state().await;
+    get(&s, "/products/p1").await;
+    get(&s, "/products/p1").await;
+    let resp = app(s.clone())
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    for name in [
+        "catalog_db_queries_total ",
+        "aside_hits_total{",
+        "aside_misses_total{",
+        "aside_loads_total{",
+        "aside_stale_total{",
+        "aside_backend_errors_total{",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "{name} missing from:\n{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn no_cache_bypasses_the_cache() {
+    let s = state_with(&["--no-cache"]).await;
+    for _ in 0..3 {
+        let r = get(&s, "/products/p1").await;
+        assert_eq!((r.status, r.x_cache()), (StatusCode::OK, "bypass"));
+        assert_eq!(get(&s, "/products?limit=2").await.x_cache(), "bypass");
+        assert_eq!(get(&s, "/products/nope").await.x_cache(), "bypass");
+    }
+    assert_eq!(
+        s.catalog.db().queries(),
+        9,
+        "every read went to the database"
+    );
+    let r = call(&s, Method::PUT, "/products/p1", Some(r#"{"name":"N"}"#)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(get(&s, "/products/p1").await.body["name"], "N");
+}
+
+/// A database that never answers.
+#[derive(Debug)]
+struct Hung;
+
+#[async_trait]
+impl Repository for Hung {
+    async fn product(&self, _: &Id) -> db::Result<Option<Product>> {
+        std::future::pending().await
+    }
+    async fn page(&self, _: u64, _: u32) -> db::Result<Page> {
+        std::future::pending().await
+    }
+    async fn insert(&self, _: &NewProduct) -> db::Result<Product> {
+        std::future::pending().await
+    }
+    async fn update(
+        &self,
+        _: &Id,
+        _: &ProductPatch,
+        _: DateTime<Utc>,
+    ) -> db::Result<Option<Product>> {
+        std::future::pending().await
+    }
+    async fn delete(&self, _: &Id) -> db::Result<bool> {
+        std::future::pending().await
+    }
+    async fn rename_category(&self, _: &Id, _: &str) -> db::Result<Option<Category>> {
+        std::future::pending().await
+    }
+    async fn ping(&self) -> db::Result<()> {
+        std::future::pending().await
+    }
+    async fn migrate(&self) -> db::Result<()> {
+        Ok(())
+    }
+    async fn seed(&self, _: u32) -> db::Result<bool> {
+        Ok(false)
+    }
+}
+
+#[tokio::test]
+async fn a_hung_database_is_a_503_not_a_hang() {
+    let options = db::Options {
+        timeout: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let cache = aside::Cache::builder().build().unwrap();
+    let s = AppState::new(Catalog::new(
+        Db::new(Arc::new(Hung), options),
+        Some(cache),
+        Ttls::default(),
+    ));
+    let reads = ["/products/p1", "/products"];
+    for uri in reads {
+        let r = get(&s, uri).await;
+        assert_eq!(
+            (r.status, r.error_code()),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            "{uri}"
+        );
+    }
+    let r = call(&s, Method::PUT, "/products/p1", Some(r#"{"name":"x"}"#)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    let r = call(
+        &s,
+        Method::POST,
+        "/products",
+        Some(r#"{"name":"x","price":1,"categoryId":"c1"}"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    let r = get(&s, "/healthz").await;
+    assert_eq!(
+        r.body,
+        json!({"status": "degraded", "db": "down", "cache": "up"})
+    );
+}
+
+#[tokio::test]
+async fn a_closed_database_is_a_503_and_cached_reads_go_on() {
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    let repo = db::sqlite::SqliteRepository::from_pool(pool.clone());
+    repo.migrate().await.unwrap();
+    repo.seed(5).await.unwrap();
+    let cache = aside::Cache::builder().build().unwrap();
+    let s = AppState::new(Catalog::new(
+        Db::new(Arc::new(repo), db::Options::default()),
+        Some(cache),
+        Ttls::default(),
+    ));
+    assert_eq!(get(&s, "/products/p1").await.status, StatusCode::OK);
+    pool.close().await;
+    let cached = get(&s, "/products/p1").await;
+    assert_eq!((cached.status, cached.x_cache()), (StatusCode::OK, "hit"));
+    let r = get(&s, "/products/p2").await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    );
+    assert!(
+        !r.body.to_string().contains("pool"),
+        "no internals in 5xx bodies: {}",
+        r.body
+    );
+    let r = call(&s, Method::DELETE, "/products/p1", None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(get(&s, "/healthz").await.body["db"], "down");
+}
