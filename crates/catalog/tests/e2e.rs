@@ -1,0 +1,378 @@
+//! End-to-end: the real `catalog` binary on a free port, against a fresh PostgreSQL database
+//! and a private `redis-server`, driven over HTTP as clients would.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use support::{Service, TestPostgres, TestRedis, db_queries};
+
+struct Stack {
+    svc: Service,
+    redis: TestRedis,
+    http: Client,
+    _pg: TestPostgres,
+}
+
+async fn stack(extra: &[&str]) -> Stack {
+    let pg = TestPostgres::new().await;
+    let redis = TestRedis::start();
+    let (db_url, redis_url) = (pg.url.clone(), redis.url());
+    let mut args = vec![
+        "--database-url",
+        &db_url,
+        "--redis-url",
+        &redis_url,
+        "--seed-products",
+        "50",
+    ];
+    args.extend_from_slice(extra);
+    let svc = Service::start(&args);
+    Stack {
+        svc,
+        redis,
+        http: Client::new(),
+        _pg: pg,
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    x_cache: String,
+    body: Value,
+}
+
+async fn get(http: &Client, url: &str) -> Reply {
+    let r = http.get(url).send().await.unwrap();
+    let status = r.status();
+    let x_cache = r
+        .headers()
+        .get("x-cache")
+        .map_or("", |v| v.to_str().unwrap())
+        .to_owned();
+    let body = r.json().await.unwrap_or(Value::Null);
+    Reply {
+        status,
+        x_cache,
+        body,
+    }
+}
+
+async fn send(
+    http: &Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = http.request(method, url);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    (r.status(), r.json().await.unwrap_or(Value::Null))
+}
+
+impl Stack {
+    fn url(&self, path: &str) -> String {
+        self.svc.url(path)
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        get(&self.http, &self.url(path)).await
+    }
+
+    async fn queries(&self) -> u64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        db_queries(&text)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_headers_and_writes_visible_at_once() {
+    let s = stack(&[]).await;
+    use reqwest::Method;
+    let r = s.get("/products/p1").await;
+    assert_eq!(
+        (r.status, r.x_cache.as_str(), r.body["name"].as_str()),
+        (StatusCode::OK, "miss", Some("Product 1"))
+    );
+    assert_eq!(s.get("/products/p1").await.x_cache, "hit");
+    assert_eq!(s.get("/products?limit=100").await.x_cache, "miss");
+    assert_eq!(s.get("/products?limit=100").await.x_cache, "hit");
+    assert_eq!(s.get("/products/n1").await.status, StatusCode::NOT_FOUND);
+
+    let (st, _) = send(
+        &s.http,
+        Method::PUT,
+        &s.url("/products/p1"),
+        Some(json!({"name": "Lamp", "price": 3})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(s.get("/products/p1").await.body["name"], "Lamp");
+    let list = s.get("/products?limit=100").await;
+    let p1 = list.body["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "p1")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (p1["name"].as_str(), p1["price"].as_f64()),
+        (Some("Lamp"), Some(3.0))
+    );
+
+    let (st, created) = send(
+        &s.http,
+        Method::POST,
+        &s.url("/products"),
+        Some(json!({"id": "n1", "name": "New", "price": 1.5, "categoryId": "c1"})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED);
+    assert_eq!(s.get("/products/n1").await.body, created);
+    assert_eq!(
+        s.get("/products?limit=100").await.body["products"][0]["id"],
+        "n1"
+    );
+
+    let (st, _) = send(&s.http, Method::DELETE, &s.url("/products/n1"), None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(s.get("/products/n1").await.status, StatusCode::NOT_FOUND);
+    let list = s.get("/products?limit=100").await;
+    assert_eq!(
+        (
+            list.body["products"][0]["id"].as_str(),
+            list.body["total"].as_u64()
+        ),
+        (Some("p50"), Some(50))
+    );
+
+    s.get("/products/p21").await;
+    let (st, _) = send(
+        &s.http,
+        Method::PUT,
+        &s.url("/categories/c1"),
+        Some(json!({"name": "Lighting"})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    for id in ["p1", "p21", "p41"] {
+        assert_eq!(
+            s.get(&format!("/products/{id}")).await.body["category"]["name"],
+            "Lighting",
+            "{id}"
+        );
+    }
+    let list = s.get("/products?limit=100").await;
+    assert!(
+        list.body["products"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["categoryId"] == "c1")
+            .all(|p| p["category"]["name"] == "Lighting")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_cold_reads_of_one_id_are_one_db_load() {
+    let s = stack(&[]).await;
+    let before = s.queries().await;
+    let barrier = Arc::new(tokio::sync::Barrier::new(200));
+    let url = s.url("/products/p7");
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let (http, barrier, url) = (s.http.clone(), barrier.clone(), url.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                get(&http, &url).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(
+            (r.status, r.body["id"].as_str()),
+            (StatusCode::OK, Some("p7"))
+        );
+    }
+    assert_eq!(
+        s.queries().await - before,
+        1,
+        "200 concurrent cold reads, one database load"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_id_costs_one_load_per_negative_ttl() {
+    let s = stack(&["--negative-ttl", "3s"]).await;
+    let before = s.queries().await;
+    let started = std::time::Instant::now();
+    let mut misses = 0;
+    for _ in 0..30 {
+        let r = s.get("/products/ghost").await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        misses += usize::from(r.x_cache == "miss");
+    }
+    let loads = s.queries().await - before;
+    assert_eq!(
+        loads, misses as u64,
+        "every miss is one load, every hit none"
+    );
+    if started.elapsed() < Duration::from_millis(2700) {
+        // Within the (jittered) TTL, only the first read loaded.
+        assert_eq!(misses, 1);
+    }
+    // After the TTL, one more load.
+    let expired = loop {
+        let r = s.get("/products/ghost").await;
+        if r.x_cache == "miss" {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(expired, "the negative entry expires");
+    assert_eq!(s.queries().await - before, loads + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_redis_mid_run_gives_clients_no_errors() {
+    let mut s = stack(&[]).await;
+    for i in 1..=50 {
+        assert_eq!(
+            s.get(&format!("/products/p{i}")).await.status,
+            StatusCode::OK
+        );
+    }
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|t| {
+            let (http, base, errors, done) = (
+                s.http.clone(),
+                s.svc.base.clone(),
+                errors.clone(),
+                done.clone(),
+            );
+            tokio::spawn(async move {
+                let mut n = 0u32;
+                // Bounded: at most 5000 requests per reader.
+                while n < 5000 && !(done.load(std::sync::atomic::Ordering::SeqCst) && n >= 100) {
+                    let path = if n.is_multiple_of(10) {
+                        "/products?limit=10".to_owned()
+                    } else {
+                        format!("/products/p{}", (n * 7 + t) % 50 + 1)
+                    };
+                    let r = get(&http, &format!("{base}{path}")).await;
+                    if r.status != StatusCode::OK {
+                        errors
+                            .lock()
+                            .unwrap()
+                            .push(format!("{path}: {} {}", r.status, r.body));
+                    }
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    s.redis.kill();
+    // Writes while Redis is gone succeed and are visible at once.
+    let (st, _) = send(
+        &s.http,
+        reqwest::Method::PUT,
+        &s.url("/products/p3"),
+        Some(json!({"name": "During outage"})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(s.get("/products/p3").await.body["name"], "During outage");
+    let health = s.get("/healthz").await;
+    assert_eq!(
+        health.body,
+        json!({"status": "degraded", "db": "up", "cache": "down"})
+    );
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut total = 0;
+    for r in readers {
+        total += r.await.unwrap();
+    }
+    let errors = errors.lock().unwrap();
+    assert!(
+        errors.is_empty(),
+        "{} of {total} requests failed: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_during_a_redis_pause_is_not_undone_when_it_resumes() {
+    let s = stack(&[]).await;
+    s.get("/products/p2").await;
+    assert_eq!(s.get("/products/p2").await.x_cache, "hit");
+    s.redis.signal("-STOP");
+    let (st, _) = send(
+        &s.http,
+        reqwest::Method::PUT,
+        &s.url("/products/p2"),
+        Some(json!({"name": "While paused"})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(s.get("/products/p2").await.body["name"], "While paused");
+    s.redis.signal("-CONT");
+    for _ in 0..20 {
+        let r = s.get("/products/p2").await;
+        assert_eq!(
+            (r.status, r.body["name"].as_str()),
+            (StatusCode::OK, Some("While paused"))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_embedded_setup_seeds_a_sqlite_file_and_stops_on_sigterm() {
+    let mut svc = Service::start(&[]);
+    let http = Client::new();
+    let page = get(&http, &svc.url("/products")).await;
+    assert_eq!(
+        (page.status, page.x_cache.as_str()),
+        (StatusCode::OK, "miss")
+    );
+    assert_eq!(
+        (
+            page.body["total"].as_u64(),
+            page.body["totalPages"].as_u64()
+        ),
+        (Some(1000), Some(50))
+    );
+    assert_eq!(page.body["products"][0]["id"], "p1000");
+    let p = get(&http, &svc.url("/products/p1000")).await;
+    assert_eq!(
+        (p.body["price"].as_f64(), p.body["categoryId"].as_str()),
+        (Some(0.99), Some("c20"))
+    );
+    assert!(svc.dir().join("catalog.db").exists());
+    assert_eq!(
+        get(&http, &svc.url("/healthz")).await.body,
+        json!({"status": "ok", "db": "up", "cache": "up"})
+    );
+    assert!(svc.terminate(), "exits with success on SIGTERM");
+}
