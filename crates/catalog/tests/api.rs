@@ -918,3 +918,16 @@ async fn a_closed_database_is_a_503_and_cached_reads_go_on() {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(get(&s, "/healthz").await.body["db"], "down");
 }
+
+#[tokio::test]
+async fn db_latency_is_added_to_every_round_trip() {
+    let s = state_with(&["--no-cache", "--db-latency-ms", "150"]).await;
+    let started = std::time::Instant::now();
+    assert_eq!(get(&s, "/products/p1").await.status, StatusCode::OK);
+    assert_eq!(get(&s, "/products").await.status, StatusCode::OK);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+}

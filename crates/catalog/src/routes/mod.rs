@@ -9,6 +9,7 @@ use axum::http::HeaderName;
 use axum::response::IntoResponse;
 use axum::routing::{get, put};
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
 
 mod categories;
 mod ops;
@@ -21,7 +22,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// Every route, with the API's Error body for unknown routes (404), wrong methods (405),
-/// oversized bodies (413) and panics (500).
+/// oversized bodies (413) and panics (500); each request is traced at debug level.
 pub fn router(state: AppState) -> Router {
     let no_id = || async { ApiError::invalid("invalid_id", "the path has no id") };
     Router::new()
@@ -40,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("handler panicked");
             ApiError::Internal.into_response()
