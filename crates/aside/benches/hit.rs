@@ -60,6 +60,7 @@ fn hit_path(c: &mut Criterion) {
             .set(&product())
             .await
             .unwrap();
+        cache.set("plain:p42", &product()).await.unwrap();
         let memory = aside::Cache::builder().namespace("bench").build().unwrap();
         memory
             .entry("product:p42")
@@ -95,12 +96,31 @@ fn hit_path(c: &mut Criterion) {
     });
     g.bench_function("aside Cache::get (redis)", |b| {
         b.to_async(&rt).iter(|| async {
-            black_box(cache.get::<Product>("product:p42").await.unwrap().unwrap())
+            black_box(cache.get::<Product>("plain:p42").await.unwrap().unwrap())
+        })
+    });
+    g.bench_function("aside tagged get_or_load hit (redis)", |b| {
+        b.to_async(&rt).iter(|| async {
+            let v = cache
+                .entry("product:p42")
+                .tags(["category:c2"])
+                .get_or_load(|| async { Ok::<_, std::convert::Infallible>(Some(product())) })
+                .await
+                .unwrap();
+            black_box(v.unwrap())
         })
     });
     g.bench_function("aside Cache::get (in-process)", |b| {
         b.to_async(&rt).iter(|| async {
-            black_box(memory.get::<Product>("product:p42").await.unwrap().unwrap())
+            black_box(
+                memory
+                    .entry("product:p42")
+                    .tags(["category:c2"])
+                    .get::<Product>()
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            )
         })
     });
     g.finish();

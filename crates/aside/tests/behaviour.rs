@@ -591,6 +591,32 @@ async fn jitter_spreads_expiry(fx: Fx) {
     );
 }
 
+async fn counters_tell_hits_misses_and_loads(fx: Fx) {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let c = metrics::with_local_recorder(&recorder, || fx.cache());
+    let load = || async { Ok::<_, &str>(Some(1u8)) };
+    c.get_or_load("a", load).await.unwrap(); // miss + load
+    c.get_or_load("a", load).await.unwrap(); // hit
+    c.get::<u8>("a").await.unwrap(); // hit
+    c.get::<u8>("b").await.unwrap(); // miss
+    let _ = c.get_or_load::<u8, _, _, _>("c", || async { Err("boom") }).await; // miss + load error
+    let values: std::collections::HashMap<String, u64> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(k, _, _, v)| match v {
+            metrics_util::debugging::DebugValue::Counter(n) => Some((k.key().name().to_string(), n)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(values["aside_hits_total"], 2);
+    assert_eq!(values["aside_misses_total"], 3);
+    assert_eq!(values["aside_loads_total"], 2);
+    assert_eq!(values["aside_load_errors_total"], 1);
+    assert_eq!(values["aside_backend_errors_total"], 0);
+}
+
 macro_rules! suite {
     ($store:ident, $fx:expr) => {
         mod $store {
@@ -658,6 +684,10 @@ macro_rules! suite {
             #[tokio::test]
             async fn namespaces() {
                 super::namespaces_are_isolated($fx).await
+            }
+            #[tokio::test]
+            async fn counters() {
+                super::counters_tell_hits_misses_and_loads($fx).await
             }
         }
     };
