@@ -95,9 +95,8 @@ fn hit_path(c: &mut Criterion) {
         })
     });
     g.bench_function("aside Cache::get (redis)", |b| {
-        b.to_async(&rt).iter(|| async {
-            black_box(cache.get::<Product>("plain:p42").await.unwrap().unwrap())
-        })
+        b.to_async(&rt)
+            .iter(|| async { black_box(cache.get::<Product>("plain:p42").await.unwrap().unwrap()) })
     });
     g.bench_function("aside tagged get_or_load hit (redis)", |b| {
         b.to_async(&rt).iter(|| async {

@@ -600,13 +600,17 @@ async fn counters_tell_hits_misses_and_loads(fx: Fx) {
     c.get_or_load("a", load).await.unwrap(); // hit
     c.get::<u8>("a").await.unwrap(); // hit
     c.get::<u8>("b").await.unwrap(); // miss
-    let _ = c.get_or_load::<u8, _, _, _>("c", || async { Err("boom") }).await; // miss + load error
+    let _ = c
+        .get_or_load::<u8, _, _, _>("c", || async { Err("boom") })
+        .await; // miss + load error
     let values: std::collections::HashMap<String, u64> = snapshotter
         .snapshot()
         .into_vec()
         .into_iter()
         .filter_map(|(k, _, _, v)| match v {
-            metrics_util::debugging::DebugValue::Counter(n) => Some((k.key().name().to_string(), n)),
+            metrics_util::debugging::DebugValue::Counter(n) => {
+                Some((k.key().name().to_string(), n))
+            }
             _ => None,
         })
         .collect();
