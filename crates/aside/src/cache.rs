@@ -424,6 +424,9 @@ impl<C: Codec> Cache<C> {
         } else {
             Err(StoreError::CircuitOpen)
         };
+        // Again once applied: a flight that started while this invalidation was on its way
+        // may have read what it removes, so callers arriving after it start afresh.
+        self.inner.flights.invalidated();
         match sent {
             Ok(()) => Invalidation::Applied,
             Err(_) => {
