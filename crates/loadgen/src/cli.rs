@@ -66,6 +66,10 @@ pub struct CompareArgs {
     /// name to sum several processes (a service and its own Redis, say).
     #[arg(long = "pid", value_name = "NAME=PID")]
     pub pids: Vec<String>,
+    /// The id format of one target, when it differs from `--id-format`, as `NAME=TEMPLATE`
+    /// (e.g. `seed={}` while the catalog targets use `p{}`).
+    #[arg(long = "id-format-of", value_name = "NAME=TEMPLATE")]
+    pub id_formats: Vec<String>,
     /// Pause between two targets, so one's tail does not leak into the next.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub pause: Duration,
@@ -138,6 +142,9 @@ pub struct OutputArgs {
     /// Draw throughput and p99 per second into this PNG.
     #[arg(long, value_name = "FILE.png")]
     pub plot: Option<PathBuf>,
+    /// Also write the JSON document to this file (tables still go to stdout).
+    #[arg(long, value_name = "FILE.json")]
+    pub save: Option<PathBuf>,
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
@@ -252,6 +259,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             if let Some(unknown) = pids.keys().find(|n| !names.contains(n.as_str())) {
                 bail!("--pid names {unknown:?}, which is not a target");
             }
+            let mut id_formats = BTreeMap::new();
+            for pair in &args.id_formats {
+                let (name, template) = pair
+                    .split_once('=')
+                    .with_context(|| format!("--id-format-of {pair:?} is not NAME=TEMPLATE"))?;
+                if !names.contains(name) {
+                    bail!("--id-format-of names {name:?}, which is not a target");
+                }
+                id_formats.insert(name.to_owned(), IdFormat::parse(template)?);
+            }
             let baseline = match &args.baseline {
                 Some(b) if names.contains(b.as_str()) => b.clone(),
                 Some(b) => bail!("--baseline {b:?} is not a target"),
@@ -263,6 +280,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                     tokio::time::sleep(args.pause).await;
                 }
                 let pids = pids.get(&target.name).map(Vec::as_slice).unwrap_or(&[]);
+                let mut spec = spec.clone();
+                if let Some(format) = id_formats.get(&target.name) {
+                    spec.id_format = format.clone();
+                }
                 let report = runner::run_target(target, &spec, pids).await?;
                 if !args.output.json {
                     println!("{}", report::detail(&spec, &report));
@@ -289,14 +310,20 @@ fn finish(
             println!("plot written to {}", path.display());
         }
     }
-    if output.json {
+    if output.json || output.save.is_some() {
         let doc = JsonReport {
             load: spec,
             baseline,
             targets: reports,
             ratios: baseline.and_then(|b| report::ratios(reports, b)),
         };
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        let text = serde_json::to_string_pretty(&doc)?;
+        if let Some(path) = &output.save {
+            std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        if output.json {
+            println!("{text}");
+        }
     }
     Ok(())
 }

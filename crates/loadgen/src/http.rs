@@ -4,6 +4,7 @@
 //! (no pipelining, like a browser or a connection pool slot). Nothing is shared between
 //! connections, and the paths of every request are built once before the run.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -63,21 +64,17 @@ impl Target {
         })
     }
 
-    /// Opens a keep-alive connection. The connection's driver runs as its own task and
-    /// ends when the [`Conn`] is dropped.
+    /// Opens a keep-alive connection.
     pub async fn connect(&self) -> Result<Conn> {
         let stream = TcpStream::connect(&self.addr)
             .await
             .with_context(|| format!("connecting to {}", self.addr))?;
         // Requests are small and latency-bound: do not let Nagle hold them back.
         stream.set_nodelay(true)?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            // An error here also fails the request in flight, which is where it is counted.
-            let _ = connection.await;
-        });
+        let (sender, driver) = http1::handshake(TokioIo::new(stream)).await?;
         Ok(Conn {
             sender,
+            driver: Box::pin(driver),
             host: self.host.clone(),
         })
     }
@@ -89,11 +86,15 @@ impl Target {
             let mut conn = self.connect().await?;
             let uri: Uri = path.parse()?;
             let req = conn.request(Method::GET, uri, None)?;
-            conn.sender.ready().await?;
-            let resp = conn.sender.send_request(req).await?;
-            let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await?.to_bytes();
-            anyhow::Ok((status, body))
+            let Conn { sender, driver, .. } = &mut conn;
+            let exchange = async {
+                sender.ready().await?;
+                let resp = sender.send_request(req).await?;
+                let status = resp.status().as_u16();
+                let body = resp.into_body().collect().await?.to_bytes();
+                anyhow::Ok((status, body))
+            };
+            drive(driver, exchange).await
         };
         tokio::time::timeout(Duration::from_secs(10), work)
             .await
@@ -103,10 +104,40 @@ impl Target {
 }
 
 /// One HTTP/1.1 keep-alive connection.
-#[derive(Debug)]
+///
+/// hyper splits a client connection into a request handle and a driver future that does
+/// the socket I/O. The driver is not spawned as a task of its own: each exchange polls it
+/// together with the request in the caller's task, which saves two task wake-ups and a
+/// channel hop per request (a load generator competes with the server for the CPU).
 pub struct Conn {
     sender: SendRequest<Full<Bytes>>,
+    driver: Pin<Box<Driver>>,
     host: HeaderValue,
+}
+
+type Driver = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs `exchange` while polling the connection's driver in the same task.
+async fn drive<T>(
+    driver: &mut Pin<Box<Driver>>,
+    exchange: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        biased;
+        done = exchange => done,
+        ended = driver.as_mut() => match ended {
+            Ok(()) => bail!("the server closed the connection"),
+            Err(e) => Err(e.into()),
+        },
+    }
 }
 
 /// What the load loop needs from a response.
@@ -139,16 +170,20 @@ impl Conn {
     /// frame, never collected.
     pub async fn send(&mut self, method: Method, uri: Uri, json: Option<Bytes>) -> Result<Outcome> {
         let req = self.request(method, uri, json)?;
-        self.sender.ready().await?;
-        let resp = self.sender.send_request(req).await?;
-        let status = resp.status().as_u16();
-        let cache =
-            CacheStatus::from_header(resp.headers().get("x-cache").map(HeaderValue::as_bytes));
-        let mut body = resp.into_body();
-        while let Some(frame) = body.frame().await {
-            frame?;
-        }
-        Ok(Outcome { status, cache })
+        let sender = &mut self.sender;
+        let exchange = async {
+            sender.ready().await?;
+            let resp = sender.send_request(req).await?;
+            let status = resp.status().as_u16();
+            let cache = resp.headers().get("x-cache").map(HeaderValue::as_bytes);
+            let cache = CacheStatus::from_header(cache);
+            let mut body = resp.into_body();
+            while let Some(frame) = body.frame().await {
+                frame?;
+            }
+            anyhow::Ok(Outcome { status, cache })
+        };
+        drive(&mut self.driver, exchange).await
     }
 }
 

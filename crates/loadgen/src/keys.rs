@@ -42,6 +42,12 @@ impl IdFormat {
     }
 }
 
+impl std::fmt::Display for IdFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{{}}{}", self.prefix, self.suffix)
+    }
+}
+
 /// How keys are drawn.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Popularity {
@@ -109,6 +115,7 @@ mod tests {
         assert_eq!(IdFormat::parse("p{}").unwrap().id(17), "p17");
         assert_eq!(IdFormat::parse("{}").unwrap().id(1), "1");
         assert_eq!(IdFormat::parse("a-{}_b").unwrap().id(3), "a-3_b");
+        assert_eq!(IdFormat::parse("a-{}_b").unwrap().to_string(), "a-{}_b");
     }
 
     #[test]

@@ -264,6 +264,7 @@ mod tests {
         TargetReport {
             name: name.to_owned(),
             url: "http://127.0.0.1:1".to_owned(),
+            id_format: "p{}".to_owned(),
             prefill_errors: 0,
             summary: r.summary(1.0),
             db: None,

@@ -42,7 +42,7 @@ pub struct LoadSpec {
     /// Ids are numbered `1..=ids`.
     pub ids: u64,
     /// How a number becomes an id.
-    #[serde(skip)]
+    #[serde(serialize_with = "display")]
     pub id_format: IdFormat,
     /// Key popularity.
     #[serde(serialize_with = "popularity")]
@@ -74,7 +74,7 @@ pub struct LoadSpec {
     pub progress: bool,
 }
 
-fn display<S: serde::Serializer>(m: &Mix, s: S) -> Result<S::Ok, S::Error> {
+fn display<S: serde::Serializer, T: std::fmt::Display>(m: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(m)
 }
 
@@ -153,6 +153,8 @@ pub struct TargetReport {
     pub name: String,
     /// Base URL.
     pub url: String,
+    /// The id format used for this target.
+    pub id_format: String,
     /// Prefill responses that were not 2xx (0 when prefill was off).
     pub prefill_errors: u64,
     /// Totals of the measured part.
@@ -293,6 +295,7 @@ pub async fn run_target(target: &Target, spec: &LoadSpec, pids: &[u32]) -> Resul
     Ok(TargetReport {
         name: target.name.clone(),
         url: target.url.clone(),
+        id_format: spec.id_format.to_string(),
         prefill_errors,
         series: shared.timeline.points(),
         summary,
