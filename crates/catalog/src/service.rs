@@ -170,7 +170,9 @@ impl Catalog {
             .await;
         match fetched {
             Ok(f) => {
-                if let Some(p) = &f.value {
+                if let Some(p) = &f.value
+                    && hint.as_deref() != Some(p.category_id.as_str())
+                {
                     self.hints.insert(p.id.clone(), p.category_id.clone());
                 }
                 Ok((f.value, f.status.into()))
