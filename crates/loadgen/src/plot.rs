@@ -82,6 +82,13 @@ pub fn draw(path: &Path, reports: &[TargetReport]) -> Result<()> {
             .configure_mesh()
             .x_desc("seconds into the measured run")
             .y_desc(y_desc)
+            .y_label_formatter(&|v| {
+                if panel == 0 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v:.1}")
+                }
+            })
             .label_style((FONT, 13))
             .draw()
             .map_err(|e| err(&e))?;

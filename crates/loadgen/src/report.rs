@@ -229,7 +229,7 @@ pub fn comparison(reports: &[TargetReport], baseline: &str) -> String {
                     }
                 })
                 .collect();
-            let _ = writeln!(out, "|-{}-|", rule.join("-|-"));
+            let _ = writeln!(out, "| {} |", rule.join(" | "));
         }
     }
     let _ = writeln!(out, "\nratios are relative to `{baseline}`");
@@ -302,5 +302,9 @@ mod tests {
         assert!(table.contains("| fast "), "{table}");
         assert!(table.contains("2.00x"), "{table}");
         assert!(table.contains("0.50x"), "{table}");
+        // A valid Markdown delimiter row: right-aligned columns end in `:`.
+        let rule = table.lines().nth(1).unwrap();
+        assert!(rule.starts_with("| ---") && rule.ends_with(": |"), "{rule}");
+        assert!(!rule.contains(":-"), "{rule}");
     }
 }
