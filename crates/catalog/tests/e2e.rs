@@ -376,3 +376,102 @@ async fn default_embedded_setup_seeds_a_sqlite_file_and_stops_on_sigterm() {
     );
     assert!(svc.terminate(), "exits with success on SIGTERM");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_sharing_redis_see_each_others_writes_at_once() {
+    let a = stack(&[]).await;
+    let db_url = a._pg.url.clone();
+    let redis_url = a.redis.url();
+    let b = Service::start(&["--database-url", &db_url, "--redis-url", &redis_url]);
+    let http = &a.http;
+
+    // Cold reads spread over both instances: one database load in all (the lease).
+    let (qa, qb) = (
+        a.queries().await,
+        db_queries(
+            &http
+                .get(b.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        ),
+    );
+    let barrier = Arc::new(tokio::sync::Barrier::new(100));
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let url = if i % 2 == 0 {
+                a.url("/products/p9")
+            } else {
+                b.url("/products/p9")
+            };
+            let (http, barrier) = (http.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                get(&http, &url).await.status
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    let qb2 = db_queries(
+        &http
+            .get(b.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        a.queries().await - qa + qb2 - qb,
+        1,
+        "one load across two instances"
+    );
+
+    // A write on one instance is visible on the other at once.
+    get(http, &b.url("/products/p5")).await;
+    assert_eq!(get(http, &b.url("/products/p5")).await.x_cache, "hit");
+    get(http, &b.url("/products?limit=50")).await;
+    let (st, _) = send(
+        http,
+        reqwest::Method::PUT,
+        &a.url("/products/p5"),
+        Some(json!({"name": "From A"})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        get(http, &b.url("/products/p5")).await.body["name"],
+        "From A"
+    );
+    let list = get(http, &b.url("/products?limit=50")).await;
+    assert!(
+        list.body["products"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "From A")
+    );
+
+    let (st, _) = send(
+        http,
+        reqwest::Method::PUT,
+        &a.url("/categories/c5"),
+        Some(json!({"name": "Renamed on A"})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        get(http, &b.url("/products/p5")).await.body["category"]["name"],
+        "Renamed on A"
+    );
+    assert_eq!(
+        get(http, &b.url("/products/p25")).await.body["category"]["name"],
+        "Renamed on A"
+    );
+}
