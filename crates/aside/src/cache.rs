@@ -671,34 +671,28 @@ impl<'a, C: Codec> Entry<'a, C> {
                 }
                 Err(e) => Err(e),
             };
-            let lease = match claim {
-                Ok(Claim::Hit(p)) => match cache.decode::<T>(&k, &p).await {
-                    Some(d) => {
-                        leader.finish(match &d {
-                            Decoded::Value(_) => Shared::Value(p),
-                            Decoded::Absent => Shared::Absent,
-                        });
-                        return Ok(hit(d));
-                    }
-                    None => continue,
-                },
+            // An entry found while claiming (filled meanwhile, or by the lease holder we
+            // waited for) is shared with this flight's followers as is.
+            let (found, lease) = match claim {
+                Ok(Claim::Hit(p)) => (Some((p, Status::Hit)), None),
                 Ok(Claim::Pending) => match cache.wait_for_fill(&k, &stamps).await {
-                    Waited::Filled(p) => match cache.decode::<T>(&k, &p).await {
-                        Some(d) => {
-                            leader.finish(match &d {
-                                Decoded::Value(_) => Shared::Value(p),
-                                Decoded::Absent => Shared::Absent,
-                            });
-                            return Ok(loaded(d));
-                        }
-                        None => continue,
-                    },
+                    Waited::Filled(p) => (Some((p, Status::Miss)), None),
                     Waited::Vacant => continue,
-                    Waited::TimedOut => None,
+                    Waited::TimedOut => (None, None),
                 },
-                Ok(Claim::Granted(lease)) => Some(lease),
-                Err(_) => None,
+                Ok(Claim::Granted(lease)) => (None, Some(lease)),
+                Err(_) => (None, None),
             };
+            if let Some((p, status)) = found {
+                let Some(d) = cache.decode::<T>(&k, &p).await else {
+                    continue;
+                };
+                leader.finish(match &d {
+                    Decoded::Value(_) => Shared::Value(p),
+                    Decoded::Absent => Shared::Absent,
+                });
+                return Ok(Fetched { status, ..hit(d) });
+            }
             let Some(loader) = loader.take() else { break };
             return cache
                 .load(leader, &k, lease, ttl, negative_ttl, loader)
