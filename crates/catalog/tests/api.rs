@@ -843,6 +843,72 @@ impl Repository for Hung {
     }
 }
 
+/// A database whose every call panics (a bug).
+#[derive(Debug)]
+struct Panicky;
+
+#[async_trait]
+impl Repository for Panicky {
+    async fn product(&self, _: &Id) -> db::Result<Option<Product>> {
+        panic!("secret internal detail")
+    }
+    async fn page(&self, _: u64, _: u32) -> db::Result<Page> {
+        panic!("secret internal detail")
+    }
+    async fn insert(&self, _: &NewProduct) -> db::Result<Product> {
+        panic!("secret internal detail")
+    }
+    async fn update(
+        &self,
+        _: &Id,
+        _: &ProductPatch,
+        _: DateTime<Utc>,
+    ) -> db::Result<Option<Product>> {
+        panic!("secret internal detail")
+    }
+    async fn delete(&self, _: &Id) -> db::Result<bool> {
+        panic!("secret internal detail")
+    }
+    async fn rename_category(&self, _: &Id, _: &str) -> db::Result<Option<Category>> {
+        panic!("secret internal detail")
+    }
+    async fn ping(&self) -> db::Result<()> {
+        panic!("secret internal detail")
+    }
+    async fn migrate(&self) -> db::Result<()> {
+        Ok(())
+    }
+    async fn seed(&self, _: u32) -> db::Result<bool> {
+        Ok(false)
+    }
+}
+
+#[tokio::test]
+async fn a_panic_is_a_generic_500_error_body() {
+    let cache = aside::Cache::builder().build().unwrap();
+    let s = AppState::new(Catalog::new(
+        Db::new(Arc::new(Panicky), db::Options::default()),
+        Some(cache),
+        Ttls::default(),
+    ));
+    for (m, uri, body) in [
+        (Method::GET, "/products/p1", None),
+        (Method::GET, "/products", None),
+        (Method::DELETE, "/products/p1", None),
+        (Method::PUT, "/categories/c1", Some(r#"{"name":"x"}"#)),
+    ] {
+        let r = call(&s, m, uri, body).await;
+        assert_eq!(
+            (r.status, r.error_code()),
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            "{uri}"
+        );
+        assert!(!r.body.to_string().contains("secret"), "{}", r.body);
+    }
+    // The service goes on serving.
+    assert_eq!(get(&s, "/nothing").await.status, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test]
 async fn a_hung_database_is_a_503_not_a_hang() {
     let options = db::Options {

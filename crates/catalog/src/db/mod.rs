@@ -159,7 +159,15 @@ pub fn seed_product(i: u32) -> NewProduct {
 
 /// Rows per multi-row `INSERT` when seeding (6 parameters each: well under both databases'
 /// parameter limits).
-pub(crate) const SEED_BATCH: u32 = 1000;
+const SEED_BATCH: u32 = 1000;
+
+/// The seed products `1..=products` in batches of at most [`SEED_BATCH`], one `INSERT` each.
+pub(crate) fn seed_batches(products: u32) -> impl Iterator<Item = std::ops::RangeInclusive<u32>> {
+    (0..products.div_ceil(SEED_BATCH)).map(move |b| {
+        let first = b * SEED_BATCH + 1;
+        first..=products.min(first.saturating_add(SEED_BATCH - 1))
+    })
+}
 
 /// How [`Db`] treats round trips.
 #[derive(Clone, Copy, Debug)]
@@ -307,6 +315,20 @@ mod tests {
                 id: "c20".into(),
                 name: "Category 20".into()
             }
+        );
+    }
+
+    #[test]
+    fn seed_batches_cover_every_product_once() {
+        assert_eq!(seed_batches(0).count(), 0);
+        assert_eq!(seed_batches(1).collect::<Vec<_>>(), [1..=1]);
+        assert_eq!(
+            seed_batches(2500).collect::<Vec<_>>(),
+            [1..=1000, 1001..=2000, 2001..=2500]
+        );
+        assert_eq!(
+            seed_batches(u32::MAX).last().map(|r| *r.end()),
+            Some(u32::MAX)
         );
     }
 }

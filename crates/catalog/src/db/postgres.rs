@@ -2,7 +2,7 @@
 //! `C` collation so ordering matches SQLite's byte order.
 
 use super::{
-    DbError, Options, Page, Repository, Result, SEED_BATCH, seed_categories, seed_product,
+    DbError, Options, Page, Repository, Result, seed_batches, seed_categories, seed_product,
 };
 use crate::model::{Category, Id, NewProduct, Product, ProductPatch};
 use async_trait::async_trait;
@@ -196,13 +196,11 @@ impl Repository for PostgresRepository {
             b.push_bind(c.id).push_bind(c.name);
         });
         q.build().execute(&mut *tx).await?;
-        let mut first = 1;
-        while first <= products {
-            let last = products.min(first.saturating_add(SEED_BATCH - 1));
+        for batch in seed_batches(products) {
             let mut q = QueryBuilder::<Postgres>::new(
                 "INSERT INTO products (id, name, price, category_id, created_at, updated_at) ",
             );
-            q.push_values((first..=last).map(seed_product), |mut b, p| {
+            q.push_values(batch.map(seed_product), |mut b, p| {
                 b.push_bind(p.id.as_str().to_owned())
                     .push_bind(p.name)
                     .push_bind(p.price)
@@ -211,10 +209,6 @@ impl Repository for PostgresRepository {
                     .push_bind(p.created_at);
             });
             q.build().execute(&mut *tx).await?;
-            if last == u32::MAX {
-                break;
-            }
-            first = last + 1;
         }
         tx.commit().await?;
         Ok(true)

@@ -3,7 +3,7 @@
 //! ordering and equality are exact.
 
 use super::{
-    DbError, Options, Page, Repository, Result, SEED_BATCH, seed_categories, seed_product,
+    DbError, Options, Page, Repository, Result, seed_batches, seed_categories, seed_product,
 };
 use crate::model::{Category, Id, NewProduct, Product, ProductPatch};
 use async_trait::async_trait;
@@ -231,13 +231,11 @@ impl Repository for SqliteRepository {
             b.push_bind(c.id).push_bind(c.name);
         });
         q.build().execute(&mut *tx).await?;
-        let mut first = 1;
-        while first <= products {
-            let last = products.min(first.saturating_add(SEED_BATCH - 1));
+        for batch in seed_batches(products) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO products (id, name, price, category_id, created_at, updated_at) ",
             );
-            q.push_values((first..=last).map(seed_product), |mut b, p| {
+            q.push_values(batch.map(seed_product), |mut b, p| {
                 let t = micros(p.created_at);
                 b.push_bind(p.id.as_str().to_owned())
                     .push_bind(p.name)
@@ -247,10 +245,6 @@ impl Repository for SqliteRepository {
                     .push_bind(t);
             });
             q.build().execute(&mut *tx).await?;
-            if last == u32::MAX {
-                break;
-            }
-            first = last + 1;
         }
         tx.commit().await?;
         Ok(true)
