@@ -20,11 +20,15 @@ use std::time::Duration;
 use tower::ServiceExt;
 
 async fn state_with(args: &[&str]) -> AppState {
+    // Every setting from flags (an empty --redis-url: the in-process store, whatever REDIS_URL
+    // says), so the environment cannot point these tests at a shared server.
     let mut argv = vec![
         "catalog",
         "serve",
         "--database-url",
         "sqlite::memory:",
+        "--redis-url",
+        "",
         "--seed-products",
         "30",
     ];

@@ -14,7 +14,7 @@ struct Stack {
     svc: Service,
     redis: TestRedis,
     http: Client,
-    _pg: TestPostgres,
+    pg: TestPostgres,
 }
 
 async fn stack(extra: &[&str]) -> Stack {
@@ -35,7 +35,7 @@ async fn stack(extra: &[&str]) -> Stack {
         svc,
         redis,
         http: Client::new(),
-        _pg: pg,
+        pg,
     }
 }
 
@@ -380,7 +380,7 @@ async fn default_embedded_setup_seeds_a_sqlite_file_and_stops_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_sharing_redis_see_each_others_writes_at_once() {
     let a = stack(&[]).await;
-    let db_url = a._pg.url.clone();
+    let db_url = a.pg.url.clone();
     let redis_url = a.redis.url();
     let b = Service::start(&["--database-url", &db_url, "--redis-url", &redis_url]);
     let http = &a.http;
