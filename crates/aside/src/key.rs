@@ -26,7 +26,7 @@ pub const MAX_PREFIX_DEPTH: usize = 4;
 
 /// A validated namespace; the root of every Redis key of one cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Namespace(String);
+pub struct Namespace(String, TagKey);
 
 impl Namespace {
     /// Validates a namespace: 1 to 64 characters of `[A-Za-z0-9_.-]`.
@@ -37,7 +37,7 @@ impl Namespace {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
         if ok {
-            Ok(Self(ns.to_owned()))
+            Ok(Self(ns.to_owned(), TagKey(format!("{ns}:g"))))
         } else {
             Err(Error::InvalidNamespace(ns.to_owned()))
         }
@@ -73,14 +73,14 @@ impl Namespace {
 
     /// The namespace epoch key.
     pub fn epoch(&self) -> TagKey {
-        TagKey(format!("{}:g", self.0))
+        self.1.clone()
     }
 
     /// Every version key an entry under `key` is stamped with: the epoch, the key's
     /// `:`-terminated prefixes (up to [`MAX_PREFIX_DEPTH`]), then the given tags.
     pub fn stamps_for<S: AsRef<str>>(&self, key: &str, tags: &[S]) -> Result<Vec<TagKey>, Error> {
         let mut out = Vec::with_capacity(2 + tags.len());
-        out.push(self.epoch());
+        out.push(self.1.clone());
         for (i, _) in key.match_indices(':').take(MAX_PREFIX_DEPTH) {
             out.push(TagKey(self.join('p', &key[..=i])));
         }
