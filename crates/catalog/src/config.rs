@@ -29,12 +29,17 @@ pub struct Config {
     pub listen: String,
 
     /// Database: sqlite://PATH (created if missing), sqlite::memory:, or postgres://USER:PASS@HOST/DB.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://catalog.db")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "sqlite://catalog.db"
+    )]
     pub database_url: String,
 
-    /// Redis to cache in: redis://[USER:PASS@]HOST:PORT[/DB] or rediss:// (TLS). Without it, an
-    /// in-process cache.
-    #[arg(long, env = "REDIS_URL")]
+    /// Redis to cache in: redis://HOST:PORT (USER:PASS@ and /DB optional), or rediss:// for
+    /// TLS. Without it, an in-process cache.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
     /// Products to seed into an empty database (with categories c1..c20).

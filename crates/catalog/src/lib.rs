@@ -18,7 +18,7 @@
 //! - [`model`]: what the API returns and accepts, and its validation rules.
 //! - [`db`]: the [`Repository`](db::Repository) trait, its SQLite and PostgreSQL
 //!   implementations, and [`Db`](db::Db), which counts, delays and bounds every round trip.
-//! - [`service`]: [`Catalog`](service::Catalog), cache-aside reads and write-then-invalidate
+//! - [`service`]: [`Catalog`], cache-aside reads and write-then-invalidate
 //!   writes; its docs list every key, TTL and tag.
 //! - [`routes`]: the handlers; [`extract`] and [`error`] turn every rejection into the API's
 //!   Error body.
