@@ -807,60 +807,32 @@ async fn no_cache_bypasses_the_cache() {
     assert_eq!(get(&s, "/products/p1").await.body["name"], "N");
 }
 
-/// A database that never answers.
+/// A database that fails every request-path call: it never answers, or it panics (a bug).
 #[derive(Debug)]
-struct Hung;
+enum Broken {
+    Hangs,
+    Panics,
+}
 
-#[async_trait]
-impl Repository for Hung {
-    async fn product(&self, _: &Id) -> db::Result<Option<Product>> {
-        std::future::pending().await
-    }
-    async fn page(&self, _: u64, _: u32) -> db::Result<Page> {
-        std::future::pending().await
-    }
-    async fn insert(&self, _: &NewProduct) -> db::Result<Product> {
-        std::future::pending().await
-    }
-    async fn update(
-        &self,
-        _: &Id,
-        _: &ProductPatch,
-        _: DateTime<Utc>,
-    ) -> db::Result<Option<Product>> {
-        std::future::pending().await
-    }
-    async fn delete(&self, _: &Id) -> db::Result<bool> {
-        std::future::pending().await
-    }
-    async fn rename_category(&self, _: &Id, _: &str) -> db::Result<Option<Category>> {
-        std::future::pending().await
-    }
-    async fn ping(&self) -> db::Result<()> {
-        std::future::pending().await
-    }
-    async fn migrate(&self) -> db::Result<()> {
-        Ok(())
-    }
-    async fn seed(&self, _: u32) -> db::Result<bool> {
-        Ok(false)
+impl Broken {
+    async fn fail<T>(&self) -> T {
+        match self {
+            Broken::Hangs => std::future::pending().await,
+            Broken::Panics => panic!("secret internal detail"),
+        }
     }
 }
 
-/// A database whose every call panics (a bug).
-#[derive(Debug)]
-struct Panicky;
-
 #[async_trait]
-impl Repository for Panicky {
+impl Repository for Broken {
     async fn product(&self, _: &Id) -> db::Result<Option<Product>> {
-        panic!("secret internal detail")
+        self.fail().await
     }
     async fn page(&self, _: u64, _: u32) -> db::Result<Page> {
-        panic!("secret internal detail")
+        self.fail().await
     }
     async fn insert(&self, _: &NewProduct) -> db::Result<Product> {
-        panic!("secret internal detail")
+        self.fail().await
     }
     async fn update(
         &self,
@@ -868,16 +840,16 @@ impl Repository for Panicky {
         _: &ProductPatch,
         _: DateTime<Utc>,
     ) -> db::Result<Option<Product>> {
-        panic!("secret internal detail")
+        self.fail().await
     }
     async fn delete(&self, _: &Id) -> db::Result<bool> {
-        panic!("secret internal detail")
+        self.fail().await
     }
     async fn rename_category(&self, _: &Id, _: &str) -> db::Result<Option<Category>> {
-        panic!("secret internal detail")
+        self.fail().await
     }
     async fn ping(&self) -> db::Result<()> {
-        panic!("secret internal detail")
+        self.fail().await
     }
     async fn migrate(&self) -> db::Result<()> {
         Ok(())
@@ -891,7 +863,7 @@ impl Repository for Panicky {
 async fn a_panic_is_a_generic_500_error_body() {
     let cache = aside::Cache::builder().build().unwrap();
     let s = AppState::new(Catalog::new(
-        Db::new(Arc::new(Panicky), db::Options::default()),
+        Db::new(Arc::new(Broken::Panics), db::Options::default()),
         Some(cache),
         Ttls::default(),
     ));
@@ -921,7 +893,7 @@ async fn a_hung_database_is_a_503_not_a_hang() {
     };
     let cache = aside::Cache::builder().build().unwrap();
     let s = AppState::new(Catalog::new(
-        Db::new(Arc::new(Hung), options),
+        Db::new(Arc::new(Broken::Hangs), options),
         Some(cache),
         Ttls::default(),
     ));
