@@ -130,6 +130,49 @@ pub struct Health {
     pub pending_invalidations: usize,
 }
 
+/// How a fetch hands its value back: decoded, or as the codec's bytes.
+pub(crate) trait Mode<T> {
+    type Out;
+    /// Whether `loaded` needs the value's encoding.
+    const ENCODED: bool;
+    fn decode<C: Codec>(
+        codec: &C,
+        body: Bytes,
+    ) -> std::result::Result<Self::Out, crate::codec::CodecError>;
+    fn loaded(value: T, body: Bytes) -> Self::Out;
+}
+
+pub(crate) struct AsValue;
+pub(crate) struct AsBytes;
+
+impl<T: DeserializeOwned> Mode<T> for AsValue {
+    type Out = T;
+    const ENCODED: bool = false;
+    fn decode<C: Codec>(
+        codec: &C,
+        body: Bytes,
+    ) -> std::result::Result<T, crate::codec::CodecError> {
+        codec.decode(&body)
+    }
+    fn loaded(value: T, _: Bytes) -> T {
+        value
+    }
+}
+
+impl<T> Mode<T> for AsBytes {
+    type Out = Bytes;
+    const ENCODED: bool = true;
+    fn decode<C: Codec>(
+        _: &C,
+        body: Bytes,
+    ) -> std::result::Result<Bytes, crate::codec::CodecError> {
+        Ok(body)
+    }
+    fn loaded(_: T, body: Bytes) -> Bytes {
+        body
+    }
+}
+
 enum Decoded<T> {
     Value(T),
     Absent,
@@ -448,14 +491,25 @@ impl<C: Codec> Cache<C> {
     async fn decode<T: DeserializeOwned>(
         &self,
         k: &EntryKey,
-        payload: &[u8],
+        payload: &Bytes,
     ) -> Option<Decoded<T>> {
+        self.decode_as::<T, AsValue>(k, payload).await
+    }
+
+    async fn decode_as<T, M: Mode<T>>(
+        &self,
+        k: &EntryKey,
+        payload: &Bytes,
+    ) -> Option<Decoded<M::Out>> {
         let why = match envelope::open(payload, self.inner.settings.schema) {
             Ok(Body::Absent) => return Some(Decoded::Absent),
-            Ok(Body::Value(b)) => match self.inner.codec.decode::<T>(b) {
-                Ok(v) => return Some(Decoded::Value(v)),
-                Err(e) => e.to_string(),
-            },
+            Ok(Body::Value(b)) => {
+                let body = payload.slice(payload.len() - b.len()..);
+                match M::decode(&self.inner.codec, body) {
+                    Ok(v) => return Some(Decoded::Value(v)),
+                    Err(e) => e.to_string(),
+                }
+            }
             Err(envelope::Refused::Schema(s)) => format!("written with schema {s}"),
             Err(envelope::Refused::Corrupt) => "not an entry envelope".to_owned(),
         };
@@ -611,12 +665,45 @@ impl<'a, C: Codec> Entry<'a, C> {
         Fut: Future<Output = Result<Option<T>, E>>,
     {
         let span = debug_span!("aside.fetch", key = self.key);
-        self.fetch_inner(loader).instrument(span).await
+        self.fetch_inner::<T, AsValue, E, F, Fut>(loader)
+            .instrument(span)
+            .await
     }
 
-    async fn fetch_inner<T, E, F, Fut>(self, loader: F) -> Result<Fetched<T>, LoadError<E>>
+    /// Like [`fetch`](Entry::fetch), but hands back the value as the codec wrote it (JSON by
+    /// default) instead of decoding it: a service that sends the value on as it is skips a
+    /// decode and an encode per hit. The bytes are shared, not copied.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let cache = aside::Cache::builder().build().unwrap();
+    /// let load = || async { Ok::<_, std::io::Error>(Some(vec![1, 2, 3])) };
+    /// let first = cache.entry("k").fetch_encoded(load).await.unwrap();
+    /// let again = cache.entry("k").fetch_encoded(load).await.unwrap();
+    /// assert_eq!(first.value.as_deref(), Some(&b"[1,2,3]"[..]));
+    /// assert_eq!((again.value, again.status), (first.value, aside::Status::Hit));
+    /// # });
+    /// ```
+    pub async fn fetch_encoded<T, E, F, Fut>(
+        self,
+        loader: F,
+    ) -> Result<Fetched<Bytes>, LoadError<E>>
     where
-        T: Serialize + DeserializeOwned + Send,
+        T: Serialize + Send,
+        E: Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
+        let span = debug_span!("aside.fetch", key = self.key);
+        self.fetch_inner::<T, AsBytes, E, F, Fut>(loader)
+            .instrument(span)
+            .await
+    }
+
+    async fn fetch_inner<T, M, E, F, Fut>(self, loader: F) -> Result<Fetched<M::Out>, LoadError<E>>
+    where
+        T: Serialize + Send,
+        M: Mode<T>,
         E: Send + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,
@@ -631,7 +718,7 @@ impl<'a, C: Codec> Entry<'a, C> {
         match cache.read(&k, &stamps).await {
             Ok(Lookup::Hit(p)) => {
                 // An undecodable entry was removed by decode: load below.
-                if let Some(d) = cache.decode::<T>(&k, &p).await {
+                if let Some(d) = cache.decode_as::<T, M>(&k, &p).await {
                     m.hits.increment(1);
                     return Ok(hit(d));
                 }
@@ -646,7 +733,7 @@ impl<'a, C: Codec> Entry<'a, C> {
             let leader = match inner.flights.join(&k) {
                 Role::Leader(l) => l,
                 Role::Follower(rx) => match flight::wait(rx).await {
-                    Some(Shared::Value(p)) => match cache.decode::<T>(&k, &p).await {
+                    Some(Shared::Value(p)) => match cache.decode_as::<T, M>(&k, &p).await {
                         Some(d) => return Ok(loaded(d)),
                         None => continue,
                     },
@@ -684,7 +771,7 @@ impl<'a, C: Codec> Entry<'a, C> {
                 Err(_) => (None, None),
             };
             if let Some((p, status)) = found {
-                let Some(d) = cache.decode::<T>(&k, &p).await else {
+                let Some(d) = cache.decode_as::<T, M>(&k, &p).await else {
                     continue;
                 };
                 leader.finish(match &d {
@@ -695,16 +782,22 @@ impl<'a, C: Codec> Entry<'a, C> {
             }
             let Some(loader) = loader.take() else { break };
             return cache
-                .load(leader, &k, lease, ttl, negative_ttl, loader)
+                .load::<T, M, E, F, Fut>(leader, &k, lease, ttl, negative_ttl, loader)
                 .await;
         }
         // Retries exhausted (entries kept turning out undecodable, or leaders kept vanishing):
         // load without the store.
         match loader.take() {
-            Some(loader) => run(cache, loader).await.map(|v| Fetched {
-                value: v,
-                status: Status::Miss,
-            }),
+            Some(loader) => {
+                let value = match run(cache, loader).await? {
+                    Some(v) => Some(cache.output::<T, M>(v).map_err(LoadError::Cache)?),
+                    None => None,
+                };
+                Ok(Fetched {
+                    value,
+                    status: Status::Miss,
+                })
+            }
             None => Err(LoadError::Cache(Error::Backend(StoreError::Protocol(
                 "load could not be completed".into(),
             )))),
@@ -746,7 +839,20 @@ where
 }
 
 impl<C: Codec> Cache<C> {
-    async fn load<T, E, F, Fut>(
+    /// The caller's form of a loaded value: itself, or its encoding.
+    fn output<T: Serialize, M: Mode<T>>(&self, value: T) -> Result<M::Out> {
+        if !M::ENCODED {
+            return Ok(M::loaded(value, Bytes::new()));
+        }
+        let p = self.encode(&value)?;
+        let body = match envelope::open(&p, self.inner.settings.schema) {
+            Ok(Body::Value(b)) => p.slice(p.len() - b.len()..),
+            _ => Bytes::new(),
+        };
+        Ok(M::loaded(value, body))
+    }
+
+    async fn load<T, M, E, F, Fut>(
         &self,
         leader: flight::Leader<'_>,
         k: &EntryKey,
@@ -754,9 +860,10 @@ impl<C: Codec> Cache<C> {
         ttl: Duration,
         negative_ttl: Duration,
         loader: F,
-    ) -> Result<Fetched<T>, LoadError<E>>
+    ) -> Result<Fetched<M::Out>, LoadError<E>>
     where
-        T: Serialize + DeserializeOwned + Send,
+        M: Mode<T>,
+        T: Serialize + Send,
         E: Send + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,
@@ -773,11 +880,24 @@ impl<C: Codec> Cache<C> {
             }
             Err(e) => return Err(e),
         };
+        let mut body = Bytes::new();
         let (payload, shared, ttl) = match &value {
             Some(v) => match self.encode(v) {
-                Ok(p) => (Some(p.clone()), Shared::Value(p), ttl),
+                Ok(p) => {
+                    if let Ok(Body::Value(b)) = envelope::open(&p, inner.settings.schema) {
+                        body = p.slice(p.len() - b.len()..);
+                    }
+                    (Some(p.clone()), Shared::Value(p), ttl)
+                }
                 Err(e) => {
                     warn!(key = %k, error = %e, "loaded value could not be encoded; not cached");
+                    if M::ENCODED {
+                        if let Some(lease) = &lease {
+                            let _ = self.call(Op::Release, inner.store.release(k, lease)).await;
+                        }
+                        leader.finish(Shared::Unshared);
+                        return Err(LoadError::Cache(e));
+                    }
                     (None, Shared::Unshared, ttl)
                 }
             },
@@ -811,7 +931,7 @@ impl<C: Codec> Cache<C> {
         // Shared after the fill, so callers arriving now find the entry instead of a lease.
         leader.finish(shared);
         Ok(Fetched {
-            value,
+            value: value.map(|v| M::loaded(v, body)),
             status: Status::Miss,
         })
     }

@@ -623,6 +623,54 @@ async fn counters_tell_hits_misses_and_loads(fx: Fx) {
     assert_eq!(values["aside_backend_errors_total"], 0);
 }
 
+async fn encoded_values_are_the_codec_bytes(fx: Fx) {
+    let c = fx.cache();
+    let calls = AtomicUsize::new(0);
+    let load = || async {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, Never>(Some(product("p1")))
+    };
+    let first = c
+        .entry("product:p1")
+        .tag("category:c1")
+        .fetch_encoded(load)
+        .await
+        .unwrap();
+    let again = c
+        .entry("product:p1")
+        .tag("category:c1")
+        .fetch_encoded(load)
+        .await
+        .unwrap();
+    assert_eq!((first.status, again.status), (Status::Miss, Status::Hit));
+    let bytes = first.value.unwrap();
+    assert_eq!(bytes, serde_json::to_vec(&product("p1")).unwrap());
+    assert_eq!(again.value.unwrap(), bytes);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // The typed and the encoded forms read the same entry.
+    assert_eq!(
+        c.get::<Product>("product:p1").await.unwrap(),
+        Some(product("p1"))
+    );
+    let missing = c
+        .entry("product:none")
+        .fetch_encoded(|| async { Ok::<Option<Product>, Never>(None) })
+        .await
+        .unwrap();
+    assert_eq!(missing.value, None);
+    c.invalidate_tag("category:c1").await.unwrap();
+    let reloaded = c
+        .entry("product:p1")
+        .tag("category:c1")
+        .fetch_encoded(load)
+        .await
+        .unwrap();
+    assert_eq!(
+        (reloaded.status, calls.load(Ordering::SeqCst)),
+        (Status::Miss, 2)
+    );
+}
+
 macro_rules! suite {
     ($store:ident, $fx:expr) => {
         mod $store {
@@ -690,6 +738,10 @@ macro_rules! suite {
             #[tokio::test]
             async fn namespaces() {
                 super::namespaces_are_isolated($fx).await
+            }
+            #[tokio::test]
+            async fn encoded() {
+                super::encoded_values_are_the_codec_bytes($fx).await
             }
             #[tokio::test]
             async fn counters() {
