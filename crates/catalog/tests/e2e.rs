@@ -75,9 +75,33 @@ async fn send(
     (r.status(), r.json().await.unwrap_or(Value::Null))
 }
 
+/// `catalog_db_queries_total` of a service.
+async fn queries(http: &Client, svc: &Service) -> u64 {
+    let text = http
+        .get(svc.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    db_queries(&text)
+}
+
 impl Stack {
     fn url(&self, path: &str) -> String {
         self.svc.url(path)
+    }
+
+    async fn put(&self, path: &str, body: Value) -> StatusCode {
+        send(
+            &self.http,
+            reqwest::Method::PUT,
+            &self.url(path),
+            Some(body),
+        )
+        .await
+        .0
     }
 
     async fn get(&self, path: &str) -> Reply {
@@ -85,16 +109,7 @@ impl Stack {
     }
 
     async fn queries(&self) -> u64 {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        db_queries(&text)
+        queries(&self.http, &self.svc).await
     }
 }
 
@@ -112,14 +127,11 @@ async fn cache_headers_and_writes_visible_at_once() {
     assert_eq!(s.get("/products?limit=100").await.x_cache, "hit");
     assert_eq!(s.get("/products/n1").await.status, StatusCode::NOT_FOUND);
 
-    let (st, _) = send(
-        &s.http,
-        Method::PUT,
-        &s.url("/products/p1"),
-        Some(json!({"name": "Lamp", "price": 3})),
-    )
-    .await;
-    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        s.put("/products/p1", json!({"name": "Lamp", "price": 3}))
+            .await,
+        StatusCode::OK
+    );
     assert_eq!(s.get("/products/p1").await.body["name"], "Lamp");
     let list = s.get("/products?limit=100").await;
     let p1 = list.body["products"]
@@ -161,14 +173,10 @@ async fn cache_headers_and_writes_visible_at_once() {
     );
 
     s.get("/products/p21").await;
-    let (st, _) = send(
-        &s.http,
-        Method::PUT,
-        &s.url("/categories/c1"),
-        Some(json!({"name": "Lighting"})),
-    )
-    .await;
-    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        s.put("/categories/c1", json!({"name": "Lighting"})).await,
+        StatusCode::OK
+    );
     for id in ["p1", "p21", "p41"] {
         assert_eq!(
             s.get(&format!("/products/{id}")).await.body["category"]["name"],
@@ -294,14 +302,11 @@ async fn killing_redis_mid_run_gives_clients_no_errors() {
         .collect();
     s.redis.kill();
     // Writes while Redis is gone succeed and are visible at once.
-    let (st, _) = send(
-        &s.http,
-        reqwest::Method::PUT,
-        &s.url("/products/p3"),
-        Some(json!({"name": "During outage"})),
-    )
-    .await;
-    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        s.put("/products/p3", json!({"name": "During outage"}))
+            .await,
+        StatusCode::OK
+    );
     assert_eq!(s.get("/products/p3").await.body["name"], "During outage");
     let health = s.get("/healthz").await;
     assert_eq!(
@@ -328,14 +333,10 @@ async fn a_write_during_a_redis_pause_is_not_undone_when_it_resumes() {
     s.get("/products/p2").await;
     assert_eq!(s.get("/products/p2").await.x_cache, "hit");
     s.redis.signal("-STOP");
-    let (st, _) = send(
-        &s.http,
-        reqwest::Method::PUT,
-        &s.url("/products/p2"),
-        Some(json!({"name": "While paused"})),
-    )
-    .await;
-    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        s.put("/products/p2", json!({"name": "While paused"})).await,
+        StatusCode::OK
+    );
     assert_eq!(s.get("/products/p2").await.body["name"], "While paused");
     s.redis.signal("-CONT");
     for _ in 0..20 {
@@ -386,19 +387,7 @@ async fn two_instances_sharing_redis_see_each_others_writes_at_once() {
     let http = &a.http;
 
     // Cold reads spread over both instances: one database load in all (the lease).
-    let (qa, qb) = (
-        a.queries().await,
-        db_queries(
-            &http
-                .get(b.url("/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap(),
-        ),
-    );
+    let (qa, qb) = (a.queries().await, queries(http, &b).await);
     let barrier = Arc::new(tokio::sync::Barrier::new(100));
     let tasks: Vec<_> = (0..100)
         .map(|i| {
@@ -417,16 +406,7 @@ async fn two_instances_sharing_redis_see_each_others_writes_at_once() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), StatusCode::OK);
     }
-    let qb2 = db_queries(
-        &http
-            .get(b.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let qb2 = queries(http, &b).await;
     assert_eq!(
         a.queries().await - qa + qb2 - qb,
         1,
@@ -437,14 +417,10 @@ async fn two_instances_sharing_redis_see_each_others_writes_at_once() {
     get(http, &b.url("/products/p5")).await;
     assert_eq!(get(http, &b.url("/products/p5")).await.x_cache, "hit");
     get(http, &b.url("/products?limit=50")).await;
-    let (st, _) = send(
-        http,
-        reqwest::Method::PUT,
-        &a.url("/products/p5"),
-        Some(json!({"name": "From A"})),
-    )
-    .await;
-    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        a.put("/products/p5", json!({"name": "From A"})).await,
+        StatusCode::OK
+    );
     assert_eq!(
         get(http, &b.url("/products/p5")).await.body["name"],
         "From A"
@@ -458,14 +434,11 @@ async fn two_instances_sharing_redis_see_each_others_writes_at_once() {
             .any(|p| p["name"] == "From A")
     );
 
-    let (st, _) = send(
-        http,
-        reqwest::Method::PUT,
-        &a.url("/categories/c5"),
-        Some(json!({"name": "Renamed on A"})),
-    )
-    .await;
-    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        a.put("/categories/c5", json!({"name": "Renamed on A"}))
+            .await,
+        StatusCode::OK
+    );
     assert_eq!(
         get(http, &b.url("/products/p5")).await.body["category"]["name"],
         "Renamed on A"
