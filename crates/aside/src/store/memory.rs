@@ -6,8 +6,9 @@
 //! never repeats a version an entry could carry. Expiry is judged by the injected
 //! [`Clock`], so tests move time instead of sleeping; moka's own timer only frees memory.
 //!
-//! Compare-and-set steps (claim, fill, release) run under moka's per-key lock
-//! (`and_compute_with`), the in-process counterpart of a Lua script.
+//! Every change of an entry (claim, fill, release, set, delete) runs under moka's per-key lock
+//! (`and_compute_with`), the in-process counterpart of a Lua script: moka serializes compute
+//! calls with each other, not with plain `insert` or `invalidate`, so those are not used.
 
 use super::{Claim, Kind, Lease, Lookup, Store};
 use crate::clock::{Clock, SystemClock};
@@ -241,13 +242,21 @@ impl Store for MemoryStore {
             expires: self.clock.now() + ttl,
             ttl,
         };
-        self.entries.insert(key.clone(), Arc::new(slot));
+        let slot = Arc::new(slot);
+        self.entries
+            .entry_by_ref(key)
+            .and_compute_with(|_| Op::Put(slot));
         Ok(())
     }
 
     async fn delete(&self, keys: &[EntryKey]) -> Result<(), StoreError> {
+        // Through the per-key lock, like fill: a plain `invalidate` could land between a
+        // fill's check of its lease and its write.
         for k in keys {
-            self.entries.invalidate(k);
+            self.entries.entry_by_ref(k).and_compute_with(|cur| match cur {
+                Some(_) => Op::Remove,
+                None => Op::Nop,
+            });
         }
         Ok(())
     }
