@@ -14,6 +14,24 @@ use crate::runner::TargetReport;
 
 const FONT: &str = "sans-serif";
 
+/// Distinct, print-friendly line colours (the Tableau 10 palette); then plotters' palette.
+const COLORS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(23, 190, 207),
+    RGBColor(127, 127, 127),
+];
+
+fn color(i: usize) -> RGBAColor {
+    COLORS
+        .get(i)
+        .map_or_else(|| Palette99::pick(i).to_rgba(), |c| c.to_rgba())
+}
+
 fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -93,7 +111,7 @@ pub fn draw(path: &Path, reports: &[TargetReport]) -> Result<()> {
             .draw()
             .map_err(|e| err(&e))?;
         for (i, (name, points)) in series.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
+            let color = color(i);
             let line: Vec<(f64, f64)> = points
                 .iter()
                 .filter_map(|p| {
