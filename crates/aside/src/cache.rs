@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::any::Any;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{Instrument, debug, debug_span, warn};
 
@@ -128,6 +128,48 @@ pub struct Health {
     pub breaker_open: bool,
     /// Invalidations waiting for the store.
     pub pending_invalidations: usize,
+}
+
+/// A loaded value with tags known only once it is loaded; see [`Entry::fetch_tagged`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tagged<T> {
+    /// The value, or `None` for "not found".
+    pub value: Option<T>,
+    /// Tags of the entry.
+    pub tags: Vec<String>,
+}
+
+impl<T> Tagged<T> {
+    /// A value, without tags yet.
+    pub fn found(value: T) -> Self {
+        Self {
+            value: Some(value),
+            tags: Vec::new(),
+        }
+    }
+
+    /// "Not found", without tags yet.
+    pub fn missing() -> Self {
+        Self {
+            value: None,
+            tags: Vec::new(),
+        }
+    }
+
+    /// Adds a tag.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.push(tag.into());
+        self
+    }
+}
+
+impl<T> From<Option<T>> for Tagged<T> {
+    fn from(value: Option<T>) -> Self {
+        Self {
+            value,
+            tags: Vec::new(),
+        }
+    }
 }
 
 /// How a fetch hands its value back: decoded, or as the codec's bytes.
@@ -410,13 +452,17 @@ impl<C: Codec> Cache<C> {
         let store = &self.inner.store;
         let r = async {
             if batch.overflowed {
-                self.call(Op::Bump, store.bump(&[self.inner.ns.epoch()]))
-                    .await
+                self.call(
+                    Op::Bump,
+                    store.bump(&[self.inner.ns.epoch()], &self.inner.ns.clock()),
+                )
+                .await
             } else {
                 let keys: Vec<_> = batch.keys.iter().cloned().collect();
                 let stamps: Vec<_> = batch.stamps.iter().cloned().collect();
                 self.call(Op::Delete, store.delete(&keys)).await?;
-                self.call(Op::Bump, store.bump(&stamps)).await
+                self.call(Op::Bump, store.bump(&stamps, &self.inner.ns.clock()))
+                    .await
             }
         }
         .await;
@@ -461,7 +507,10 @@ impl<C: Codec> Cache<C> {
             };
             match r {
                 Ok(()) if stamps.is_empty() => Ok(()),
-                Ok(()) => self.call(Op::Bump, store.bump(stamps)).await,
+                Ok(()) => {
+                    self.call(Op::Bump, store.bump(stamps, &self.inner.ns.clock()))
+                        .await
+                }
                 Err(e) => Err(e),
             }
         } else {
@@ -665,7 +714,75 @@ impl<'a, C: Codec> Entry<'a, C> {
         Fut: Future<Output = Result<Option<T>, E>>,
     {
         let span = debug_span!("aside.fetch", key = self.key);
-        self.fetch_inner::<T, AsValue, E, F, Fut>(loader)
+        self.fetch_inner::<T, AsValue, E, F, Fut>(loader, None)
+            .instrument(span)
+            .await
+    }
+
+    /// Like [`fetch`](Entry::fetch), for values whose tags are known only once they are
+    /// loaded (a product's category, a document's owner): the loader returns them with the
+    /// value in a [`Tagged`]. Tags given with [`tags`](Entry::tags) apply too.
+    ///
+    /// The fill is fenced like any other: if any tag of the namespace is invalidated while the
+    /// load runs, the value is returned but not stored (the engine cannot know whether the
+    /// invalidated tag was one of these).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use aside::Tagged;
+    /// let cache = aside::Cache::builder().build().unwrap();
+    /// let load = || async { Ok::<_, std::io::Error>(Tagged::found("Lamp".to_string()).tag("category:c7")) };
+    /// cache.entry("product:p1").fetch_tagged(load).await.unwrap();
+    /// cache.invalidate_tag("category:c7").await.unwrap();
+    /// assert_eq!(cache.get::<String>("product:p1").await.unwrap(), None);
+    /// # });
+    /// ```
+    pub async fn fetch_tagged<T, E, F, Fut>(self, loader: F) -> Result<Fetched<T>, LoadError<E>>
+    where
+        T: Serialize + DeserializeOwned + Send,
+        E: Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Tagged<T>, E>>,
+    {
+        let span = debug_span!("aside.fetch", key = self.key);
+        let late = Mutex::new(Vec::new());
+        let loader = || {
+            let fut = loader();
+            let late = &late;
+            async move {
+                let t = fut.await?;
+                *late.lock().unwrap_or_else(|p| p.into_inner()) = t.tags;
+                Ok(t.value)
+            }
+        };
+        self.fetch_inner::<T, AsValue, E, _, _>(loader, Some(&late))
+            .instrument(span)
+            .await
+    }
+
+    /// [`fetch_tagged`](Entry::fetch_tagged) and [`fetch_encoded`](Entry::fetch_encoded) at once.
+    pub async fn fetch_tagged_encoded<T, E, F, Fut>(
+        self,
+        loader: F,
+    ) -> Result<Fetched<Bytes>, LoadError<E>>
+    where
+        T: Serialize + Send,
+        E: Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Tagged<T>, E>>,
+    {
+        let span = debug_span!("aside.fetch", key = self.key);
+        let late = Mutex::new(Vec::new());
+        let loader = || {
+            let fut = loader();
+            let late = &late;
+            async move {
+                let t = fut.await?;
+                *late.lock().unwrap_or_else(|p| p.into_inner()) = t.tags;
+                Ok(t.value)
+            }
+        };
+        self.fetch_inner::<T, AsBytes, E, _, _>(loader, Some(&late))
             .instrument(span)
             .await
     }
@@ -695,12 +812,16 @@ impl<'a, C: Codec> Entry<'a, C> {
         Fut: Future<Output = Result<Option<T>, E>>,
     {
         let span = debug_span!("aside.fetch", key = self.key);
-        self.fetch_inner::<T, AsBytes, E, F, Fut>(loader)
+        self.fetch_inner::<T, AsBytes, E, F, Fut>(loader, None)
             .instrument(span)
             .await
     }
 
-    async fn fetch_inner<T, M, E, F, Fut>(self, loader: F) -> Result<Fetched<M::Out>, LoadError<E>>
+    async fn fetch_inner<T, M, E, F, Fut>(
+        self,
+        loader: F,
+        late: Option<&Mutex<Vec<String>>>,
+    ) -> Result<Fetched<M::Out>, LoadError<E>>
     where
         T: Serialize + Send,
         M: Mode<T>,
@@ -752,7 +873,13 @@ impl<'a, C: Codec> Entry<'a, C> {
                     cache
                         .call(
                             Op::Claim,
-                            inner.store.claim(&k, &stamps, inner.settings.lease, keep),
+                            inner.store.claim(
+                                &k,
+                                &stamps,
+                                &inner.ns.clock(),
+                                inner.settings.lease,
+                                keep,
+                            ),
                         )
                         .await
                 }
@@ -782,7 +909,7 @@ impl<'a, C: Codec> Entry<'a, C> {
             }
             let Some(loader) = loader.take() else { break };
             return cache
-                .load::<T, M, E, F, Fut>(leader, &k, lease, ttl, negative_ttl, loader)
+                .load::<T, M, E, F, Fut>(leader, &k, lease, (ttl, negative_ttl), loader, late)
                 .await;
         }
         // Retries exhausted (entries kept turning out undecodable, or leaders kept vanishing):
@@ -839,6 +966,27 @@ where
 }
 
 impl<C: Codec> Cache<C> {
+    /// Validates tags learnt from a loaded value; drops those the lease already stamps.
+    fn late_tags(
+        &self,
+        late: Option<&Mutex<Vec<String>>>,
+        lease: Option<&Lease>,
+    ) -> Result<Vec<TagKey>> {
+        let Some(late) = late else {
+            return Ok(Vec::new());
+        };
+        let names = std::mem::take(&mut *late.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut keys: Vec<TagKey> = Vec::with_capacity(names.len());
+        for n in &names {
+            let k = self.inner.ns.tag(n)?;
+            let stamped = lease.is_some_and(|l| l.stamps.iter().any(|(s, _)| *s == k));
+            if !stamped && !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        Ok(keys)
+    }
+
     /// The caller's form of a loaded value: itself, or its encoding.
     fn output<T: Serialize, M: Mode<T>>(&self, value: T) -> Result<M::Out> {
         if !M::ENCODED {
@@ -857,9 +1005,9 @@ impl<C: Codec> Cache<C> {
         leader: flight::Leader<'_>,
         k: &EntryKey,
         lease: Option<Lease>,
-        ttl: Duration,
-        negative_ttl: Duration,
+        (ttl, negative_ttl): (Duration, Duration),
         loader: F,
+        late: Option<&Mutex<Vec<String>>>,
     ) -> Result<Fetched<M::Out>, LoadError<E>>
     where
         M: Mode<T>,
@@ -879,6 +1027,16 @@ impl<C: Codec> Cache<C> {
                 return Err(LoadError::Loader(e));
             }
             Err(e) => return Err(e),
+        };
+        let late = match self.late_tags(late, lease.as_ref()) {
+            Ok(late) => late,
+            Err(e) => {
+                if let Some(lease) = &lease {
+                    let _ = self.call(Op::Release, inner.store.release(k, lease)).await;
+                }
+                leader.finish(Shared::Unshared);
+                return Err(LoadError::Cache(e));
+            }
         };
         let mut body = Bytes::new();
         let (payload, shared, ttl) = match &value {
@@ -911,8 +1069,9 @@ impl<C: Codec> Cache<C> {
             match payload {
                 Some(p) => {
                     let ttl = self.jittered(ttl);
+                    let keep = ttl * 2 + inner.settings.lease;
                     match self
-                        .call(Op::Fill, inner.store.fill(k, lease, p, ttl))
+                        .call(Op::Fill, inner.store.fill(k, lease, &late, p, ttl, keep))
                         .await
                     {
                         Ok(true) => {}

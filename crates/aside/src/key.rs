@@ -9,6 +9,7 @@
 //! | `ns:t:<tag>` | the version of a tag |
 //! | `ns:p:<prefix>` | the version of a key prefix (a prefix ending at a `:` of the user key) |
 //! | `ns:g` | the namespace epoch: bumped when invalidations were lost in an outage |
+//! | `ns:c` | the tag clock: advanced by every invalidation of a tag, prefix or the epoch |
 //!
 //! User input (keys, tags, prefixes) is percent-encoded: every byte outside `[A-Za-z0-9_.:-]`
 //! becomes `%XX`. The encoding is injective, so two distinct user keys never share a Redis key,
@@ -74,6 +75,11 @@ impl Namespace {
     /// The namespace epoch key.
     pub fn epoch(&self) -> TagKey {
         self.1.clone()
+    }
+
+    /// The tag clock key.
+    pub fn clock(&self) -> TagKey {
+        TagKey(format!("{}:c", self.0))
     }
 
     /// Every version key an entry under `key` is stamped with: the epoch, the key's
@@ -220,6 +226,7 @@ mod tests {
             "app:p:products:list:"
         );
         assert_eq!(ns.epoch().as_str(), "app:g");
+        assert_eq!(ns.clock().as_str(), "app:c");
         assert_eq!(ns.entry("a*b{c}").unwrap().as_str(), "app:e:a%2Ab%7Bc%7D");
     }
 

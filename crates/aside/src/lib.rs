@@ -67,6 +67,6 @@ mod flight;
 mod metrics;
 
 pub use builder::CacheBuilder;
-pub use cache::{Cache, Entry, Fetched, Health, Invalidation, Status};
+pub use cache::{Cache, Entry, Fetched, Health, Invalidation, Status, Tagged};
 pub use error::{BuildError, Error, LoadError, Result, StoreError};
 pub use store::Kind;

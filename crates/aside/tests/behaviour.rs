@@ -6,7 +6,7 @@ mod support;
 
 use aside::clock::MockClock;
 use aside::store::MemoryStore;
-use aside::{Cache, CacheBuilder, Error, Invalidation, LoadError, Status};
+use aside::{Cache, CacheBuilder, Error, Invalidation, LoadError, Status, Tagged};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -671,6 +671,84 @@ async fn encoded_values_are_the_codec_bytes(fx: Fx) {
     );
 }
 
+async fn tags_learnt_from_the_value(fx: Fx) {
+    let c = fx.cache();
+    let calls = AtomicUsize::new(0);
+    let load = || async {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, Never>(Tagged::found(product("p1")).tag("category:c7"))
+    };
+    let first = c.entry("product:p1").fetch_tagged(load).await.unwrap();
+    let again = c.entry("product:p1").fetch_tagged(load).await.unwrap();
+    assert_eq!((first.status, again.status), (Status::Miss, Status::Hit));
+    assert_eq!(again.value, Some(product("p1")));
+    c.invalidate_tag("category:other").await.unwrap();
+    assert_eq!(
+        c.get::<Product>("product:p1").await.unwrap(),
+        Some(product("p1")),
+        "other tags do not matter"
+    );
+    c.invalidate_tag("category:c7").await.unwrap();
+    assert_eq!(
+        c.get::<Product>("product:p1").await.unwrap(),
+        None,
+        "the learnt tag invalidates it"
+    );
+    let bytes = c
+        .entry("product:p1")
+        .fetch_tagged_encoded(load)
+        .await
+        .unwrap();
+    assert_eq!(
+        bytes.value.unwrap(),
+        serde_json::to_vec(&product("p1")).unwrap()
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let bad = c
+        .entry("product:p2")
+        .fetch_tagged(|| async { Ok::<_, Never>(Tagged::found(1u8).tag("")) })
+        .await;
+    assert!(
+        matches!(bad, Err(LoadError::Cache(Error::InvalidKey { .. }))),
+        "{bad:?}"
+    );
+    assert_eq!(
+        c.get::<u8>("product:p2").await.unwrap(),
+        None,
+        "nothing stored"
+    );
+}
+
+/// The stale-set race for a tag known only after the load: the product is read in category
+/// c1 with its old name, category c1 is renamed, then the load finishes.
+async fn a_load_older_than_an_invalidation_of_a_learnt_tag_is_not_written(fx: Fx) {
+    let c = fx.cache();
+    let (read_tx, read_rx) = oneshot::channel();
+    let (go_tx, go_rx) = oneshot::channel::<()>();
+    let loader = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.entry("product:p1")
+                .fetch_tagged(|| async move {
+                    read_tx.send(()).unwrap();
+                    go_rx.await.unwrap();
+                    Ok::<_, Never>(Tagged::found("old name".to_string()).tag("category:c1"))
+                })
+                .await
+                .unwrap()
+        })
+    };
+    read_rx.await.unwrap();
+    c.invalidate_tag("category:c1").await.unwrap();
+    go_tx.send(()).unwrap();
+    assert_eq!(loader.await.unwrap().value.as_deref(), Some("old name"));
+    assert_eq!(
+        c.get::<String>("product:p1").await.unwrap(),
+        None,
+        "the old name was not written"
+    );
+}
+
 macro_rules! suite {
     ($store:ident, $fx:expr) => {
         mod $store {
@@ -742,6 +820,14 @@ macro_rules! suite {
             #[tokio::test]
             async fn encoded() {
                 super::encoded_values_are_the_codec_bytes($fx).await
+            }
+            #[tokio::test]
+            async fn learnt_tags() {
+                super::tags_learnt_from_the_value($fx).await
+            }
+            #[tokio::test]
+            async fn fence_against_learnt_tag() {
+                super::a_load_older_than_an_invalidation_of_a_learnt_tag_is_not_written($fx).await
             }
             #[tokio::test]
             async fn counters() {

@@ -152,6 +152,7 @@ impl Store for MemoryStore {
         &self,
         key: &EntryKey,
         stamps: &[TagKey],
+        clock: &TagKey,
         lease: Duration,
         _keep: Duration,
     ) -> Result<Claim, StoreError> {
@@ -176,7 +177,12 @@ impl Store for MemoryStore {
                 .iter()
                 .map(|k| (k.clone(), self.version(k)))
                 .collect();
-            out = Some(Claim::Granted(Lease { token, stamps }));
+            let clock = (clock.clone(), self.versions.get(clock).unwrap_or(0));
+            out = Some(Claim::Granted(Lease {
+                token,
+                stamps,
+                clock,
+            }));
             Op::Put(Arc::new(Slot::Lease {
                 token,
                 expires: now + lease,
@@ -190,8 +196,10 @@ impl Store for MemoryStore {
         &self,
         key: &EntryKey,
         lease: &Lease,
+        late: &[TagKey],
         payload: Bytes,
         ttl: Duration,
+        _keep: Duration,
     ) -> Result<bool, StoreError> {
         let now = self.clock.now();
         let mut written = false;
@@ -204,9 +212,20 @@ impl Store for MemoryStore {
             if !self.current(&lease.stamps) {
                 return Op::Remove;
             }
+            let mut stamps = lease.stamps.clone();
+            if !late.is_empty() {
+                // Tags known only now: no tag may have been invalidated since the claim. The
+                // versions are read before the clock is checked, and `bump` advances the clock
+                // before any version, so a bump racing with this fill is always seen.
+                stamps.extend(late.iter().map(|k| (k.clone(), self.version(k))));
+                let (clock, at) = &lease.clock;
+                if self.versions.get(clock).unwrap_or(0) != *at {
+                    return Op::Remove;
+                }
+            }
             written = true;
             Op::Put(Arc::new(Slot::Entry {
-                stamps: lease.stamps.clone(),
+                stamps,
                 payload,
                 expires: now + ttl,
                 ttl,
@@ -253,15 +272,19 @@ impl Store for MemoryStore {
         // Through the per-key lock, like fill: a plain `invalidate` could land between a
         // fill's check of its lease and its write.
         for k in keys {
-            self.entries.entry_by_ref(k).and_compute_with(|cur| match cur {
-                Some(_) => Op::Remove,
-                None => Op::Nop,
-            });
+            self.entries
+                .entry_by_ref(k)
+                .and_compute_with(|cur| match cur {
+                    Some(_) => Op::Remove,
+                    None => Op::Nop,
+                });
         }
         Ok(())
     }
 
-    async fn bump(&self, stamps: &[TagKey]) -> Result<(), StoreError> {
+    async fn bump(&self, stamps: &[TagKey], clock: &TagKey) -> Result<(), StoreError> {
+        // The clock first: see `fill`.
+        self.versions.insert(clock.clone(), self.fresh_version());
         for k in stamps {
             self.versions
                 .entry_by_ref(k)

@@ -52,14 +52,16 @@ pub enum Claim {
     Granted(Lease),
 }
 
-/// A lease to fill one entry: the token in the placeholder and the stamp versions read when it
-/// was granted.
+/// A lease to fill one entry: the token in the placeholder, the stamp versions read when it
+/// was granted, and the namespace's tag clock then (for tags learnt from the loaded value).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     /// The token written in the placeholder.
     pub token: u64,
     /// The stamp keys and their versions when the lease was granted.
     pub stamps: Vec<(TagKey, i64)>,
+    /// The tag clock key and its value when the lease was granted.
+    pub clock: (TagKey, i64),
 }
 
 /// What a store reports about itself.
@@ -85,23 +87,29 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// On a miss: returns the entry if one became valid meanwhile, `Pending` if another loader
     /// holds the lease, or grants a lease of `lease` duration and returns the current versions
-    /// of `stamps` (creating the missing ones and keeping each alive for at least `keep`).
+    /// of `stamps` (creating the missing ones and keeping each alive for at least `keep`) and
+    /// of the tag `clock`.
     async fn claim(
         &self,
         key: &EntryKey,
         stamps: &[TagKey],
+        clock: &TagKey,
         lease: Duration,
         keep: Duration,
     ) -> Result<Claim, StoreError>;
 
     /// Writes `payload` for `ttl` if the lease is still held and its stamps still current.
-    /// Returns whether it was written.
+    /// `late` are tags learnt from the loaded value: the entry is stamped with their current
+    /// versions, and written only if the tag clock has not moved since the claim (no
+    /// invalidation of any tag happened during the load). Returns whether it was written.
     async fn fill(
         &self,
         key: &EntryKey,
         lease: &Lease,
+        late: &[TagKey],
         payload: Bytes,
         ttl: Duration,
+        keep: Duration,
     ) -> Result<bool, StoreError>;
 
     /// Gives a lease back without filling (the loader failed), if it is still held.
@@ -119,8 +127,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes entries (and voids their leases).
     async fn delete(&self, keys: &[EntryKey]) -> Result<(), StoreError>;
 
-    /// Bumps versions: every entry stamped with one of them becomes invalid.
-    async fn bump(&self, stamps: &[TagKey]) -> Result<(), StoreError>;
+    /// Bumps versions: every entry stamped with one of them becomes invalid. Also advances the
+    /// tag `clock`, so fills with tags learnt during a load that overlapped are refused.
+    async fn bump(&self, stamps: &[TagKey], clock: &TagKey) -> Result<(), StoreError>;
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;

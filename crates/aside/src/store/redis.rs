@@ -126,20 +126,38 @@ if v then
   if p then return p end
 end
 redis.call('SET', KEYS[1], 'L ' .. ARGV[1], 'PX', ARGV[2])
-local out = {}
-for i = 2, #KEYS do out[#out + 1] = version(KEYS[i], ARGV[3]) end
+local out = { redis.call('GET', KEYS[2]) or '0' }
+for i = 3, #KEYS do out[#out + 1] = version(KEYS[i], ARGV[3]) end
 return out
 "#;
 
+// KEYS: entry, clock, the lease's n stamps, then tags learnt from the loaded value.
+// ARGV: token, ttl ms, payload, keep ms, clock at claim, n, the n versions.
 const FILL: &str = r#"
 if redis.call('GET', KEYS[1]) ~= 'L ' .. ARGV[1] then return 0 end
-for i = 2, #KEYS do
-  if redis.call('GET', KEYS[i]) ~= ARGV[i + 2] then
+local n = tonumber(ARGV[6])
+local h = {}
+for i = 1, n do
+  local k, v = KEYS[2 + i], ARGV[6 + i]
+  if redis.call('GET', k) ~= v then
     redis.call('DEL', KEYS[1])
     return 0
   end
+  h[#h + 1] = k
+  h[#h + 1] = v
 end
-redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2])
+if #KEYS > 2 + n then
+  -- Tags known only now: no tag may have been invalidated since the claim.
+  if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[5] then
+    redis.call('DEL', KEYS[1])
+    return 0
+  end
+  for i = 3 + n, #KEYS do
+    h[#h + 1] = KEYS[i]
+    h[#h + 1] = version(KEYS[i], ARGV[4])
+  end
+end
+redis.call('SET', KEYS[1], tostring(#h / 2) .. ' ' .. table.concat(h, ' ') .. '\n' .. ARGV[3], 'PX', ARGV[2])
 return 1
 "#;
 
@@ -158,10 +176,15 @@ redis.call('SET', KEYS[1], table.concat(h, ' ') .. '\n' .. ARGV[3], 'PX', ARGV[1
 return 1
 "#;
 
+// KEYS: the namespace's tag clock, then the version keys to bump.
 const BUMP: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1] .. string.sub('000000' .. t[2], -6))
-for i = 1, #KEYS do
+if redis.call('INCR', KEYS[1]) == 1 then
+  -- A new (or evicted) clock starts from the time, so it never repeats an earlier value.
+  redis.call('SET', KEYS[1], string.format('%.0f', now))
+end
+for i = 2, #KEYS do
   local v = redis.call('GET', KEYS[i])
   if v then
     local n = tonumber(v)
@@ -188,7 +211,7 @@ impl Scripts {
         let with_check = |body: &str| Script::new(&format!("{CHECK}{body}"));
         Self {
             claim: with_check(CLAIM),
-            fill: Script::new(FILL),
+            fill: with_check(FILL),
             release: Script::new(RELEASE),
             set: with_check(SET),
             bump: Script::new(BUMP),
@@ -375,28 +398,32 @@ impl Store for RedisStore {
         &self,
         key: &EntryKey,
         stamps: &[TagKey],
+        clock: &TagKey,
         lease: Duration,
         keep: Duration,
     ) -> Result<Claim, StoreError> {
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
         let mut conn = self.conn.clone();
         let mut inv = self.scripts.claim.key(key.as_str());
+        inv.key(clock.as_str());
         for s in stamps {
             inv.key(s.as_str());
         }
         inv.arg(token).arg(ms(lease)).arg(ms(keep));
         let v: Value = self.bounded(inv.invoke_async(&mut conn)).await?;
         if let Value::Array(vers) = &v {
+            let parsed = vers.iter().map(int).collect::<Option<Vec<_>>>();
+            let Some((clock_at, vers)) = parsed.as_deref().and_then(|v| v.split_first()) else {
+                return Err(StoreError::Protocol("claim: version".into()));
+            };
             if vers.len() != stamps.len() {
                 return Err(StoreError::Protocol("claim: stamp count".into()));
             }
-            let stamps = stamps
-                .iter()
-                .zip(vers)
-                .map(|(k, v)| int(v).map(|v| (k.clone(), v)))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| StoreError::Protocol("claim: version".into()))?;
-            return Ok(Claim::Granted(Lease { token, stamps }));
+            return Ok(Claim::Granted(Lease {
+                token,
+                stamps: stamps.iter().cloned().zip(vers.iter().copied()).collect(),
+                clock: (clock.clone(), *clock_at),
+            }));
         }
         match payload_or(v, "claim")? {
             Some(Lookup::Hit(b)) => Ok(Claim::Hit(b)),
@@ -409,27 +436,28 @@ impl Store for RedisStore {
         &self,
         key: &EntryKey,
         lease: &Lease,
+        late: &[TagKey],
         payload: Bytes,
         ttl: Duration,
+        keep: Duration,
     ) -> Result<bool, StoreError> {
-        let mut record = Vec::with_capacity(payload.len() + 32 * (lease.stamps.len() + 1));
-        record.extend_from_slice(lease.stamps.len().to_string().as_bytes());
-        for (k, v) in &lease.stamps {
-            record.push(b' ');
-            record.extend_from_slice(k.as_str().as_bytes());
-            record.push(b' ');
-            record.extend_from_slice(v.to_string().as_bytes());
-        }
-        record.push(b'\n');
-        record.extend_from_slice(&payload);
         let mut conn = self.conn.clone();
         let mut inv = self.scripts.fill.key(key.as_str());
+        inv.key(lease.clock.0.as_str());
         for (k, _) in &lease.stamps {
             inv.key(k.as_str());
         }
-        inv.arg(lease.token).arg(ms(ttl)).arg(record);
+        for k in late {
+            inv.key(k.as_str());
+        }
+        inv.arg(lease.token)
+            .arg(ms(ttl))
+            .arg(payload.as_ref())
+            .arg(ms(keep))
+            .arg(lease.clock.1)
+            .arg(lease.stamps.len());
         for (_, v) in &lease.stamps {
-            inv.arg(v.to_string());
+            inv.arg(*v);
         }
         let n: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
         Ok(n == 1)
@@ -474,12 +502,12 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn bump(&self, stamps: &[TagKey]) -> Result<(), StoreError> {
+    async fn bump(&self, stamps: &[TagKey], clock: &TagKey) -> Result<(), StoreError> {
         if stamps.is_empty() {
             return Ok(());
         }
         let mut conn = self.conn.clone();
-        let mut inv = self.scripts.bump.prepare_invoke();
+        let mut inv = self.scripts.bump.key(clock.as_str());
         for s in stamps {
             inv.key(s.as_str());
         }
