@@ -54,7 +54,8 @@ start() {
   printf -v "PID_$name" '%s' "$pid"
 }
 
-say "building release binaries"
+REV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- crates 2>/dev/null || echo ' + uncommitted changes')"
+say "building release binaries (tree at $REV)"
 cargo build --release -p loadgen --bin loadgen --example floor
 LOADGEN=$TARGET_DIR/release/loadgen
 FLOOR=$TARGET_DIR/release/examples/floor
@@ -93,6 +94,9 @@ catalog_serve() {
   wait_http "http://127.0.0.1:$port/healthz"
 }
 
+# Prints a command with the build and repo directories left out, for the results file.
+show_cmd() { printf '%s ' "$@" | sed -e "s#$TARGET_DIR/release/##g" -e "s#$ROOT/##g"; echo; }
+
 # run_compare FILE_STEM LOADGEN_ARGS... : runs loadgen compare and keeps table, JSON and plot.
 run_compare() {
   local stem=$1; shift
@@ -102,10 +106,10 @@ run_compare() {
   {
     echo "# $stem"
     echo
-    echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg), tree at $REV"
     echo
     echo '```'
-    echo "${cmd[*]/#$TARGET_DIR\/release\//}"
+    show_cmd "${cmd[@]}"
     echo '```'
     echo
     "${cmd[@]}"
@@ -157,8 +161,8 @@ if [ -n "$CATALOG" ] && { [ "$SCENARIO" = zipf-db ] || [ "$SCENARIO" = all ]; };
     --save "$OUT/zipf-db.json" --plot "$OUT/zipf-db.png")
   {
     echo "# zipf-db"; echo
-    echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"; echo
-    echo '```'; echo "${cmd[*]/#$TARGET_DIR\/release\//}"; echo '```'; echo
+    echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg), tree at $REV"; echo
+    echo '```'; show_cmd "${cmd[@]}"; echo '```'; echo
     "${cmd[@]}"
   } | tee "$OUT/zipf-db.md"
 fi
