@@ -5,6 +5,7 @@
 //! connections, and the paths of every request are built once before the run.
 
 use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -73,6 +74,7 @@ impl Target {
         stream.set_nodelay(true)?;
         let (sender, driver) = http1::handshake(TokioIo::new(stream)).await?;
         Ok(Conn {
+            closed: false,
             sender,
             driver: Box::pin(driver),
             host: self.host.clone(),
@@ -94,7 +96,7 @@ impl Target {
                 let body = resp.into_body().collect().await?.to_bytes();
                 anyhow::Ok((status, body))
             };
-            drive(driver, exchange).await
+            drive(driver, exchange).await.0
         };
         tokio::time::timeout(Duration::from_secs(10), work)
             .await
@@ -113,6 +115,8 @@ pub struct Conn {
     sender: SendRequest<Full<Bytes>>,
     driver: Pin<Box<Driver>>,
     host: HeaderValue,
+    /// The driver has finished: the server closed the connection (`connection: close`).
+    closed: bool,
 }
 
 type Driver = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
@@ -125,17 +129,21 @@ impl std::fmt::Debug for Conn {
     }
 }
 
-/// Runs `exchange` while polling the connection's driver in the same task.
+/// Runs `exchange` while polling the connection's driver in the same task. The flag says
+/// whether the driver has finished (the connection is closed; it must not be polled again).
 async fn drive<T>(
     driver: &mut Pin<Box<Driver>>,
     exchange: impl Future<Output = Result<T>>,
-) -> Result<T> {
+) -> (Result<T>, bool) {
+    tokio::pin!(exchange);
     tokio::select! {
         biased;
-        done = exchange => done,
+        done = &mut exchange => (done, false),
         ended = driver.as_mut() => match ended {
-            Ok(()) => bail!("the server closed the connection"),
-            Err(e) => Err(e.into()),
+            // A clean close (`connection: close`) after the whole response was read: the
+            // response is already handed over, so the exchange completes without the driver.
+            Ok(()) => (exchange.await, true),
+            Err(e) => (Err(e.into()), true),
         },
     }
 }
@@ -183,7 +191,24 @@ impl Conn {
             }
             anyhow::Ok(Outcome { status, cache })
         };
-        drive(&mut self.driver, exchange).await
+        let (outcome, finished) = drive(&mut self.driver, exchange).await;
+        // Give the driver one more turn (it does not block): a server that answered with
+        // `connection: close` has closed it by now, and the next request must not be sent
+        // into a dead connection and counted as an error. A driver that has finished, or
+        // failed, must not be polled again.
+        if finished || outcome.is_err() {
+            self.closed = true;
+        } else {
+            let driver = &mut self.driver;
+            self.closed =
+                std::future::poll_fn(|cx| Poll::Ready(driver.as_mut().poll(cx).is_ready())).await;
+        }
+        outcome
+    }
+
+    /// Whether requests can still be sent on this connection.
+    pub fn is_open(&self) -> bool {
+        !self.closed && !self.sender.is_closed()
     }
 }
 

@@ -348,6 +348,9 @@ async fn prefill(target: &Target, spec: &LoadSpec, products: &[Uri]) -> Result<u
                 if i >= products.len() || Instant::now() >= deadline {
                     return anyhow::Ok(());
                 }
+                if !conn.is_open() {
+                    conn = target.connect().await?;
+                }
                 let sent = conn.send(Method::GET, products[i].clone(), None);
                 match tokio::time::timeout(timeout, sent).await {
                     Ok(Ok(o)) if (200..300).contains(&o.status) => {}
@@ -466,6 +469,10 @@ async fn connection_task(w: usize, shared: Arc<Shared>) -> Recorder {
         }
         let second = |t: Instant| t.saturating_duration_since(shared.measure_start).as_secs();
 
+        if conn.as_ref().is_some_and(|c| !c.is_open()) {
+            // Closed by the server after its last response: reconnect, no error.
+            conn = None;
+        }
         let c = match conn.as_mut() {
             Some(c) => c,
             None => match tokio::time::timeout(spec.timeout, shared.target.connect()).await {

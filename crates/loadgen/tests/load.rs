@@ -162,6 +162,34 @@ async fn open_loop_sends_on_schedule() {
     assert!(took >= Duration::from_millis(190), "{took:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_that_close_connections_cost_no_errors() {
+    // Every response says `connection: close`: loadgen must reconnect, not count errors.
+    let served = Arc::new(AtomicU64::new(0));
+    let counter = served.clone();
+    let app = Router::new().route(
+        "/products/{id}",
+        get(move || {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::Relaxed);
+                ([("connection", "close"), ("x-cache", "hit")], "{}")
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let target = Target::parse(&format!("http://{addr}")).unwrap();
+    let mut spec = spec(200);
+    spec.mix = "get=1".parse().unwrap();
+    spec.db_stats = DbStats::None;
+    let r = run_target(&target, &spec, &[]).await.unwrap();
+    assert_eq!(r.summary.errors_total, 0, "{:?}", r.summary.errors);
+    assert_eq!(r.summary.responses, 200);
+    assert_eq!(served.load(Ordering::Relaxed), 200);
+}
+
 #[tokio::test]
 async fn nothing_listening_is_an_error() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
