@@ -54,14 +54,17 @@ pub struct LoadSpec {
     /// Concurrent connections.
     pub connections: usize,
     /// Measured time (when `requests` is unset, or as a cap when it is set).
+    #[serde(serialize_with = "opt_seconds")]
     pub duration: Option<Duration>,
     /// Measured requests.
     pub requests: Option<u64>,
     /// Unrecorded load before the measured part.
+    #[serde(serialize_with = "seconds")]
     pub warmup: Duration,
     /// Open-loop total request rate; `None` is closed-loop.
     pub rate: Option<f64>,
     /// Per-request timeout.
+    #[serde(serialize_with = "seconds")]
     pub timeout: Duration,
     /// Read every id once before the run.
     pub prefill: bool,
@@ -76,6 +79,17 @@ pub struct LoadSpec {
 
 fn display<S: serde::Serializer, T: std::fmt::Display>(m: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(m)
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+fn opt_seconds<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_f64(d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
 }
 
 fn popularity<S: serde::Serializer>(p: &Popularity, s: S) -> Result<S::Ok, S::Error> {

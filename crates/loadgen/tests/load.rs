@@ -229,6 +229,8 @@ async fn binary_prints_json_and_draws_a_plot() {
     assert_eq!(doc["targets"].as_array().unwrap().len(), 2);
     assert_eq!(doc["targets"][1]["summary"]["responses"], 200);
     assert_eq!(doc["baseline"], "a");
+    assert_eq!(doc["load"]["warmup"], 0.0);
+    assert_eq!(doc["load"]["id_format"], "p{}");
     assert_eq!(doc["ratios"][0]["throughput"], 1.0);
     let png = std::fs::read(&plot).unwrap();
     assert_eq!(&png[1..4], b"PNG");
