@@ -54,6 +54,16 @@ start() {
   printf -v "PID_$name" '%s' "$pid"
 }
 
+need() { command -v "$1" >/dev/null || { echo "bench.sh needs $1 ($2)" >&2; exit 1; }; }
+need redis-server "apt-get install redis-server"
+need curl "apt-get install curl"
+if [ -z "${SKIP_SEED:-}" ]; then
+  need node "Node 20+, for the seed baseline; or SKIP_SEED=1"
+  need npm "for the seed baseline; or SKIP_SEED=1"
+  ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 \
+    || { echo "bench.sh needs PostgreSQL server binaries (apt-get install postgresql) for the seed, or SKIP_SEED=1" >&2; exit 1; }
+fi
+
 REV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- crates 2>/dev/null || echo ' + uncommitted changes')"
 say "building release binaries (tree at $REV)"
 cargo build --release -p loadgen --bin loadgen --example floor
