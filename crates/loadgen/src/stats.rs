@@ -1,4 +1,4 @@
-//! What a run measured: per-connection recorders, merged into one [`Report`].
+//! What a run measured: per-connection recorders, merged into one [`Summary`].
 //!
 //! Every connection task owns a [`Recorder`] (no sharing on the hot path). Once per second
 //! of the run a recorder folds the second it just finished into the shared
