@@ -3,7 +3,7 @@
 //! # Keys, TTLs, tags
 //! | entry | key | TTL | tags |
 //! | --- | --- | --- | --- |
-//! | a product with its category | `product:{id}` | product TTL (5 min) | `category:{categoryId}`, or `category-unknown` |
+//! | a product with its category | `product:{id}` | product TTL (5 min) | `category:{categoryId}` (learnt from the loaded product) |
 //! | a missing product | `product:{id}` | negative TTL (30 s) | as above |
 //! | a list page | `products:list:{page}:{limit}` | list TTL (60 s) | (the prefix `products:list:`) |
 //!
@@ -11,8 +11,7 @@
 //! The database statement runs first; only after it has committed are the dependent entries
 //! invalidated, and only then is the write acknowledged:
 //! - create, update, delete: the key `product:{id}` and the prefix `products:list:`;
-//! - category rename: the tags `category:{id}` and `category-unknown`, and the prefix
-//!   `products:list:`.
+//! - category rename: the tag `category:{id}` and the prefix `products:list:`.
 //!
 //! A write that failed for sure (not found, conflict, unknown category) leaves the cache as it
 //! was. A write whose outcome is unknown (timeout, lost connection) invalidates as if it had
@@ -23,30 +22,27 @@
 //! that began before it.
 //!
 //! # Tagging a product with its category
-//! Tags are given before the loader runs (the engine reads their versions first, which is what
-//! makes a rename during a load void that load's fill), but a product's category is known only
-//! once it is loaded. So each instance remembers the category it last saw for each product
-//! (a bounded hint map). With a hint, the entry is tagged `category:{hint}`; if the loaded
-//! product turned out to be in another category (moved by another instance), the value is
-//! returned but not stored, and the hint corrected. Without a hint (first read of a product in
-//! this process), the entry is tagged `category-unknown`, which every rename invalidates too.
-//! A hint that is wrong can therefore only cost a reload, never serve an old category name.
+//! A product's category is known only once it is loaded, so the loader hands the tag back
+//! with the value (`fetch_tagged_encoded`). The engine fences such fills with its tag clock:
+//! a rename that happens while a product is being loaded voids that load's fill, so an old
+//! category name is never stored.
+//!
+//! # Hits are served as stored
+//! Reads hand back the cached JSON bytes as they are (`fetch_*_encoded`): a hit costs no decode
+//! and no re-encode.
 
 use crate::db::{Db, DbError};
 use crate::error::ApiError;
 use crate::model::{
     Category, Id, NewProduct, PageRequest, Product, ProductPage, ProductPatch, now, total_pages,
 };
-use aside::{Cache, LoadError, Status};
+use aside::{Cache, LoadError, Status, Tagged};
+use bytes::Bytes;
 use std::time::Duration;
 use tracing::warn;
 
-/// Tag of product entries loaded without knowing their category beforehand.
-pub const UNKNOWN_CATEGORY_TAG: &str = "category-unknown";
 /// Prefix of every list page key.
 pub const LIST_PREFIX: &str = "products:list:";
-/// How many product → category hints each instance keeps.
-const HINTS: u64 = 200_000;
 
 /// How long entries live.
 #[derive(Clone, Copy, Debug)]
@@ -104,14 +100,12 @@ impl From<Status> for CacheStatus {
     }
 }
 
-/// Why a product load did not give a value to cache.
-#[derive(Debug, thiserror::Error)]
-enum ProductLoad {
-    #[error(transparent)]
-    Db(DbError),
-    /// Loaded fine, but not in the category its entry was tagged with: serve, do not store.
-    #[error("product is in another category than its hint")]
-    Moved(Product),
+/// A JSON body, ready to send.
+fn json<T: serde::Serialize>(v: &T) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(v).map(Bytes::from).map_err(|e| {
+        tracing::error!(error = %e, "response could not be encoded");
+        ApiError::Internal
+    })
 }
 
 /// The catalog: reads through the cache, writes to the database then invalidate.
@@ -120,18 +114,12 @@ pub struct Catalog {
     db: Db,
     cache: Option<Cache>,
     ttls: Ttls,
-    hints: moka::sync::Cache<String, String>,
 }
 
 impl Catalog {
     /// A catalog over `db`, cached with `cache` (`None`: every read goes to the database).
     pub fn new(db: Db, cache: Option<Cache>, ttls: Ttls) -> Self {
-        Self {
-            db,
-            cache,
-            ttls,
-            hints: moka::sync::Cache::new(HINTS),
-        }
+        Self { db, cache, ttls }
     }
 
     /// The database.
@@ -144,52 +132,36 @@ impl Catalog {
         self.cache.as_ref()
     }
 
-    /// `GET /products/{id}`: the product (`None`: it does not exist, possibly a cached answer).
-    pub async fn product(&self, id: &Id) -> Result<(Option<Product>, CacheStatus), ApiError> {
+    /// `GET /products/{id}`: the product as JSON (`None`: it does not exist, possibly a
+    /// cached answer).
+    pub async fn product(&self, id: &Id) -> Result<(Option<Bytes>, CacheStatus), ApiError> {
         let Some(cache) = &self.cache else {
-            return Ok((self.db.product(id).await?, CacheStatus::Bypass));
+            let p = self.db.product(id).await?;
+            return Ok((p.as_ref().map(json).transpose()?, CacheStatus::Bypass));
         };
         let key = format!("product:{id}");
-        let hint = self.hints.get(id.as_str());
-        let tag = match &hint {
-            Some(c) => format!("category:{c}"),
-            None => UNKNOWN_CATEGORY_TAG.to_owned(),
-        };
         let fetched = cache
             .entry(&key)
             .ttl(self.ttls.product)
             .negative_ttl(self.ttls.negative)
-            .tag(&tag)
-            .fetch(|| async {
-                let p = self.db.product(id).await.map_err(ProductLoad::Db)?;
-                match (p, &hint) {
-                    (Some(p), Some(c)) if p.category_id != *c => Err(ProductLoad::Moved(p)),
-                    (p, _) => Ok(p),
-                }
+            .fetch_tagged_encoded(|| async {
+                let p = self.db.product(id).await?;
+                let tag = p.as_ref().map(|p| format!("category:{}", p.category_id));
+                Ok::<_, DbError>(match tag {
+                    Some(t) => Tagged::from(p).tag(t),
+                    None => Tagged::missing(),
+                })
             })
             .await;
         match fetched {
-            Ok(f) => {
-                if let Some(p) = &f.value
-                    && hint.as_deref() != Some(p.category_id.as_str())
-                {
-                    self.hints.insert(p.id.clone(), p.category_id.clone());
-                }
-                Ok((f.value, f.status.into()))
-            }
-            Err(LoadError::Loader(e)) => match &*e {
-                ProductLoad::Moved(p) => {
-                    self.hints.insert(p.id.clone(), p.category_id.clone());
-                    Ok((Some(p.clone()), CacheStatus::Miss))
-                }
-                ProductLoad::Db(e) => Err(ApiError::from_db(e)),
-            },
+            Ok(f) => Ok((f.value, f.status.into())),
+            Err(LoadError::Loader(e)) => Err(ApiError::from_db(&e)),
             Err(LoadError::Cache(e)) => Err(cache_bug(&e)),
         }
     }
 
-    /// `GET /products?page=&limit=`: one page, newest first.
-    pub async fn page(&self, req: PageRequest) -> Result<(ProductPage, CacheStatus), ApiError> {
+    /// `GET /products?page=&limit=`: one page, newest first, as JSON.
+    pub async fn page(&self, req: PageRequest) -> Result<(Bytes, CacheStatus), ApiError> {
         let load = || async {
             let page = self.db.page(req.offset(), req.limit).await?;
             Ok::<_, DbError>(ProductPage {
@@ -201,13 +173,13 @@ impl Catalog {
             })
         };
         let Some(cache) = &self.cache else {
-            return Ok((load().await?, CacheStatus::Bypass));
+            return Ok((json(&load().await?)?, CacheStatus::Bypass));
         };
         let key = format!("{LIST_PREFIX}{}:{}", req.page, req.limit);
         let fetched = cache
             .entry(&key)
             .ttl(self.ttls.list)
-            .fetch(|| async { load().await.map(Some) })
+            .fetch_encoded(|| async { load().await.map(Some) })
             .await;
         match fetched {
             Ok(f) => match f.value {
@@ -215,7 +187,7 @@ impl Catalog {
                 None => {
                     // Only reachable if something outside this service wrote the key.
                     warn!(key, "list page cached as not found; reading the database");
-                    Ok((load().await?, CacheStatus::Miss))
+                    Ok((json(&load().await?)?, CacheStatus::Miss))
                 }
             },
             Err(LoadError::Loader(e)) => Err(ApiError::from_db(&e)),
@@ -227,10 +199,7 @@ impl Catalog {
     pub async fn create(&self, p: NewProduct) -> Result<Product, ApiError> {
         let r = self.db.insert(&p).await;
         self.after_product_write(&p.id, wrote(&r, |_| true)).await;
-        let created = r?;
-        self.hints
-            .insert(created.id.clone(), created.category_id.clone());
-        Ok(created)
+        Ok(r?)
     }
 
     /// `PUT /products/{id}`; `None` if there is no such product.
@@ -238,11 +207,7 @@ impl Catalog {
         let r = self.db.update(id, patch, now()).await;
         self.after_product_write(id, wrote(&r, Option::is_some))
             .await;
-        let updated = r?;
-        if let Some(p) = &updated {
-            self.hints.insert(p.id.clone(), p.category_id.clone());
-        }
-        Ok(updated)
+        Ok(r?)
     }
 
     /// `DELETE /products/{id}`; whether it existed.
@@ -250,11 +215,7 @@ impl Catalog {
         let r = self.db.delete(id).await;
         self.after_product_write(id, wrote(&r, |existed| *existed))
             .await;
-        let existed = r?;
-        if existed {
-            self.hints.invalidate(id.as_str());
-        }
-        Ok(existed)
+        Ok(r?)
     }
 
     /// `PUT /categories/{id}`; `None` if there is no such category.
@@ -264,11 +225,7 @@ impl Catalog {
             && let Some(cache) = &self.cache
         {
             let tag = format!("category:{id}");
-            log_invalidation(
-                cache
-                    .invalidate_tags([tag.as_str(), UNKNOWN_CATEGORY_TAG])
-                    .await,
-            );
+            log_invalidation(cache.invalidate_tag(&tag).await);
             log_invalidation(cache.invalidate_prefix(LIST_PREFIX).await);
         }
         Ok(r?)

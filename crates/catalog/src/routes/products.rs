@@ -7,16 +7,19 @@ use crate::extract::{Body, PathId};
 use crate::model::{CreateProduct, PageRequest, UpdateProduct};
 use axum::Json;
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-/// `GET /products/{id}`: 200 Product, 404; `x-cache` on both.
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// `GET /products/{id}`: 200 Product, 404; `x-cache` on both. The body is the cached JSON as is.
 pub async fn get(State(s): State<AppState>, PathId(id): PathId) -> Result<Response, ApiError> {
     let (product, status) = s.catalog.product(&id).await?;
-    let header = [(X_CACHE.clone(), status.as_str())];
+    let x_cache = (X_CACHE.clone(), HeaderValue::from_static(status.as_str()));
     Ok(match product {
-        Some(p) => (header, Json(p)).into_response(),
-        None => (header, ApiError::NotFound("no such product")).into_response(),
+        Some(body) => ([(CONTENT_TYPE, JSON.clone()), x_cache], body).into_response(),
+        None => ([x_cache], ApiError::NotFound("no such product")).into_response(),
     })
 }
 
@@ -24,7 +27,12 @@ pub async fn get(State(s): State<AppState>, PathId(id): PathId) -> Result<Respon
 pub async fn list(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     let req = PageRequest::from_query(q.as_deref())?;
     let (page, status) = s.catalog.page(req).await?;
-    Ok(([(X_CACHE.clone(), status.as_str())], Json(page)).into_response())
+    let x_cache = HeaderValue::from_static(status.as_str());
+    Ok((
+        [(CONTENT_TYPE, JSON.clone()), (X_CACHE.clone(), x_cache)],
+        page,
+    )
+        .into_response())
 }
 
 /// `POST /products`: 201 Product, 400, 409.
