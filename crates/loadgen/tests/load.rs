@@ -190,6 +190,69 @@ async fn servers_that_close_connections_cost_no_errors() {
     assert_eq!(served.load(Ordering::Relaxed), 200);
 }
 
+/// A server whose first response takes 200 ms, the rest answer at once.
+async fn stall_once() -> String {
+    let first = Arc::new(AtomicU64::new(0));
+    let app = Router::new().route(
+        "/products/{id}",
+        get(move || {
+            let first = first.clone();
+            async move {
+                if first.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                "{}"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_counts_a_stall_in_the_requests_it_delayed() {
+    // One connection, 50 requests. Open loop at 100 req/s: the ~19 requests due during the
+    // 200 ms stall wait behind it, and their latency counts from when they were due, so
+    // the 90th percentile is far above the normal sub-millisecond answer. Closed loop: only
+    // the stalled request is slow, so p90 stays small (coordinated omission, by design).
+    let mut spec = spec(50);
+    spec.connections = 1;
+    spec.mix = "get=1".parse().unwrap();
+    spec.db_stats = DbStats::None;
+
+    let open = Target::parse(&stall_once().await).unwrap();
+    spec.rate = Some(100.0);
+    let r = run_target(&open, &spec, &[]).await.unwrap();
+    assert_eq!(r.summary.responses, 50);
+    assert!(
+        r.summary.latency_ms.p90 >= 100.0,
+        "{:?}",
+        r.summary.latency_ms
+    );
+    assert!(
+        r.summary.latency_ms.max >= 190.0,
+        "{:?}",
+        r.summary.latency_ms
+    );
+
+    let closed = Target::parse(&stall_once().await).unwrap();
+    spec.rate = None;
+    let r = run_target(&closed, &spec, &[]).await.unwrap();
+    assert_eq!(r.summary.responses, 50);
+    assert!(
+        r.summary.latency_ms.max >= 190.0,
+        "{:?}",
+        r.summary.latency_ms
+    );
+    assert!(
+        r.summary.latency_ms.p90 < 50.0,
+        "{:?}",
+        r.summary.latency_ms
+    );
+}
+
 #[tokio::test]
 async fn nothing_listening_is_an_error() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
