@@ -521,3 +521,37 @@ async fn loader_errors_release_the_lease() {
     };
     assert_eq!(*shared, "again");
 }
+
+#[tokio::test]
+async fn reads_of_entries_with_learnt_tags_take_one_round_trip() {
+    let r = TestRedis::start();
+    let c = cache(&r);
+    let load = || async { Ok::<_, Never>(aside::Tagged::found(1u8).tag("owner:7")) };
+    c.entry("doc:1").fetch_tagged(load).await.unwrap();
+    assert_eq!(c.get::<u8>("doc:1").await.unwrap(), Some(1)); // learns the tag
+    let mut conn = r.conn().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let f = c.entry("doc:1").fetch_tagged(load).await.unwrap();
+        assert_eq!((f.value, f.status), (Some(1), aside::Status::Hit));
+    }
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        stats.contains("cmdstat_mget:calls=3,"),
+        "one MGET per read:\n{stats}"
+    );
+    c.invalidate_tag("owner:7").await.unwrap();
+    assert_eq!(
+        c.get::<u8>("doc:1").await.unwrap(),
+        None,
+        "and the learnt tag is still checked"
+    );
+}

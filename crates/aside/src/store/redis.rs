@@ -41,6 +41,9 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
     /// Upper bound of one connection attempt (default 1 s).
     pub connect_timeout: Duration,
+    /// How many keys' learnt tags to remember, so their reads stay one round trip
+    /// (default 100,000).
+    pub stamp_hints: u64,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -60,6 +63,7 @@ impl RedisConfig {
             url: url.into(),
             command_timeout: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(1),
+            stamp_hints: 100_000,
         }
     }
 }
@@ -227,6 +231,10 @@ pub struct RedisStore {
     timeout: Duration,
     tokens: Arc<AtomicU64>,
     url: String,
+    /// Per key, the stamps its entry carried that the caller did not name (tags learnt from
+    /// a loaded value): read in the same `MGET` next time. Only a hint: a wrong or missing
+    /// one costs a second round trip, never a wrong answer.
+    hints: moka::sync::Cache<EntryKey, Arc<[String]>>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -268,6 +276,7 @@ impl RedisStore {
             timeout: config.command_timeout,
             tokens: Arc::new(AtomicU64::new(seed ^ u64::from(std::process::id()) << 32)),
             url: redact(&config.url),
+            hints: moka::sync::Cache::new(config.stamp_hints),
         })
     }
 
@@ -345,14 +354,20 @@ impl Store for RedisStore {
 
     async fn get(&self, key: &EntryKey, stamps: &[TagKey]) -> Result<Lookup, StoreError> {
         // One MGET: the entry and the versions it is expected to carry, read atomically.
+        let hint = self.hints.get(key);
+        let named: Vec<&str> = stamps
+            .iter()
+            .map(TagKey::as_str)
+            .chain(hint.iter().flat_map(|h| h.iter().map(String::as_str)))
+            .collect();
         let mut conn = self.conn.clone();
         let mut cmd = redis::cmd("MGET");
         cmd.arg(key.as_str());
-        for s in stamps {
-            cmd.arg(s.as_str());
+        for s in &named {
+            cmd.arg(*s);
         }
         let mut vals: Vec<Option<Vec<u8>>> = self.bounded(cmd.query_async(&mut conn)).await?;
-        if vals.len() != stamps.len() + 1 {
+        if vals.len() != named.len() + 1 {
             return Err(StoreError::Protocol("get: reply length".into()));
         }
         let Some(entry) = vals[0].take() else {
@@ -365,16 +380,30 @@ impl Store for RedisStore {
             return Ok(Lookup::Corrupt);
         };
         let mut others = Vec::new();
+        let mut unnamed = 0;
         for (k, v) in &record.stamps {
-            match stamps.iter().position(|s| s.as_str().as_bytes() == *k) {
+            let at = named.iter().position(|s| s.as_bytes() == *k);
+            if at.is_none_or(|i| i >= stamps.len()) {
+                unnamed += 1;
+            }
+            match at {
                 Some(i) if vals[i + 1].as_deref() == Some(*v) => {}
                 Some(_) => return Ok(Lookup::Miss),
                 None => others.push((*k, *v)),
             }
         }
+        if !others.is_empty() || unnamed != named.len() - stamps.len() {
+            let learnt: Vec<String> = record
+                .stamps
+                .iter()
+                .filter(|(k, _)| !stamps.iter().any(|s| s.as_str().as_bytes() == *k))
+                .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+                .collect();
+            self.hints.insert(key.clone(), learnt.into());
+        }
         if !others.is_empty() {
-            // Stamps the caller did not name. Checking them after the entry was read is still
-            // exact: versions never return to an earlier value, so a match now means no bump
+            // Stamps nobody named. Checking them after the entry was read is still exact:
+            // versions never return to an earlier value, so a match now means no bump
             // happened since the entry was written.
             let mut cmd = redis::cmd("MGET");
             for (k, _) in &others {
