@@ -973,3 +973,27 @@ async fn db_latency_is_added_to_every_round_trip() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_slow_round_trip_holds_its_connection() {
+    // One connection, 300 ms per round trip, 100 ms to get a connection: of two concurrent
+    // uncached reads, one holds the connection and the other gives up waiting for it.
+    let s = state_with(&[
+        "--no-cache",
+        "--db-latency-ms",
+        "300",
+        "--db-max-connections",
+        "1",
+        "--db-timeout",
+        "100ms",
+    ])
+    .await;
+    let (a, b) = tokio::join!(get(&s, "/products/p1"), get(&s, "/products/p2"));
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE],
+        "the second read waited for the only connection"
+    );
+}

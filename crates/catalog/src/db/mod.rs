@@ -215,6 +215,9 @@ pub struct Db {
     options: Options,
     queries: Arc<AtomicU64>,
     counter: metrics::Counter,
+    /// One permit per pooled connection: a round trip holds one for its whole duration, the
+    /// added latency included, as a slow query holds its connection.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Db {
@@ -228,6 +231,9 @@ impl Db {
             options,
             queries: Arc::default(),
             counter,
+            slots: Arc::new(tokio::sync::Semaphore::new(
+                options.max_connections.max(1) as usize
+            )),
         }
     }
 
@@ -244,12 +250,18 @@ impl Db {
     async fn trip<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
         self.queries.fetch_add(1, Ordering::Relaxed);
         self.counter.increment(1);
+        let timeout = DbError::Timeout(self.options.timeout);
+        // Waiting for a connection counts against the timeout, as it does in the pool.
+        let Ok(Ok(_slot)) = tokio::time::timeout(self.options.timeout, self.slots.acquire()).await
+        else {
+            return Err(timeout);
+        };
         if !self.options.latency.is_zero() {
             tokio::time::sleep(self.options.latency).await;
         }
         tokio::time::timeout(self.options.timeout, fut)
             .await
-            .unwrap_or(Err(DbError::Timeout(self.options.timeout)))
+            .unwrap_or(Err(timeout))
     }
 
     /// See [`Repository::product`].
