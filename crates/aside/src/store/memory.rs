@@ -1,9 +1,11 @@
 //! The in-process store on moka: the same semantics as the Redis store, for one process.
 //!
 //! Entries live in a bounded `moka::sync::Cache` (least-recently-used eviction beyond the
-//! capacity, per-entry expiry); versions in a second one. Every version, whether created or
-//! bumped, is drawn from one counter, so a version key that was evicted and created again
-//! never repeats a version an entry could carry. Expiry is judged by the injected
+//! capacity, per-entry expiry); versions in a plain `RwLock<HashMap>` (read on every hit, so
+//! it is kept cheap; past `capacity` keys it is cleared, which invalidates every entry, like a
+//! version key evicted from Redis). Every version, whether created or bumped, is drawn from
+//! one counter, so a version key that was dropped and created again never repeats a version
+//! an entry could carry. Expiry is judged by the injected
 //! [`Clock`], so tests move time instead of sleeping; moka's own timer only frees memory.
 //!
 //! Every change of an entry (claim, fill, release, set, delete) runs under moka's per-key lock
@@ -17,8 +19,9 @@ use crate::key::{EntryKey, TagKey};
 use async_trait::async_trait;
 use bytes::Bytes;
 use moka::ops::compute::Op;
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
@@ -70,7 +73,8 @@ impl moka::Expiry<EntryKey, Arc<Slot>> for ByTtl {
 #[derive(Clone, Debug)]
 pub struct MemoryStore {
     entries: moka::sync::Cache<EntryKey, Arc<Slot>>,
-    versions: moka::sync::Cache<TagKey, i64>,
+    versions: Arc<RwLock<HashMap<TagKey, i64>>>,
+    version_capacity: usize,
     clock: Arc<dyn Clock>,
     next_version: Arc<AtomicI64>,
     /// The tag clock, for every namespace of this store at once (it can only refuse more
@@ -92,9 +96,8 @@ impl MemoryStore {
                 .max_capacity(capacity)
                 .expire_after(ByTtl)
                 .build(),
-            versions: moka::sync::Cache::builder()
-                .max_capacity(capacity.max(1024))
-                .build(),
+            versions: Arc::default(),
+            version_capacity: capacity.max(1024) as usize,
             clock,
             next_version: Arc::new(AtomicI64::new(1)),
             tag_clock: Arc::new(AtomicI64::new(0)),
@@ -112,12 +115,28 @@ impl MemoryStore {
         self.next_version.fetch_add(1, Ordering::Relaxed)
     }
 
+    fn read_versions(&self) -> std::sync::RwLockReadGuard<'_, HashMap<TagKey, i64>> {
+        self.versions.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_versions(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<TagKey, i64>> {
+        self.versions.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn version(&self, k: &TagKey) -> i64 {
-        self.versions.get_with_by_ref(k, || self.fresh_version())
+        if let Some(v) = self.read_versions().get(k) {
+            return *v;
+        }
+        let mut w = self.write_versions();
+        if w.len() >= self.version_capacity && !w.contains_key(k) {
+            w.clear();
+        }
+        *w.entry(k.clone()).or_insert_with(|| self.fresh_version())
     }
 
     fn current(&self, stamps: &[(TagKey, i64)]) -> bool {
-        stamps.iter().all(|(k, v)| self.versions.get(k) == Some(*v))
+        let versions = self.read_versions();
+        stamps.iter().all(|(k, v)| versions.get(k) == Some(v))
     }
 
     /// The payload of a slot if it is a live, valid entry; `Err(true)` for a live lease.
@@ -288,13 +307,11 @@ impl Store for MemoryStore {
     async fn bump(&self, stamps: &[TagKey], _clock: &TagKey) -> Result<(), StoreError> {
         // The clock first: see `fill`.
         self.tag_clock.store(self.fresh_version(), Ordering::SeqCst);
+        let mut versions = self.write_versions();
         for k in stamps {
-            self.versions
-                .entry_by_ref(k)
-                .and_compute_with(|cur| match cur {
-                    Some(_) => Op::Put(self.fresh_version()),
-                    None => Op::Nop,
-                });
+            if let Some(v) = versions.get_mut(k) {
+                *v = self.fresh_version();
+            }
         }
         Ok(())
     }
