@@ -746,15 +746,7 @@ impl<'a, C: Codec> Entry<'a, C> {
     {
         let span = debug_span!("aside.fetch", key = self.key);
         let late = Mutex::new(Vec::new());
-        let loader = || {
-            let fut = loader();
-            let late = &late;
-            async move {
-                let t = fut.await?;
-                *late.lock().unwrap_or_else(|p| p.into_inner()) = t.tags;
-                Ok(t.value)
-            }
-        };
+        let loader = || untag(loader(), &late);
         self.fetch_inner::<T, AsValue, E, _, _>(loader, Some(&late))
             .instrument(span)
             .await
@@ -773,15 +765,7 @@ impl<'a, C: Codec> Entry<'a, C> {
     {
         let span = debug_span!("aside.fetch", key = self.key);
         let late = Mutex::new(Vec::new());
-        let loader = || {
-            let fut = loader();
-            let late = &late;
-            async move {
-                let t = fut.await?;
-                *late.lock().unwrap_or_else(|p| p.into_inner()) = t.tags;
-                Ok(t.value)
-            }
-        };
+        let loader = || untag(loader(), &late);
         self.fetch_inner::<T, AsBytes, E, _, _>(loader, Some(&late))
             .instrument(span)
             .await
@@ -930,6 +914,16 @@ impl<'a, C: Codec> Entry<'a, C> {
             )))),
         }
     }
+}
+
+/// Runs a tagged load, setting its tags aside for the fill.
+async fn untag<T, E>(
+    load: impl Future<Output = Result<Tagged<T>, E>>,
+    late: &Mutex<Vec<String>>,
+) -> Result<Option<T>, E> {
+    let t = load.await?;
+    *late.lock().unwrap_or_else(|p| p.into_inner()) = t.tags;
+    Ok(t.value)
 }
 
 fn hit<T>(d: Decoded<T>) -> Fetched<T> {
