@@ -22,10 +22,11 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// Every route, with the API's Error body for unknown routes (404), wrong methods (405),
-/// oversized bodies (413) and panics (500); each request is traced at debug level.
+/// oversized bodies (413) and panics (500); each request is traced at debug level when the
+/// log filter enables it (`RUST_LOG=tower_http=debug`).
 pub fn router(state: AppState) -> Router {
     let no_id = || async { ApiError::invalid("invalid_id", "the path has no id") };
-    Router::new()
+    let router = Router::new()
         .route("/products", get(products::list).post(products::create))
         .route(
             "/products/{id}",
@@ -40,8 +41,14 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::NotFound("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(TraceLayer::new_for_http())
+        .layer(DefaultBodyLimit::max(BODY_LIMIT));
+    // Request tracing costs a span and a wrapped body per request: only when it is wanted.
+    let router = if tracing::enabled!(target: "tower_http::trace", tracing::Level::DEBUG) {
+        router.layer(TraceLayer::new_for_http())
+    } else {
+        router
+    };
+    router
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("handler panicked");
             ApiError::Internal.into_response()
