@@ -198,7 +198,16 @@ async fn a_killed_redis_costs_callers_nothing() {
     let mut r = TestRedis::start();
     let rec = metrics_util::debugging::DebuggingRecorder::new();
     let snap = rec.snapshotter();
-    let c = metrics::with_local_recorder(&rec, || cache(&r));
+    // A cooldown longer than the loop below, so no probe lands in it whatever the machine's speed.
+    let c = metrics::with_local_recorder(&rec, || {
+        Cache::builder()
+            .namespace("t")
+            .redis(r.url())
+            .command_timeout(Duration::from_millis(100))
+            .breaker(3, Duration::from_secs(2))
+            .build()
+            .unwrap()
+    });
     let loads = AtomicUsize::new(0);
     let load = || async {
         loads.fetch_add(1, Ordering::SeqCst);
