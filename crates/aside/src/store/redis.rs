@@ -260,7 +260,9 @@ impl RedisStore {
             )
         })?;
         let mgr = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.command_timeout))
+            // The store's own timeout bounds every call (connecting included); a second,
+            // per-request timer inside redis-rs would only cost a timer registration per call.
+            .set_response_timeout(None)
             .set_connection_timeout(Some(config.connect_timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
