@@ -4,7 +4,7 @@
 
 mod support;
 
-use aside::{Cache, Invalidation, LoadError};
+use aside::{Cache, CacheBuilder, Invalidation, LoadError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -12,11 +12,16 @@ use support::{TestRedis, eventually, free_port};
 
 type Never = std::convert::Infallible;
 
-fn cache(r: &TestRedis) -> Cache {
+/// A cache on `r` with short timeouts, in namespace `t`.
+fn builder(r: &TestRedis) -> CacheBuilder {
     Cache::builder()
         .namespace("t")
         .redis(r.url())
         .command_timeout(Duration::from_millis(100))
+}
+
+fn cache(r: &TestRedis) -> Cache {
+    builder(r)
         .breaker(3, Duration::from_millis(200))
         .build()
         .unwrap()
@@ -200,10 +205,7 @@ async fn a_killed_redis_costs_callers_nothing() {
     let snap = rec.snapshotter();
     // A cooldown longer than the loop below, so no probe lands in it whatever the machine's speed.
     let c = metrics::with_local_recorder(&rec, || {
-        Cache::builder()
-            .namespace("t")
-            .redis(r.url())
-            .command_timeout(Duration::from_millis(100))
+        builder(&r)
             .breaker(3, Duration::from_secs(2))
             .build()
             .unwrap()
@@ -263,10 +265,7 @@ async fn a_killed_redis_costs_callers_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_redis_is_bounded_by_the_timeout_and_missed_invalidations_are_replayed() {
     let r = TestRedis::start();
-    let c = Cache::builder()
-        .namespace("t")
-        .redis(r.url())
-        .command_timeout(Duration::from_millis(100))
+    let c = builder(&r)
         .breaker(3, Duration::from_secs(2))
         .build()
         .unwrap();
@@ -336,10 +335,7 @@ async fn a_paused_redis_is_bounded_by_the_timeout_and_missed_invalidations_are_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_invalidations_are_applied_before_the_first_read() {
     let r = TestRedis::start();
-    let c = Cache::builder()
-        .namespace("t")
-        .redis(r.url())
-        .command_timeout(Duration::from_millis(100))
+    let c = builder(&r)
         .breaker(1, Duration::from_secs(3600)) // no probe: the read itself must flush
         .build()
         .unwrap();
@@ -366,10 +362,7 @@ async fn pending_invalidations_are_applied_before_the_first_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overflowing_backlog_invalidates_the_whole_namespace() {
     let r = TestRedis::start();
-    let c = Cache::builder()
-        .namespace("t")
-        .redis(r.url())
-        .command_timeout(Duration::from_millis(100))
+    let c = builder(&r)
         .breaker(1, Duration::from_millis(50))
         .backlog_capacity(3)
         .build()
