@@ -105,7 +105,7 @@ fn stampede(c: &mut Criterion) {
                         let (cache, loads) = (cache.clone(), loads.clone());
                         tokio::spawn(async move {
                             cache
-                                .get_or_load("product:hot", || async {
+                                .get_or_load("product:hot", || async move {
                                     loads.fetch_add(1, Ordering::Relaxed);
                                     Ok::<_, Never>(Some(value()))
                                 })

@@ -45,6 +45,8 @@ pub struct CacheBuilder<C: Codec = Json> {
     schema: u32,
     lease: Duration,
     lease_wait: Duration,
+    stale_while_revalidate: Duration,
+    stale_if_error: Duration,
     command_timeout: Option<Duration>,
     threshold: u32,
     cooldown: Duration,
@@ -71,6 +73,8 @@ impl CacheBuilder<Json> {
             schema: 0,
             lease: Duration::from_secs(5),
             lease_wait: Duration::from_secs(1),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
             command_timeout: None,
             threshold: 3,
             cooldown: Duration::from_secs(1),
@@ -123,6 +127,8 @@ impl<C: Codec> CacheBuilder<C> {
             schema: self.schema,
             lease: self.lease,
             lease_wait: self.lease_wait,
+            stale_while_revalidate: self.stale_while_revalidate,
+            stale_if_error: self.stale_if_error,
             command_timeout: self.command_timeout,
             threshold: self.threshold,
             cooldown: self.cooldown,
@@ -169,6 +175,32 @@ impl<C: Codec> CacheBuilder<C> {
         self
     }
 
+    /// How long past its TTL an entry is still served while one refresh runs in the
+    /// background (default 0: never). The store keeps entries this much longer.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let cache = aside::Cache::builder()
+    ///     .default_ttl(Duration::from_secs(60))
+    ///     .stale_while_revalidate(Duration::from_secs(30)) // seconds 60-90: stale + refresh
+    ///     .stale_if_error(Duration::from_secs(3600)) // up to 1 h: stale if the loader fails
+    ///     .build()
+    ///     .unwrap();
+    /// # });
+    /// ```
+    pub fn stale_while_revalidate(mut self, d: Duration) -> Self {
+        self.stale_while_revalidate = d;
+        self
+    }
+
+    /// How long past its TTL an entry is kept to be served when its loader fails (default 0:
+    /// never). The store keeps entries this much longer.
+    pub fn stale_if_error(mut self, d: Duration) -> Self {
+        self.stale_if_error = d;
+        self
+    }
+
     /// Upper bound of every Redis command (overrides the Redis configuration's).
     pub fn command_timeout(mut self, d: Duration) -> Self {
         self.command_timeout = Some(d);
@@ -190,7 +222,7 @@ impl<C: Codec> CacheBuilder<C> {
         self
     }
 
-    /// The clock for expiry (in-process store) and the breaker.
+    /// The clock for expiry (in-process store), freshness and the breaker.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
@@ -212,6 +244,14 @@ impl<C: Codec> CacheBuilder<C> {
         ] {
             if d < Duration::from_millis(1) || d > year {
                 return Err(invalid(name, "must be between 1 ms and 365 days"));
+            }
+        }
+        for (name, d) in [
+            ("stale_while_revalidate", self.stale_while_revalidate),
+            ("stale_if_error", self.stale_if_error),
+        ] {
+            if d > year {
+                return Err(invalid(name, "must be at most 365 days"));
             }
         }
         if !(0.0..=0.5).contains(&self.jitter) {
@@ -256,9 +296,12 @@ impl<C: Codec> CacheBuilder<C> {
                 schema: self.schema,
                 lease: self.lease,
                 lease_wait: self.lease_wait,
+                stale_while_revalidate: self.stale_while_revalidate,
+                stale_if_error: self.stale_if_error,
             },
             flights: Flights::default(),
-            breaker: Breaker::new(self.clock, self.threshold, self.cooldown),
+            breaker: Breaker::new(self.clock.clone(), self.threshold, self.cooldown),
+            clock: self.clock,
             backlog: Backlog::new(self.backlog),
             flush_lock: tokio::sync::Mutex::new(()),
         }))

@@ -2,6 +2,7 @@
 
 use crate::backlog::Backlog;
 use crate::breaker::Breaker;
+use crate::clock::Clock;
 use crate::codec::{Codec, Json};
 use crate::envelope::{self, Body};
 use crate::error::{Error, LoadError, Result, StoreError};
@@ -14,6 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::any::Any;
 use std::fmt;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{Instrument, debug, debug_span, warn};
@@ -65,6 +67,8 @@ pub(crate) struct Settings {
     pub(crate) schema: u32,
     pub(crate) lease: Duration,
     pub(crate) lease_wait: Duration,
+    pub(crate) stale_while_revalidate: Duration,
+    pub(crate) stale_if_error: Duration,
 }
 
 pub(crate) struct Inner<C> {
@@ -77,6 +81,7 @@ pub(crate) struct Inner<C> {
     pub(crate) backlog: Backlog,
     pub(crate) flush_lock: tokio::sync::Mutex<()>,
     pub(crate) metrics: Metrics,
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 /// How a value was obtained.
@@ -86,7 +91,8 @@ pub enum Status {
     Hit,
     /// Not in the store: loaded (by this call, or by the call it waited for).
     Miss,
-    /// Served past its freshness while a refresh runs.
+    /// Served past its freshness: while a refresh runs (stale-while-revalidate), or because
+    /// the loader failed (stale-if-error).
     Stale,
 }
 
@@ -220,6 +226,39 @@ enum Decoded<T> {
     Absent,
 }
 
+/// The TTLs of one call.
+#[derive(Clone, Copy, Debug)]
+struct Ttls {
+    ttl: Duration,
+    negative: Duration,
+    stale_while_revalidate: Duration,
+    stale_if_error: Duration,
+}
+
+impl Ttls {
+    /// How long an entry is kept past its freshness.
+    fn grace(&self) -> Duration {
+        self.stale_while_revalidate.max(self.stale_if_error)
+    }
+
+    /// How long the version keys an entry is stamped with must outlive a claim.
+    fn keep(&self, lease: Duration) -> Duration {
+        (self.ttl.max(self.negative) + self.grace()) * 2 + lease
+    }
+}
+
+/// Where an entry stands against the reader's freshness windows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Age {
+    Fresh,
+    /// Within stale-while-revalidate: served, refreshed in the background.
+    Stale,
+    /// Past it: reloaded; `fallback` when within stale-if-error (served if the loader fails).
+    Expired {
+        fallback: bool,
+    },
+}
+
 enum Waited {
     Filled(Bytes),
     Vacant,
@@ -259,24 +298,38 @@ impl<C: Codec> Cache<C> {
     /// # fn tokio_test_main(f: impl std::future::Future) { tokio::runtime::Runtime::new().unwrap().block_on(f); }
     /// ```
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        self.get_with(key, &[]).await
+        self.get_with(key, &[], self.inner.settings.stale_while_revalidate)
+            .await
     }
 
-    async fn get_with<T: DeserializeOwned>(&self, key: &str, tags: &[&str]) -> Result<Option<T>> {
+    async fn get_with<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        tags: &[&str],
+        stale_while_revalidate: Duration,
+    ) -> Result<Option<T>> {
         let k = self.inner.ns.entry(key)?;
         let stamps = self.inner.ns.stamps_for(key, tags)?;
+        let m = &self.inner.metrics;
         match self.read(&k, &stamps).await.map_err(Error::Backend)? {
             Lookup::Hit(p) => match self.decode::<T>(&k, &p).await {
-                Some(Decoded::Value(v)) => {
-                    self.inner.metrics.hits.increment(1);
-                    Ok(Some(v))
-                }
-                Some(Decoded::Absent) => {
-                    self.inner.metrics.hits.increment(1);
-                    Ok(None)
+                Some((d, fresh_until)) => {
+                    let age = self.age(fresh_until, stale_while_revalidate, Duration::ZERO);
+                    match age {
+                        Age::Fresh => m.hits.increment(1),
+                        Age::Stale => m.stale.increment(1),
+                        Age::Expired { .. } => {
+                            m.misses.increment(1);
+                            return Ok(None);
+                        }
+                    }
+                    Ok(match d {
+                        Decoded::Value(v) => Some(v),
+                        Decoded::Absent => None,
+                    })
                 }
                 None => {
-                    self.inner.metrics.misses.increment(1);
+                    m.misses.increment(1);
                     Ok(None)
                 }
             },
@@ -317,10 +370,10 @@ impl<C: Codec> Cache<C> {
         loader: F,
     ) -> Result<Option<T>, LoadError<E>>
     where
-        T: Serialize + DeserializeOwned + Send,
+        T: Serialize + DeserializeOwned + Send + 'static,
         E: Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<T>, E>>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
         Ok(self.entry(key).fetch(loader).await?.value)
     }
@@ -348,6 +401,8 @@ impl<C: Codec> Cache<C> {
             key,
             ttl: None,
             negative_ttl: None,
+            stale_while_revalidate: None,
+            stale_if_error: None,
             tags: Vec::new(),
         }
     }
@@ -541,21 +596,29 @@ impl<C: Codec> Cache<C> {
         &self,
         k: &EntryKey,
         payload: &Bytes,
-    ) -> Option<Decoded<T>> {
+    ) -> Option<(Decoded<T>, Option<u64>)> {
         self.decode_as::<T, AsValue>(k, payload).await
     }
 
+    /// The value of an entry and until when it is fresh; `None` (and the entry removed) if it
+    /// cannot be decoded.
     async fn decode_as<T, M: Mode<T>>(
         &self,
         k: &EntryKey,
         payload: &Bytes,
-    ) -> Option<Decoded<M::Out>> {
+    ) -> Option<(Decoded<M::Out>, Option<u64>)> {
         let why = match envelope::open(payload, self.inner.settings.schema) {
-            Ok(Body::Absent) => return Some(Decoded::Absent),
-            Ok(Body::Value(b)) => {
+            Ok(envelope::Opened {
+                body: Body::Absent,
+                fresh_until,
+            }) => return Some((Decoded::Absent, fresh_until)),
+            Ok(envelope::Opened {
+                body: Body::Value(b),
+                fresh_until,
+            }) => {
                 let body = payload.slice(payload.len() - b.len()..);
                 match M::decode(&self.inner.codec, body) {
-                    Ok(v) => return Some(Decoded::Value(v)),
+                    Ok(v) => return Some((Decoded::Value(v), fresh_until)),
                     Err(e) => e.to_string(),
                 }
             }
@@ -574,8 +637,42 @@ impl<C: Codec> Cache<C> {
             .await;
     }
 
-    fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Bytes> {
-        let mut out = envelope::value_header(self.inner.settings.schema);
+    /// Where an entry fresh until `fresh_until` stands now.
+    fn age(
+        &self,
+        fresh_until: Option<u64>,
+        stale_while_revalidate: Duration,
+        stale_if_error: Duration,
+    ) -> Age {
+        let Some(until) = fresh_until else {
+            return Age::Fresh;
+        };
+        let now = self.inner.clock.wall().as_millis() as u64;
+        let past = |d: Duration| until.saturating_add(d.as_millis() as u64);
+        if now < until {
+            Age::Fresh
+        } else if now < past(stale_while_revalidate) {
+            Age::Stale
+        } else {
+            Age::Expired {
+                fallback: now < past(stale_if_error),
+            }
+        }
+    }
+
+    /// The store TTL of an entry written now and until when it is fresh: the TTL (jittered),
+    /// plus the grace it is kept for past its freshness, if any.
+    fn lifetime(&self, ttl: Duration, grace: Duration) -> (Duration, Option<u64>) {
+        let ttl = self.jittered(ttl);
+        if grace.is_zero() {
+            return (ttl, None);
+        }
+        let fresh_until = (self.inner.clock.wall() + ttl).as_millis() as u64;
+        (ttl + grace, Some(fresh_until))
+    }
+
+    fn encode<T: Serialize + ?Sized>(&self, value: &T, fresh_until: Option<u64>) -> Result<Bytes> {
+        let mut out = envelope::value_header(self.inner.settings.schema, fresh_until);
         self.inner
             .codec
             .encode(value, &mut out)
@@ -628,6 +725,8 @@ pub struct Entry<'a, C: Codec> {
     key: &'a str,
     ttl: Option<Duration>,
     negative_ttl: Option<Duration>,
+    stale_while_revalidate: Option<Duration>,
+    stale_if_error: Option<Duration>,
     tags: Vec<&'a str>,
 }
 
@@ -644,6 +743,21 @@ impl<'a, C: Codec> Entry<'a, C> {
         self
     }
 
+    /// How long past its TTL the value is still served while one refresh runs in the
+    /// background (default: the cache's, see
+    /// [`CacheBuilder::stale_while_revalidate`](crate::CacheBuilder::stale_while_revalidate)).
+    pub fn stale_while_revalidate(mut self, d: Duration) -> Self {
+        self.stale_while_revalidate = Some(d);
+        self
+    }
+
+    /// How long past its TTL the value is kept to be served when the loader fails (default:
+    /// the cache's, see [`CacheBuilder::stale_if_error`](crate::CacheBuilder::stale_if_error)).
+    pub fn stale_if_error(mut self, d: Duration) -> Self {
+        self.stale_if_error = Some(d);
+        self
+    }
+
     /// Adds a tag.
     pub fn tag(mut self, tag: &'a str) -> Self {
         self.tags.push(tag);
@@ -656,19 +770,32 @@ impl<'a, C: Codec> Entry<'a, C> {
         self
     }
 
-    fn ttls(&self) -> Result<(Duration, Duration)> {
+    fn ttls(&self) -> Result<Ttls> {
         let s = &self.cache.inner.settings;
-        Ok((
-            check_ttl(self.ttl.unwrap_or(s.default_ttl))?,
-            check_ttl(self.negative_ttl.unwrap_or(s.negative_ttl))?,
-        ))
+        let grace = |d: Option<Duration>, default: Duration| {
+            let d = d.unwrap_or(default);
+            if d > MAX_TTL {
+                Err(Error::InvalidTtl(d))
+            } else {
+                Ok(d)
+            }
+        };
+        Ok(Ttls {
+            ttl: check_ttl(self.ttl.unwrap_or(s.default_ttl))?,
+            negative: check_ttl(self.negative_ttl.unwrap_or(s.negative_ttl))?,
+            stale_while_revalidate: grace(self.stale_while_revalidate, s.stale_while_revalidate)?,
+            stale_if_error: grace(self.stale_if_error, s.stale_if_error)?,
+        })
     }
 
     /// Reads the entry like [`Cache::get`]. Naming the entry's tags lets the store check them
     /// in the same round trip as the read (Redis: one `MGET`); an entry carrying tags that
     /// were not named is still checked, in a second round trip.
     pub async fn get<T: DeserializeOwned>(self) -> Result<Option<T>> {
-        self.cache.get_with(self.key, &self.tags).await
+        let t = self.ttls()?;
+        self.cache
+            .get_with(self.key, &self.tags, t.stale_while_revalidate)
+            .await
     }
 
     /// Writes a value unconditionally. Any fill in flight for this key is voided, so a load
@@ -676,15 +803,13 @@ impl<'a, C: Codec> Entry<'a, C> {
     pub async fn set<T: Serialize + ?Sized>(self, value: &T) -> Result<()> {
         let cache = self.cache;
         let inner = &cache.inner;
-        let (ttl, _) = self.ttls()?;
+        let t = self.ttls()?;
         let k = inner.ns.entry(self.key)?;
         let stamps = inner.ns.stamps_for(self.key, &self.tags)?;
-        let payload = cache.encode(value)?;
+        let (ttl, fresh_until) = cache.lifetime(t.ttl, t.grace());
+        let payload = cache.encode(value, fresh_until)?;
         cache
-            .call(
-                Op::Set,
-                inner.store.set(&k, &stamps, payload, cache.jittered(ttl)),
-            )
+            .call(Op::Set, inner.store.set(&k, &stamps, payload, ttl))
             .await
             .map_err(Error::Backend)
     }
@@ -692,10 +817,10 @@ impl<'a, C: Codec> Entry<'a, C> {
     /// Like [`fetch`](Entry::fetch), returning the value only.
     pub async fn get_or_load<T, E, F, Fut>(self, loader: F) -> Result<Option<T>, LoadError<E>>
     where
-        T: Serialize + DeserializeOwned + Send,
+        T: Serialize + DeserializeOwned + Send + 'static,
         E: Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<T>, E>>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
         Ok(self.fetch(loader).await?.value)
     }
@@ -705,13 +830,23 @@ impl<'a, C: Codec> Entry<'a, C> {
     /// outcome unless an invalidation of the key happened since the load began, and returns it
     /// with its [`Status`]. `Ok(None)` from the loader is cached for the negative TTL.
     ///
+    /// Past its TTL, within [`stale_while_revalidate`](Entry::stale_while_revalidate), the
+    /// old value is returned at once ([`Status::Stale`]) and the loader runs in the
+    /// background, once per key (a refresh lease keeps other processes from running theirs
+    /// too). Further past it, within [`stale_if_error`](Entry::stale_if_error), the loader
+    /// runs as on a miss, and if it fails the old value is returned ([`Status::Stale`])
+    /// instead of the error. An invalidated entry is never served, stale or not.
+    ///
+    /// The loader owns what it uses (`move` it in, with cloned handles), since a refresh
+    /// runs it on its own task.
+    ///
     /// If the store fails, the loader's value is returned and not stored.
     pub async fn fetch<T, E, F, Fut>(self, loader: F) -> Result<Fetched<T>, LoadError<E>>
     where
-        T: Serialize + DeserializeOwned + Send,
+        T: Serialize + DeserializeOwned + Send + 'static,
         E: Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<T>, E>>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
         let span = debug_span!("aside.fetch", key = self.key);
         self.fetch_inner::<T, AsValue, E, F, Fut>(loader, None)
@@ -739,15 +874,15 @@ impl<'a, C: Codec> Entry<'a, C> {
     /// ```
     pub async fn fetch_tagged<T, E, F, Fut>(self, loader: F) -> Result<Fetched<T>, LoadError<E>>
     where
-        T: Serialize + DeserializeOwned + Send,
+        T: Serialize + DeserializeOwned + Send + 'static,
         E: Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Tagged<T>, E>>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Tagged<T>, E>> + Send + 'static,
     {
         let span = debug_span!("aside.fetch", key = self.key);
-        let late = Mutex::new(Vec::new());
-        let loader = || untag(loader(), &late);
-        self.fetch_inner::<T, AsValue, E, _, _>(loader, Some(&late))
+        let late = Late::default();
+        let loader = untagged(loader, late.clone());
+        self.fetch_inner::<T, AsValue, E, _, _>(loader, Some(late))
             .instrument(span)
             .await
     }
@@ -758,15 +893,15 @@ impl<'a, C: Codec> Entry<'a, C> {
         loader: F,
     ) -> Result<Fetched<Bytes>, LoadError<E>>
     where
-        T: Serialize + Send,
+        T: Serialize + Send + 'static,
         E: Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Tagged<T>, E>>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Tagged<T>, E>> + Send + 'static,
     {
         let span = debug_span!("aside.fetch", key = self.key);
-        let late = Mutex::new(Vec::new());
-        let loader = || untag(loader(), &late);
-        self.fetch_inner::<T, AsBytes, E, _, _>(loader, Some(&late))
+        let late = Late::default();
+        let loader = untagged(loader, late.clone());
+        self.fetch_inner::<T, AsBytes, E, _, _>(loader, Some(late))
             .instrument(span)
             .await
     }
@@ -790,10 +925,10 @@ impl<'a, C: Codec> Entry<'a, C> {
         loader: F,
     ) -> Result<Fetched<Bytes>, LoadError<E>>
     where
-        T: Serialize + Send,
+        T: Serialize + Send + 'static,
         E: Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<T>, E>>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
         let span = debug_span!("aside.fetch", key = self.key);
         self.fetch_inner::<T, AsBytes, E, F, Fut>(loader, None)
@@ -804,28 +939,47 @@ impl<'a, C: Codec> Entry<'a, C> {
     async fn fetch_inner<T, M, E, F, Fut>(
         self,
         loader: F,
-        late: Option<&Mutex<Vec<String>>>,
+        late: Option<Late>,
     ) -> Result<Fetched<M::Out>, LoadError<E>>
     where
-        T: Serialize + Send,
-        M: Mode<T>,
+        T: Serialize + Send + 'static,
+        M: Mode<T> + 'static,
+        M::Out: Send + 'static,
         E: Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<T>, E>>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
         let cache = self.cache;
         let inner = &cache.inner;
         let m = &inner.metrics;
-        let (ttl, negative_ttl) = self.ttls()?;
+        let t = self.ttls()?;
         let k = inner.ns.entry(self.key)?;
         let stamps = inner.ns.stamps_for(self.key, &self.tags)?;
+        // An expired entry still within stale-if-error: served if the loader fails.
+        let mut fallback = None;
+        // The freshness of an expired entry to be refreshed in place.
+        let mut expired = None;
 
         match cache.read(&k, &stamps).await {
             Ok(Lookup::Hit(p)) => {
                 // An undecodable entry was removed by decode: load below.
-                if let Some(d) = cache.decode_as::<T, M>(&k, &p).await {
-                    m.hits.increment(1);
-                    return Ok(hit(d));
+                if let Some((d, fresh_until)) = cache.decode_as::<T, M>(&k, &p).await {
+                    match cache.age(fresh_until, t.stale_while_revalidate, t.stale_if_error) {
+                        Age::Fresh => {
+                            m.hits.increment(1);
+                            return Ok(hit(d));
+                        }
+                        Age::Stale => {
+                            m.stale.increment(1);
+                            let until = fresh_until.unwrap_or_default();
+                            cache.revalidate::<T, M, E, F, Fut>(k, until, stamps, t, loader, late);
+                            return Ok(stale(d));
+                        }
+                        Age::Expired { fallback: keep } => {
+                            expired = fresh_until;
+                            fallback = keep.then_some(d);
+                        }
+                    }
                 }
             }
             Ok(Lookup::Corrupt) => cache.discard(&k, "not a record").await,
@@ -839,20 +993,57 @@ impl<'a, C: Codec> Entry<'a, C> {
                 Role::Leader(l) => l,
                 Role::Follower(rx) => match flight::wait(rx).await {
                     Some(Shared::Value(p)) => match cache.decode_as::<T, M>(&k, &p).await {
-                        Some(d) => return Ok(loaded(d)),
+                        Some((d, _)) => return Ok(loaded(d)),
                         None => continue,
                     },
                     Some(Shared::Absent) => return Ok(loaded(Decoded::Absent)),
-                    Some(Shared::Failed(e)) => match e.downcast::<E>() {
-                        Ok(e) => return Err(LoadError::Loader(e)),
-                        Err(_) => continue,
-                    },
+                    Some(Shared::Failed(e)) => {
+                        if let Some(d) = fallback.take() {
+                            m.stale.increment(1);
+                            return Ok(stale(d));
+                        }
+                        match e.downcast::<E>() {
+                            Ok(e) => return Err(LoadError::Loader(e)),
+                            Err(_) => continue,
+                        }
+                    }
                     Some(Shared::Unshared) | None => continue,
                 },
             };
-            let keep = ttl.max(negative_ttl) * 2 + inner.settings.lease;
+            let keep = t.keep(inner.settings.lease);
             // Like every read, a claim waits until pending invalidations are applied.
-            let claim = match cache.ready().await {
+            let ready = cache.ready().await;
+            if let Some(until) = expired.take()
+                && ready.is_ok()
+            {
+                // Refresh in place, the expired entry staying readable meanwhile; if another
+                // process is refreshing it (or it is gone), claim as on a miss below.
+                let clock = inner.ns.clock();
+                let refresh = inner.store.claim_refresh(
+                    &k,
+                    until,
+                    &stamps,
+                    &clock,
+                    inner.settings.lease,
+                    keep,
+                );
+                if let Ok(Some(lease)) = cache.call(Op::Claim, refresh).await
+                    && let Some(loader) = loader.take()
+                {
+                    return cache
+                        .load::<T, M, E, F, Fut>(
+                            leader,
+                            &k,
+                            Some(lease),
+                            t,
+                            loader,
+                            late.as_ref(),
+                            fallback,
+                        )
+                        .await;
+                }
+            }
+            let claim = match ready {
                 Ok(()) => {
                     cache
                         .call(
@@ -882,25 +1073,41 @@ impl<'a, C: Codec> Entry<'a, C> {
                 Err(_) => (None, None),
             };
             if let Some((p, status)) = found {
-                let Some(d) = cache.decode_as::<T, M>(&k, &p).await else {
+                let Some((d, fresh_until)) = cache.decode_as::<T, M>(&k, &p).await else {
                     continue;
                 };
                 leader.finish(match &d {
                     Decoded::Value(_) => Shared::Value(p),
                     Decoded::Absent => Shared::Absent,
                 });
+                // Still past its freshness: another process holds its refresh lease.
+                let status = match cache.age(fresh_until, Duration::ZERO, Duration::ZERO) {
+                    Age::Fresh => status,
+                    _ => {
+                        m.stale.increment(1);
+                        Status::Stale
+                    }
+                };
                 return Ok(Fetched { status, ..hit(d) });
             }
             let Some(loader) = loader.take() else { break };
             return cache
-                .load::<T, M, E, F, Fut>(leader, &k, lease, (ttl, negative_ttl), loader, late)
+                .load::<T, M, E, F, Fut>(leader, &k, lease, t, loader, late.as_ref(), fallback)
                 .await;
         }
         // Retries exhausted (entries kept turning out undecodable, or leaders kept vanishing):
         // load without the store.
         match loader.take() {
             Some(loader) => {
-                let value = match run(cache, loader).await? {
+                let value = match run(cache, loader).await {
+                    Ok(v) => v,
+                    Err(LoadError::Loader(_)) if fallback.is_some() => {
+                        m.stale.increment(1);
+                        return Ok(fallback.map(stale).unwrap_or_else(|| unreachable!()));
+                    }
+                    Err(e) => return Err(e),
+                };
+                let value = match value {
                     Some(v) => Some(cache.output::<T, M>(v).map_err(LoadError::Cache)?),
                     None => None,
                 };
@@ -916,14 +1123,27 @@ impl<'a, C: Codec> Entry<'a, C> {
     }
 }
 
-/// Runs a tagged load, setting its tags aside for the fill.
-async fn untag<T, E>(
-    load: impl Future<Output = Result<Tagged<T>, E>>,
-    late: &Mutex<Vec<String>>,
-) -> Result<Option<T>, E> {
-    let t = load.await?;
-    *late.lock().unwrap_or_else(|p| p.into_inner()) = t.tags;
-    Ok(t.value)
+/// Tags learnt by a loader, set aside for its fill.
+type Late = Arc<Mutex<Vec<String>>>;
+
+/// A tagged loader's load, its tags set aside.
+type Untagged<T, E> = Pin<Box<dyn Future<Output = Result<Option<T>, E>> + Send>>;
+
+/// A tagged loader as a plain one, its tags going to `late`.
+fn untagged<T, E, F, Fut>(loader: F, late: Late) -> impl FnOnce() -> Untagged<T, E> + Send + 'static
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Tagged<T>, E>> + Send + 'static,
+{
+    move || {
+        Box::pin(async move {
+            let t = loader().await?;
+            *late.lock().unwrap_or_else(|p| p.into_inner()) = t.tags;
+            Ok(t.value)
+        })
+    }
 }
 
 fn hit<T>(d: Decoded<T>) -> Fetched<T> {
@@ -933,6 +1153,13 @@ fn hit<T>(d: Decoded<T>) -> Fetched<T> {
             Decoded::Absent => None,
         },
         status: Status::Hit,
+    }
+}
+
+fn stale<T>(d: Decoded<T>) -> Fetched<T> {
+    Fetched {
+        status: Status::Stale,
+        ..hit(d)
     }
 }
 
@@ -961,11 +1188,7 @@ where
 
 impl<C: Codec> Cache<C> {
     /// Validates tags learnt from a loaded value; drops those the lease already stamps.
-    fn late_tags(
-        &self,
-        late: Option<&Mutex<Vec<String>>>,
-        lease: Option<&Lease>,
-    ) -> Result<Vec<TagKey>> {
+    fn late_tags(&self, late: Option<&Late>, lease: Option<&Lease>) -> Result<Vec<TagKey>> {
         let Some(late) = late else {
             return Ok(Vec::new());
         };
@@ -986,22 +1209,95 @@ impl<C: Codec> Cache<C> {
         if !M::ENCODED {
             return Ok(M::loaded(value, Bytes::new()));
         }
-        let p = self.encode(&value)?;
+        let p = self.encode(&value, None)?;
         let body = match envelope::open(&p, self.inner.settings.schema) {
-            Ok(Body::Value(b)) => p.slice(p.len() - b.len()..),
+            Ok(envelope::Opened {
+                body: Body::Value(b),
+                ..
+            }) => p.slice(p.len() - b.len()..),
             _ => Bytes::new(),
         };
         Ok(M::loaded(value, body))
     }
 
+    /// Refreshes a stale entry on its own task, unless a load of it is already running here.
+    fn revalidate<T, M, E, F, Fut>(
+        &self,
+        k: EntryKey,
+        fresh_until: u64,
+        stamps: Vec<TagKey>,
+        t: Ttls,
+        loader: F,
+        late: Option<Late>,
+    ) where
+        T: Serialize + Send + 'static,
+        M: Mode<T> + 'static,
+        M::Out: Send + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
+    {
+        if self.inner.flights.running(&k) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let cache = self.clone();
+        let span = debug_span!("aside.refresh", key = %k);
+        rt.spawn(
+            async move {
+                let inner = &cache.inner;
+                let Role::Leader(leader) = inner.flights.join(&k) else {
+                    return;
+                };
+                if cache.ready().await.is_err() {
+                    return;
+                }
+                let keep = t.keep(inner.settings.lease);
+                let clock = inner.ns.clock();
+                let claim = inner.store.claim_refresh(
+                    &k,
+                    fresh_until,
+                    &stamps,
+                    &clock,
+                    inner.settings.lease,
+                    keep,
+                );
+                // Not granted: another process refreshes it, or it is gone (the next read
+                // loads it). Dropping the leader lets anyone who joined meanwhile load.
+                let Ok(Some(lease)) = cache.call(Op::Claim, claim).await else {
+                    return;
+                };
+                let r = cache
+                    .load::<T, M, E, F, Fut>(
+                        leader,
+                        &k,
+                        Some(lease),
+                        t,
+                        loader,
+                        late.as_ref(),
+                        None,
+                    )
+                    .await;
+                if r.is_err() {
+                    debug!(key = %k, "background refresh failed; the stale value stays");
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn load<T, M, E, F, Fut>(
         &self,
         leader: flight::Leader<'_>,
         k: &EntryKey,
         lease: Option<Lease>,
-        (ttl, negative_ttl): (Duration, Duration),
+        t: Ttls,
         loader: F,
-        late: Option<&Mutex<Vec<String>>>,
+        late: Option<&Late>,
+        fallback: Option<Decoded<M::Out>>,
     ) -> Result<Fetched<M::Out>, LoadError<E>>
     where
         M: Mode<T>,
@@ -1018,6 +1314,11 @@ impl<C: Codec> Cache<C> {
                     let _ = self.call(Op::Release, inner.store.release(k, lease)).await;
                 }
                 leader.finish(Shared::Failed(e.clone() as Arc<dyn Any + Send + Sync>));
+                if let Some(d) = fallback {
+                    inner.metrics.stale.increment(1);
+                    warn!(key = %k, "loader failed; serving the stale value");
+                    return Ok(stale(d));
+                }
                 return Err(LoadError::Loader(e));
             }
             Err(e) => return Err(e),
@@ -1033,13 +1334,19 @@ impl<C: Codec> Cache<C> {
             }
         };
         let mut body = Bytes::new();
-        let (payload, shared, ttl) = match &value {
-            Some(v) => match self.encode(v) {
+        let ttl = if value.is_some() { t.ttl } else { t.negative };
+        let (ttl, fresh_until) = self.lifetime(ttl, t.grace());
+        let (payload, shared) = match &value {
+            Some(v) => match self.encode(v, fresh_until) {
                 Ok(p) => {
-                    if let Ok(Body::Value(b)) = envelope::open(&p, inner.settings.schema) {
+                    if let Ok(envelope::Opened {
+                        body: Body::Value(b),
+                        ..
+                    }) = envelope::open(&p, inner.settings.schema)
+                    {
                         body = p.slice(p.len() - b.len()..);
                     }
-                    (Some(p.clone()), Shared::Value(p), ttl)
+                    (Some(p.clone()), Shared::Value(p))
                 }
                 Err(e) => {
                     warn!(key = %k, error = %e, "loaded value could not be encoded; not cached");
@@ -1050,19 +1357,17 @@ impl<C: Codec> Cache<C> {
                         leader.finish(Shared::Unshared);
                         return Err(LoadError::Cache(e));
                     }
-                    (None, Shared::Unshared, ttl)
+                    (None, Shared::Unshared)
                 }
             },
             None => (
-                Some(envelope::absent(inner.settings.schema)),
+                Some(envelope::absent(inner.settings.schema, fresh_until)),
                 Shared::Absent,
-                negative_ttl,
             ),
         };
         if let Some(lease) = &lease {
             match payload {
                 Some(p) => {
-                    let ttl = self.jittered(ttl);
                     let keep = ttl * 2 + inner.settings.lease;
                     match self
                         .call(Op::Fill, inner.store.fill(k, lease, &late, p, ttl, keep))

@@ -1,10 +1,13 @@
 //! The engine's envelope around codec bytes: one short text line, then the value.
 //!
 //! ```text
-//! 1 <schema> <v|n>\n<codec bytes>
+//! 1 <schema> <v|n>[ <fresh until>]\n<codec bytes>
 //! ```
 //! `1` is the envelope format, `<schema>` the cache's schema version (bump it when a cached
 //! type changes incompatibly), `v` a value and `n` a cached "not found" (no bytes follow).
+//! `<fresh until>`, in milliseconds since the Unix epoch, is written when the entry is kept
+//! past its TTL (stale-while-revalidate, stale-if-error): until then it is fresh, after it
+//! stale. Without it, an entry is fresh for as long as the store keeps it.
 //! Anything else, or another schema, is an incompatible entry: a miss, removed and counted.
 
 use bytes::Bytes;
@@ -18,6 +21,15 @@ pub enum Body<'a> {
     Absent,
 }
 
+/// An opened envelope.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Opened<'a> {
+    /// What it holds.
+    pub body: Body<'a>,
+    /// Until when (ms since the Unix epoch) it is fresh, if it can become stale.
+    pub fresh_until: Option<u64>,
+}
+
 /// Why an envelope was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
@@ -28,41 +40,72 @@ pub enum Refused {
 }
 
 /// Starts an envelope for a value; the codec appends the value's bytes after it.
-pub fn value_header(schema: u32) -> Vec<u8> {
+pub fn value_header(schema: u32, fresh_until: Option<u64>) -> Vec<u8> {
     let mut v = Vec::with_capacity(128);
-    v.extend_from_slice(format!("1 {schema} v\n").as_bytes());
+    v.extend_from_slice(head(schema, 'v', fresh_until).as_bytes());
     v
 }
 
 /// The envelope of a cached "not found".
-pub fn absent(schema: u32) -> Bytes {
-    Bytes::from(format!("1 {schema} n\n"))
+pub fn absent(schema: u32, fresh_until: Option<u64>) -> Bytes {
+    Bytes::from(head(schema, 'n', fresh_until))
+}
+
+fn head(schema: u32, kind: char, fresh_until: Option<u64>) -> String {
+    match fresh_until {
+        Some(t) => format!("1 {schema} {kind} {t}\n"),
+        None => format!("1 {schema} {kind}\n"),
+    }
+}
+
+/// The freshness an envelope carries, whatever its schema; `None` if it has none or is not
+/// an envelope.
+pub fn freshness(bytes: &[u8]) -> Option<u64> {
+    let schema = bytes
+        .iter()
+        .take(48)
+        .skip(2)
+        .position(|&b| b == b' ')
+        .and_then(|e| std::str::from_utf8(&bytes[2..2 + e]).ok()?.parse().ok())?;
+    open(bytes, schema).ok()?.fresh_until
 }
 
 /// Opens an envelope written under `schema`.
-pub fn open(bytes: &[u8], schema: u32) -> Result<Body<'_>, Refused> {
+pub fn open(bytes: &[u8], schema: u32) -> Result<Opened<'_>, Refused> {
     let nl = bytes
         .iter()
-        .take(24)
+        .take(48)
         .position(|&b| b == b'\n')
         .ok_or(Refused::Corrupt)?;
     let head = std::str::from_utf8(&bytes[..nl]).map_err(|_| Refused::Corrupt)?;
     let mut parts = head.split(' ');
-    let (Some("1"), Some(s), Some(kind), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some("1"), Some(s), Some(kind), fresh, None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
         return Err(Refused::Corrupt);
     };
     let s: u32 = s.parse().map_err(|_| Refused::Corrupt)?;
     if s != schema {
         return Err(Refused::Schema(s));
     }
+    let fresh_until = match fresh {
+        None => None,
+        Some(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(t.parse().map_err(|_| Refused::Corrupt)?)
+        }
+        Some(_) => return Err(Refused::Corrupt),
+    };
     let rest = &bytes[nl + 1..];
-    match kind {
-        "v" => Ok(Body::Value(rest)),
-        "n" if rest.is_empty() => Ok(Body::Absent),
-        _ => Err(Refused::Corrupt),
-    }
+    let body = match kind {
+        "v" => Body::Value(rest),
+        "n" if rest.is_empty() => Body::Absent,
+        _ => return Err(Refused::Corrupt),
+    };
+    Ok(Opened { body, fresh_until })
 }
 
 #[cfg(test)]
@@ -70,18 +113,49 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn body(b: &[u8], s: u32) -> Result<Body<'_>, Refused> {
+        open(b, s).map(|o| o.body)
+    }
+
     #[test]
     fn values_and_absence_round_trip() {
-        let mut v = value_header(3);
+        let mut v = value_header(3, None);
         v.extend_from_slice(b"{\"a\":1}");
-        assert_eq!(open(&v, 3), Ok(Body::Value(b"{\"a\":1}")));
-        assert_eq!(open(&absent(3), 3), Ok(Body::Absent));
-        assert_eq!(open(&value_header(0), 0), Ok(Body::Value(b"")));
+        assert_eq!(
+            open(&v, 3),
+            Ok(Opened {
+                body: Body::Value(b"{\"a\":1}"),
+                fresh_until: None
+            })
+        );
+        assert_eq!(body(&absent(3, None), 3), Ok(Body::Absent));
+        assert_eq!(body(&value_header(0, None), 0), Ok(Body::Value(b"")));
+    }
+
+    #[test]
+    fn freshness_round_trips() {
+        let mut v = value_header(u32::MAX, Some(u64::MAX));
+        v.extend_from_slice(b"1");
+        assert_eq!(
+            open(&v, u32::MAX),
+            Ok(Opened {
+                body: Body::Value(b"1"),
+                fresh_until: Some(u64::MAX)
+            })
+        );
+        let a = absent(2, Some(1_764_150_000_123));
+        assert_eq!(
+            open(&a, 2),
+            Ok(Opened {
+                body: Body::Absent,
+                fresh_until: Some(1_764_150_000_123)
+            })
+        );
     }
 
     #[test]
     fn other_schemas_and_garbage_are_refused() {
-        assert_eq!(open(&absent(2), 3), Err(Refused::Schema(2)));
+        assert_eq!(open(&absent(2, None), 3), Err(Refused::Schema(2)));
         for bad in [
             &b""[..],
             b"{\"a\":1}",
@@ -90,6 +164,11 @@ mod tests {
             b"1 0 q\n",
             b"1 0 n\nx",
             b"1 0\n",
+            b"1 0 v \n",
+            b"1 0 v 12x\n",
+            b"1 0 v -1\n",
+            b"1 0 v 1 2\n",
+            b"1 0 v 99999999999999999999999\n",
         ] {
             assert_eq!(
                 open(bad, 0),
@@ -100,6 +179,15 @@ mod tests {
         }
     }
 
+    #[test]
+    fn freshness_is_read_whatever_the_schema() {
+        assert_eq!(freshness(&absent(7, Some(42))), Some(42));
+        assert_eq!(freshness(&value_header(0, Some(5))), Some(5));
+        assert_eq!(freshness(&absent(7, None)), None);
+        assert_eq!(freshness(b"1 x v 5\n"), None);
+        assert_eq!(freshness(b""), None);
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..64), s in any::<u32>()) {
@@ -108,9 +196,9 @@ mod tests {
 
         #[test]
         fn any_body_round_trips(body in prop::collection::vec(any::<u8>(), 0..64), s in any::<u32>()) {
-            let mut v = value_header(s);
+            let mut v = value_header(s, None);
             v.extend_from_slice(&body);
-            prop_assert_eq!(open(&v, s), Ok(Body::Value(&body[..])));
+            prop_assert_eq!(open(&v, s), Ok(Opened { body: Body::Value(&body[..]), fresh_until: None }));
         }
     }
 }

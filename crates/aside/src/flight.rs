@@ -73,6 +73,13 @@ impl Flights {
         })
     }
 
+    /// Whether a flight that a caller would join is running for `key`.
+    pub(crate) fn running(&self, key: &EntryKey) -> bool {
+        let generation = self.generation.load(Ordering::SeqCst);
+        let calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        calls.get(key).is_some_and(|c| c.generation == generation)
+    }
+
     /// Called on every invalidation: flights already running are not joined any more.
     pub(crate) fn invalidated(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
@@ -133,9 +140,11 @@ mod tests {
             matches!(f.join(&key("b")), Role::Leader(_)),
             "other keys fly alone"
         );
+        assert!(f.running(&key("a")) && !f.running(&key("c")));
         leader.finish(Shared::Value(Bytes::from_static(b"v")));
         assert!(matches!(wait(rx).await, Some(Shared::Value(b)) if &b[..] == b"v"));
         assert_eq!(f.len(), 0);
+        assert!(!f.running(&key("a")));
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 //! | key | holds |
 //! | --- | --- |
 //! | `ns:e:<key>` | an entry (or the lease placeholder of the loader filling it) |
+//! | `ns:r:<key>` | the lease of the loader refreshing a stale entry (which stays readable) |
 //! | `ns:t:<tag>` | the version of a tag |
 //! | `ns:p:<prefix>` | the version of a key prefix (a prefix ending at a `:` of the user key) |
 //! | `ns:g` | the namespace epoch: bumped when invalidations were lost in an outage |
@@ -123,6 +124,15 @@ impl EntryKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The key of the refresh lease of this entry: `ns:r:<key>` for `ns:e:<key>`.
+    pub fn refresh_key(&self) -> String {
+        // The namespace holds no ':', so the first one ends it and "e:" follows.
+        match self.0.split_once(':') {
+            Some((ns, rest)) => format!("{ns}:r:{}", rest.strip_prefix("e:").unwrap_or(rest)),
+            None => format!("{}:r:", self.0),
+        }
+    }
 }
 
 impl TagKey {
@@ -228,6 +238,10 @@ mod tests {
         assert_eq!(ns.epoch().as_str(), "app:g");
         assert_eq!(ns.clock().as_str(), "app:c");
         assert_eq!(ns.entry("a*b{c}").unwrap().as_str(), "app:e:a%2Ab%7Bc%7D");
+        assert_eq!(
+            ns.entry("product:e:1").unwrap().refresh_key(),
+            "app:r:product:e:1"
+        );
     }
 
     #[test]

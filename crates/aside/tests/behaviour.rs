@@ -132,11 +132,12 @@ async fn falsy_values_are_hits(fx: Fx) {
     );
 
     // And through get_or_load: a falsy value is loaded once, then served as a hit.
-    let calls = AtomicUsize::new(0);
+    let calls = Arc::new(AtomicUsize::new(0));
     for _ in 0..3 {
+        let calls = calls.clone();
         let f = c
             .entry("count")
-            .fetch(|| async {
+            .fetch(|| async move {
                 calls.fetch_add(1, Ordering::SeqCst);
                 Ok::<_, Never>(Some(0i64))
             })
@@ -195,19 +196,25 @@ async fn entries_expire_and_default_ttl_applies(fx: Fx) {
 async fn negative_results_are_cached_for_the_negative_ttl(fx: Fx) {
     let short = fx.short();
     let c = fx.builder().negative_ttl(short).build().unwrap();
-    let calls = AtomicUsize::new(0);
-    let load = || async {
-        calls.fetch_add(1, Ordering::SeqCst);
-        Ok::<Option<Product>, Never>(None)
+    let calls = Arc::new(AtomicUsize::new(0));
+    let load = || {
+        let calls = calls.clone();
+        || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<Option<Product>, Never>(None)
+        }
     };
     for _ in 0..5 {
-        assert_eq!(c.get_or_load("product:missing", load).await.unwrap(), None);
+        assert_eq!(
+            c.get_or_load("product:missing", load()).await.unwrap(),
+            None
+        );
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1, "a 'not found' is cached");
-    let f = c.entry("product:missing").fetch(load).await.unwrap();
+    let f = c.entry("product:missing").fetch(load()).await.unwrap();
     assert_eq!((f.value, f.status), (None, Status::Hit));
     fx.expire("product:missing", short).await;
-    c.get_or_load("product:missing", load).await.unwrap();
+    c.get_or_load("product:missing", load()).await.unwrap();
     assert_eq!(
         calls.load(Ordering::SeqCst),
         2,
@@ -237,7 +244,7 @@ async fn one_load_for_a_stampede(fx: Fx, instances: usize) {
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
             arrived.fetch_add(1, Ordering::SeqCst);
-            c.get_or_load("product:hot", || async {
+            c.get_or_load("product:hot", || async move {
                 calls.fetch_add(1, Ordering::SeqCst);
                 // Hold the load until every task has asked, so none can arrive after it.
                 while arrived.load(Ordering::SeqCst) < TASKS {
@@ -289,7 +296,7 @@ async fn loader_errors_are_shared_and_not_cached(fx: Fx) {
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
             arrived.fetch_add(1, Ordering::SeqCst);
-            c.get_or_load::<u8, _, _, _>("k", || async {
+            c.get_or_load::<u8, _, _, _>("k", || async move {
                 calls.fetch_add(1, Ordering::SeqCst);
                 while arrived.load(Ordering::SeqCst) < 20 {
                     tokio::task::yield_now().await;
@@ -625,21 +632,24 @@ async fn counters_tell_hits_misses_and_loads(fx: Fx) {
 
 async fn encoded_values_are_the_codec_bytes(fx: Fx) {
     let c = fx.cache();
-    let calls = AtomicUsize::new(0);
-    let load = || async {
-        calls.fetch_add(1, Ordering::SeqCst);
-        Ok::<_, Never>(Some(product("p1")))
+    let calls = Arc::new(AtomicUsize::new(0));
+    let load = || {
+        let calls = calls.clone();
+        || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Never>(Some(product("p1")))
+        }
     };
     let first = c
         .entry("product:p1")
         .tag("category:c1")
-        .fetch_encoded(load)
+        .fetch_encoded(load())
         .await
         .unwrap();
     let again = c
         .entry("product:p1")
         .tag("category:c1")
-        .fetch_encoded(load)
+        .fetch_encoded(load())
         .await
         .unwrap();
     assert_eq!((first.status, again.status), (Status::Miss, Status::Hit));
@@ -662,7 +672,7 @@ async fn encoded_values_are_the_codec_bytes(fx: Fx) {
     let reloaded = c
         .entry("product:p1")
         .tag("category:c1")
-        .fetch_encoded(load)
+        .fetch_encoded(load())
         .await
         .unwrap();
     assert_eq!(
@@ -673,13 +683,16 @@ async fn encoded_values_are_the_codec_bytes(fx: Fx) {
 
 async fn tags_learnt_from_the_value(fx: Fx) {
     let c = fx.cache();
-    let calls = AtomicUsize::new(0);
-    let load = || async {
-        calls.fetch_add(1, Ordering::SeqCst);
-        Ok::<_, Never>(Tagged::found(product("p1")).tag("category:c7"))
+    let calls = Arc::new(AtomicUsize::new(0));
+    let load = || {
+        let calls = calls.clone();
+        || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Never>(Tagged::found(product("p1")).tag("category:c7"))
+        }
     };
-    let first = c.entry("product:p1").fetch_tagged(load).await.unwrap();
-    let again = c.entry("product:p1").fetch_tagged(load).await.unwrap();
+    let first = c.entry("product:p1").fetch_tagged(load()).await.unwrap();
+    let again = c.entry("product:p1").fetch_tagged(load()).await.unwrap();
     assert_eq!((first.status, again.status), (Status::Miss, Status::Hit));
     assert_eq!(again.value, Some(product("p1")));
     c.invalidate_tag("category:other").await.unwrap();
@@ -696,7 +709,7 @@ async fn tags_learnt_from_the_value(fx: Fx) {
     );
     let bytes = c
         .entry("product:p1")
-        .fetch_tagged_encoded(load)
+        .fetch_tagged_encoded(load())
         .await
         .unwrap();
     assert_eq!(
@@ -747,6 +760,263 @@ async fn a_load_older_than_an_invalidation_of_a_learnt_tag_is_not_written(fx: Fx
         None,
         "the old name was not written"
     );
+}
+
+// ---- stale-while-revalidate and stale-if-error ----
+
+impl Fx {
+    /// A builder whose freshness runs on a mock clock (the in-process store's own clock, or a
+    /// new one for Redis, where entries still live by the server's time).
+    fn timed(&self) -> (CacheBuilder, MockClock) {
+        match &self.backend {
+            Backend::Memory { clock, .. } => (self.builder(), clock.clone()),
+            Backend::Redis(_) => {
+                let clock = MockClock::default();
+                (self.builder().clock(Arc::new(clock.clone())), clock)
+            }
+        }
+    }
+}
+
+type Counted = std::pin::Pin<Box<dyn Future<Output = Result<Option<u64>, Never>> + Send>>;
+
+/// A loader returning the number of loads started so far (1, 2, ...), waiting for a permit
+/// of `gate` (when one is given) between counting and returning.
+fn counting(
+    calls: &Arc<AtomicUsize>,
+    gate: Option<&Arc<tokio::sync::Semaphore>>,
+) -> impl FnOnce() -> Counted + Send + 'static {
+    let (calls, gate) = (calls.clone(), gate.cloned());
+    move || {
+        Box::pin(async move {
+            let n = calls.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+            if let Some(g) = gate {
+                g.acquire().await.unwrap().forget();
+            }
+            Ok(Some(n))
+        })
+    }
+}
+
+#[derive(Debug)]
+struct DbDown;
+
+fn failing() -> impl FnOnce() -> std::future::Ready<Result<Option<u64>, DbDown>> + Send + 'static {
+    || std::future::ready(Err(DbDown))
+}
+
+const TTL: Duration = Duration::from_secs(10);
+
+async fn stale_values_are_served_while_one_refresh_runs(fx: Fx) {
+    let (b, clock) = fx.timed();
+    let b = b
+        .default_ttl(TTL)
+        .stale_while_revalidate(Duration::from_secs(60));
+    // Two instances sharing the store: the refresh lease is what keeps the second from
+    // refreshing too.
+    let (a, other) = (b.build().unwrap(), fx.timed_twin(&clock));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let first = a.entry("k").fetch(counting(&calls, None)).await.unwrap();
+    assert_eq!((first.value, first.status), (Some(1), Status::Miss));
+    let hit = a.entry("k").fetch(counting(&calls, None)).await.unwrap();
+    assert_eq!((hit.value, hit.status), (Some(1), Status::Hit), "fresh");
+
+    clock.advance(TTL + Duration::from_secs(1));
+    for c in [&a, &other, &a, &other] {
+        let f = c
+            .entry("k")
+            .fetch(counting(&calls, Some(&gate)))
+            .await
+            .unwrap();
+        assert_eq!(
+            (f.value, f.status),
+            (Some(1), Status::Stale),
+            "served at once"
+        );
+    }
+    assert_eq!(
+        a.get::<u64>("k").await.unwrap(),
+        Some(1),
+        "get serves it too"
+    );
+    // One refresh is running, held at the gate.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            calls.load(Ordering::SeqCst) == 2
+        })
+        .await
+    );
+    gate.add_permits(10);
+    let refreshed = eventually(Duration::from_secs(5), || async {
+        let f = a.entry("k").fetch(counting(&calls, None)).await.unwrap();
+        f.value == Some(2)
+    })
+    .await;
+    assert!(refreshed, "the refresh stored its value");
+    let f = other
+        .entry("k")
+        .fetch(counting(&calls, None))
+        .await
+        .unwrap();
+    assert_eq!((f.value, f.status), (Some(2), Status::Hit), "fresh again");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "one refresh for four stale reads"
+    );
+}
+
+impl Fx {
+    /// A second cache on the same store and namespace, on the same mock clock.
+    fn timed_twin(&self, clock: &MockClock) -> Cache {
+        let b = match &self.backend {
+            Backend::Memory { .. } => self.builder(),
+            Backend::Redis(_) => self.builder().clock(Arc::new(clock.clone())),
+        };
+        b.default_ttl(TTL)
+            .stale_while_revalidate(Duration::from_secs(60))
+            .build()
+            .unwrap()
+    }
+}
+
+async fn stale_values_are_served_when_the_loader_fails(fx: Fx) {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let (b, clock) = fx.timed();
+    let grace = Duration::from_secs(3600);
+    let c = metrics::with_local_recorder(&recorder, || {
+        b.default_ttl(TTL).stale_if_error(grace).build().unwrap()
+    });
+    let calls = Arc::new(AtomicUsize::new(0));
+    c.entry("k").fetch(counting(&calls, None)).await.unwrap();
+    // Fresh: the loader is not asked, so its failure does not matter.
+    let f = c.entry("k").fetch(failing()).await.unwrap();
+    assert_eq!((f.value, f.status), (Some(1), Status::Hit));
+
+    clock.advance(TTL + Duration::from_secs(1));
+    let f = c.entry("k").fetch(failing()).await.unwrap();
+    assert_eq!(
+        (f.value, f.status),
+        (Some(1), Status::Stale),
+        "the old value instead of the error"
+    );
+    assert_eq!(
+        c.get::<u64>("k").await.unwrap(),
+        None,
+        "past its TTL, get does not serve it"
+    );
+    // Past its TTL the loader is asked every time, and its value replaces the old one.
+    let f = c.entry("k").fetch(counting(&calls, None)).await.unwrap();
+    assert_eq!((f.value, f.status), (Some(2), Status::Miss));
+    let f = c.entry("k").fetch(failing()).await.unwrap();
+    assert_eq!((f.value, f.status), (Some(2), Status::Hit));
+
+    // Beyond the grace period the error is the caller's.
+    clock.advance(TTL + grace);
+    let e = c.entry("k").fetch(failing()).await;
+    assert!(matches!(e, Err(LoadError::Loader(_))), "{e:?}");
+    assert_eq!(
+        counter(&snapshotter, "aside_stale_total"),
+        1,
+        "stale values served are counted"
+    );
+}
+
+async fn invalidated_entries_are_never_served_stale(fx: Fx) {
+    let (b, clock) = fx.timed();
+    let c = b
+        .default_ttl(TTL)
+        .stale_while_revalidate(Duration::from_secs(60))
+        .stale_if_error(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    for (key, how) in [
+        ("d:1", "del"),
+        ("t:1", "tag"),
+        ("p:x:1", "prefix"),
+        ("a:1", "all"),
+    ] {
+        c.entry(key)
+            .tag("t")
+            .fetch(counting(&calls, None))
+            .await
+            .unwrap();
+        match how {
+            "del" => c.del([key]).await.map(|_| ()).unwrap(),
+            "tag" => c.invalidate_tag("t").await.map(|_| ()).unwrap(),
+            "prefix" => c.invalidate_prefix("p:x:").await.map(|_| ()).unwrap(),
+            _ => drop(c.invalidate_all().await),
+        }
+        for age in [Duration::ZERO, TTL + Duration::from_secs(1)] {
+            clock.advance(age);
+            let e = c.entry(key).tag("t").fetch(failing()).await;
+            assert!(
+                matches!(e, Err(LoadError::Loader(_))),
+                "{how}: {e:?} after {age:?}"
+            );
+        }
+    }
+}
+
+fn counter(snapshotter: &metrics_util::debugging::Snapshotter, name: &str) -> u64 {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(k, ..)| k.key().name() == name)
+        .map(|(.., v)| match v {
+            metrics_util::debugging::DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum()
+}
+
+async fn a_refresh_older_than_an_invalidation_is_not_written(fx: Fx, how: &str) {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let (b, clock) = fx.timed();
+    let c = metrics::with_local_recorder(&recorder, || {
+        b.default_ttl(TTL)
+            .stale_while_revalidate(Duration::from_secs(60))
+            .build()
+            .unwrap()
+    });
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    c.entry("k").fetch(counting(&calls, None)).await.unwrap();
+    clock.advance(TTL + Duration::from_secs(1));
+    let f = c
+        .entry("k")
+        .fetch(counting(&calls, Some(&gate)))
+        .await
+        .unwrap();
+    assert_eq!(f.status, Status::Stale);
+    // The refresh has started its load (it waits at the gate): now invalidate, then let it go.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            calls.load(Ordering::SeqCst) == 2
+        })
+        .await
+    );
+    match how {
+        "del" => drop(c.del(["k"]).await.unwrap()),
+        _ => c.set("k", &100u64).await.unwrap(),
+    }
+    gate.add_permits(1);
+    let refused = eventually(Duration::from_secs(5), || async {
+        counter(&snapshotter, "aside_fills_refused_total") == 1
+    })
+    .await;
+    let expected = if how == "del" { None } else { Some(100) };
+    assert_eq!(
+        c.get::<u64>("k").await.unwrap(),
+        expected,
+        "{how}: the refresh must not overwrite it"
+    );
+    assert!(refused, "{how}: the refresh's fill was refused");
 }
 
 macro_rules! suite {
@@ -832,6 +1102,26 @@ macro_rules! suite {
             #[tokio::test]
             async fn counters() {
                 super::counters_tell_hits_misses_and_loads($fx).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn stale_while_revalidate() {
+                super::stale_values_are_served_while_one_refresh_runs($fx).await
+            }
+            #[tokio::test]
+            async fn stale_if_error() {
+                super::stale_values_are_served_when_the_loader_fails($fx).await
+            }
+            #[tokio::test]
+            async fn never_stale_after_invalidation() {
+                super::invalidated_entries_are_never_served_stale($fx).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn refresh_fence_against_del() {
+                super::a_refresh_older_than_an_invalidation_is_not_written($fx, "del").await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn refresh_fence_against_set() {
+                super::a_refresh_older_than_an_invalidation_is_not_written($fx, "set").await
             }
         }
     };

@@ -210,19 +210,22 @@ async fn a_killed_redis_costs_callers_nothing() {
             .build()
             .unwrap()
     });
-    let loads = AtomicUsize::new(0);
-    let load = || async {
-        loads.fetch_add(1, Ordering::SeqCst);
-        Ok::<_, Never>(Some("from db".to_string()))
+    let loads = Arc::new(AtomicUsize::new(0));
+    let load = || {
+        let loads = loads.clone();
+        || async move {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Never>(Some("from db".to_string()))
+        }
     };
     assert_eq!(
-        c.get_or_load("k", load).await.unwrap().as_deref(),
+        c.get_or_load("k", load()).await.unwrap().as_deref(),
         Some("from db")
     );
     r.kill();
     for _ in 0..50 {
         assert_eq!(
-            c.get_or_load("k", load).await.unwrap().as_deref(),
+            c.get_or_load("k", load()).await.unwrap().as_deref(),
             Some("from db")
         );
     }
@@ -252,9 +255,9 @@ async fn a_killed_redis_costs_callers_nothing() {
         "the cache reconnects"
     );
     assert_eq!(c.health().pending_invalidations, 0);
-    c.get_or_load("k", load).await.unwrap();
+    c.get_or_load("k", load()).await.unwrap();
     let before = loads.load(Ordering::SeqCst);
-    c.get_or_load("k", load).await.unwrap();
+    c.get_or_load("k", load()).await.unwrap();
     assert_eq!(
         loads.load(Ordering::SeqCst),
         before,

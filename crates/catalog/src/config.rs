@@ -74,6 +74,16 @@ pub struct Config {
     #[arg(long, env = "CATALOG_NEGATIVE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub negative_ttl: Duration,
 
+    /// How long past its TTL an entry is still served (`x-cache: stale`) while one refresh
+    /// runs in the background (0s: never).
+    #[arg(long, env = "CATALOG_STALE_WHILE_REVALIDATE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub stale_while_revalidate: Duration,
+
+    /// How long past its TTL an entry is served (`x-cache: stale`) when the database fails
+    /// instead of an error (0s: never).
+    #[arg(long, env = "CATALOG_STALE_IF_ERROR", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub stale_if_error: Duration,
+
     /// Namespace of the cache's keys in Redis (instances sharing one see each other's entries).
     #[arg(long, env = "CATALOG_CACHE_NAMESPACE", default_value = "catalog")]
     pub cache_namespace: String,
@@ -100,6 +110,8 @@ impl fmt::Debug for Config {
             .field("product_ttl", &self.product_ttl)
             .field("list_ttl", &self.list_ttl)
             .field("negative_ttl", &self.negative_ttl)
+            .field("stale_while_revalidate", &self.stale_while_revalidate)
+            .field("stale_if_error", &self.stale_if_error)
             .field("cache_namespace", &self.cache_namespace)
             .finish()
     }

@@ -109,7 +109,9 @@ pub async fn build(config: &Config) -> anyhow::Result<AppState> {
         let mut b = aside::Cache::builder()
             .namespace(config.cache_namespace.as_str())
             .default_ttl(config.product_ttl)
-            .negative_ttl(config.negative_ttl);
+            .negative_ttl(config.negative_ttl)
+            .stale_while_revalidate(config.stale_while_revalidate)
+            .stale_if_error(config.stale_if_error);
         if let Some(url) = config.redis() {
             b = b.redis(url);
         }

@@ -140,12 +140,13 @@ impl Catalog {
             return Ok((p.as_ref().map(json).transpose()?, CacheStatus::Bypass));
         };
         let key = format!("product:{id}");
+        let (db, id) = (self.db.clone(), id.clone());
         let fetched = cache
             .entry(&key)
             .ttl(self.ttls.product)
             .negative_ttl(self.ttls.negative)
-            .fetch_tagged_encoded(|| async {
-                let p = self.db.product(id).await?;
+            .fetch_tagged_encoded(|| async move {
+                let p = db.product(&id).await?;
                 let tag = p.as_ref().map(|p| format!("category:{}", p.category_id));
                 Ok::<_, DbError>(match tag {
                     Some(t) => Tagged::from(p).tag(t),
@@ -162,15 +163,19 @@ impl Catalog {
 
     /// `GET /products?page=&limit=`: one page, newest first, as JSON.
     pub async fn page(&self, req: PageRequest) -> Result<(Bytes, CacheStatus), ApiError> {
-        let load = || async {
-            let page = self.db.page(req.offset(), req.limit).await?;
-            Ok::<_, DbError>(ProductPage {
-                total_pages: total_pages(page.total, req.limit),
-                total: page.total,
-                products: page.products,
-                page: req.page,
-                limit: req.limit,
-            })
+        let db = self.db.clone();
+        let load = move || {
+            let db = db.clone();
+            async move {
+                let page = db.page(req.offset(), req.limit).await?;
+                Ok::<_, DbError>(ProductPage {
+                    total_pages: total_pages(page.total, req.limit),
+                    total: page.total,
+                    products: page.products,
+                    page: req.page,
+                    limit: req.limit,
+                })
+            }
         };
         let Some(cache) = &self.cache else {
             return Ok((json(&load().await?)?, CacheStatus::Bypass));
@@ -179,7 +184,10 @@ impl Catalog {
         let fetched = cache
             .entry(&key)
             .ttl(self.ttls.list)
-            .fetch_encoded(|| async { load().await.map(Some) })
+            .fetch_encoded({
+                let load = load.clone();
+                move || async move { load().await.map(Some) }
+            })
             .await;
         match fetched {
             Ok(f) => match f.value {

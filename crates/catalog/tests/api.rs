@@ -997,3 +997,104 @@ async fn a_slow_round_trip_holds_its_connection() {
         "the second read waited for the only connection"
     );
 }
+
+/// A catalog over an in-memory SQLite pool it can close, cached in process on a mock clock.
+async fn closable(
+    swr: Duration,
+    sie: Duration,
+) -> (AppState, sqlx::SqlitePool, aside::clock::MockClock) {
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    let repo = db::sqlite::SqliteRepository::from_pool(pool.clone());
+    repo.migrate().await.unwrap();
+    repo.seed(5).await.unwrap();
+    let clock = aside::clock::MockClock::default();
+    let cache = aside::Cache::builder()
+        .clock(Arc::new(clock.clone()))
+        .stale_while_revalidate(swr)
+        .stale_if_error(sie)
+        .build()
+        .unwrap();
+    let s = AppState::new(Catalog::new(
+        Db::new(Arc::new(repo), db::Options::default()),
+        Some(cache),
+        Ttls::default(),
+    ));
+    (s, pool, clock)
+}
+
+#[tokio::test]
+async fn a_failed_database_serves_expired_entries_as_stale() {
+    let (s, pool, clock) = closable(Duration::ZERO, Duration::from_secs(3600)).await;
+    let product = get(&s, "/products/p1").await;
+    let page = get(&s, "/products?page=1&limit=2").await;
+    assert_eq!((product.x_cache(), page.x_cache()), ("miss", "miss"));
+    // Past both TTLs (product 5 min, list 60 s), with the database gone.
+    clock.advance(Duration::from_secs(301));
+    pool.close().await;
+    for (uri, before) in [
+        ("/products/p1", &product),
+        ("/products?page=1&limit=2", &page),
+    ] {
+        let r = get(&s, uri).await;
+        assert_eq!((r.status, r.x_cache()), (StatusCode::OK, "stale"), "{uri}");
+        assert_eq!(r.body, before.body, "{uri}");
+    }
+    // Never cached: nothing to fall back on.
+    let r = get(&s, "/products/p2").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    // Beyond the grace period: the error.
+    clock.advance(Duration::from_secs(3600));
+    let r = get(&s, "/products/p1").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn without_stale_if_error_a_failed_database_is_a_503() {
+    let (s, pool, clock) = closable(Duration::ZERO, Duration::ZERO).await;
+    assert_eq!(get(&s, "/products/p1").await.status, StatusCode::OK);
+    clock.advance(Duration::from_secs(301));
+    pool.close().await;
+    assert_eq!(
+        get(&s, "/products/p1").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_entries_are_refreshed_in_the_background() {
+    let (s, _pool, clock) = closable(Duration::from_secs(60), Duration::ZERO).await;
+    assert_eq!(get(&s, "/products/p1").await.x_cache(), "miss");
+    let r = call(
+        &s,
+        Method::PUT,
+        "/products/p1",
+        Some(r#"{"name":"Renamed"}"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(get(&s, "/products/p1").await.body["name"], "Renamed");
+    let queries = || s.catalog.db().queries();
+    let before = queries();
+    clock.advance(Duration::from_secs(301));
+    let r = get(&s, "/products/p1").await;
+    assert_eq!((r.status, r.x_cache()), (StatusCode::OK, "stale"));
+    assert_eq!(r.body["name"], "Renamed");
+    // One refresh in the background; then fresh hits again.
+    let mut refreshed = false;
+    for _ in 0..500 {
+        if get(&s, "/products/p1").await.x_cache() == "hit" {
+            refreshed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refreshed, "the refresh stored a fresh entry");
+    assert_eq!(queries() - before, 1, "one database read");
+}

@@ -244,19 +244,30 @@ async fn a_missing_id_costs_one_load_per_negative_ttl() {
         // Within the (jittered) TTL, only the first read loaded.
         assert_eq!(misses, 1);
     }
-    // After the TTL, one more load.
+    // After the TTL, one more load: the "not found" is served stale once and refreshed in
+    // the background (stale-while-revalidate is on by default).
     let expired = loop {
         let r = s.get("/products/ghost").await;
-        if r.x_cache == "miss" {
-            break true;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        if r.x_cache != "hit" {
+            break r.x_cache == "stale";
         }
         if started.elapsed() > Duration::from_secs(20) {
             break false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(expired, "the negative entry expires");
-    assert_eq!(s.queries().await - before, loads + 1);
+    assert!(expired, "the negative entry goes stale");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while s.queries().await - before != loads + 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(s.queries().await - before, loads + 1, "one refresh");
+    let r = s.get("/products/ghost").await;
+    assert_eq!(
+        (r.status, r.x_cache.as_str()),
+        (StatusCode::NOT_FOUND, "hit")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

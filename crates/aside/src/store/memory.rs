@@ -31,6 +31,8 @@ enum Slot {
         payload: Bytes,
         expires: Duration,
         ttl: Duration,
+        /// The refresh lease held on this entry: its token and when it lapses.
+        refresh: Option<(u64, Duration)>,
     },
     Lease {
         token: u64,
@@ -134,6 +136,33 @@ impl MemoryStore {
         *w.entry(k.clone()).or_insert_with(|| self.fresh_version())
     }
 
+    /// The same entry with another refresh lease (or none); moka's timer keeps its expiry.
+    fn with_refresh(slot: &Slot, refresh: Option<(u64, Duration)>, now: Duration) -> Slot {
+        match slot {
+            Slot::Entry {
+                stamps,
+                payload,
+                expires,
+                ..
+            } => Slot::Entry {
+                stamps: stamps.clone(),
+                payload: payload.clone(),
+                expires: *expires,
+                ttl: expires.saturating_sub(now).max(Duration::from_millis(1)),
+                refresh,
+            },
+            Slot::Lease {
+                token,
+                expires,
+                ttl,
+            } => Slot::Lease {
+                token: *token,
+                expires: *expires,
+                ttl: *ttl,
+            },
+        }
+    }
+
     fn current(&self, stamps: &[(TagKey, i64)]) -> bool {
         let versions = self.read_versions();
         stamps.iter().all(|(k, v)| versions.get(k) == Some(v))
@@ -151,6 +180,20 @@ impl MemoryStore {
             } if self.current(stamps) => Ok(payload.clone()),
             Slot::Entry { .. } => Err(false),
         }
+    }
+}
+
+/// Whether `slot` is still held by `lease`: its placeholder, or its live refresh lease.
+fn holds(slot: Option<&Slot>, lease: &Lease, now: Duration) -> bool {
+    match slot {
+        Some(Slot::Lease { token, expires, .. }) => {
+            !lease.refresh && *token == lease.token && *expires > now
+        }
+        Some(Slot::Entry {
+            refresh: Some((token, until)),
+            ..
+        }) => lease.refresh && *token == lease.token && *until > now,
+        _ => false,
     }
 }
 
@@ -203,6 +246,7 @@ impl Store for MemoryStore {
             let clock = (clock.clone(), self.tag_clock.load(Ordering::SeqCst));
             out = Some(Claim::Granted(Lease {
                 token,
+                refresh: false,
                 stamps,
                 clock,
             }));
@@ -213,6 +257,47 @@ impl Store for MemoryStore {
             }))
         });
         out.ok_or_else(|| StoreError::Protocol("claim: no outcome".into()))
+    }
+
+    async fn claim_refresh(
+        &self,
+        key: &EntryKey,
+        fresh_until: u64,
+        stamps: &[TagKey],
+        clock: &TagKey,
+        lease: Duration,
+        _keep: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let now = self.clock.now();
+        let token = self.tokens.fetch_add(1, Ordering::Relaxed);
+        let mut out = None;
+        self.entries.entry_by_ref(key).and_compute_with(|cur| {
+            let Some(cur) = cur else { return Op::Nop };
+            let slot = &**cur.value();
+            let free = matches!(slot, Slot::Entry { refresh, .. }
+                if refresh.is_none_or(|(_, until)| until <= now));
+            let seen = self
+                .judge(slot, now)
+                .is_ok_and(|p| crate::envelope::freshness(&p) == Some(fresh_until));
+            if !free || !seen {
+                return Op::Nop;
+            }
+            out = Some(Lease {
+                token,
+                refresh: true,
+                stamps: stamps
+                    .iter()
+                    .map(|k| (k.clone(), self.version(k)))
+                    .collect(),
+                clock: (clock.clone(), self.tag_clock.load(Ordering::SeqCst)),
+            });
+            Op::Put(Arc::new(Self::with_refresh(
+                slot,
+                Some((token, now + lease)),
+                now,
+            )))
+        });
+        Ok(out)
     }
 
     async fn fill(
@@ -227,11 +312,15 @@ impl Store for MemoryStore {
         let now = self.clock.now();
         let mut written = false;
         self.entries.entry_by_ref(key).and_compute_with(|cur| {
-            let held = matches!(cur.as_ref().map(|c| &**c.value()),
-                Some(Slot::Lease { token, expires, .. }) if *token == lease.token && *expires > now);
-            if !held {
+            let slot = cur.as_ref().map(|c| &**c.value());
+            if !holds(slot, lease, now) {
                 return Op::Nop;
             }
+            // A refused refresh gives its lease back; a refused fill removes its placeholder.
+            let refuse = || match slot {
+                Some(s) if lease.refresh => Op::Put(Arc::new(Self::with_refresh(s, None, now))),
+                _ => Op::Remove,
+            };
             if !self.current(&lease.stamps) {
                 return Op::Remove;
             }
@@ -242,7 +331,7 @@ impl Store for MemoryStore {
                 // before any version, so a bump racing with this fill is always seen.
                 stamps.extend(late.iter().map(|k| (k.clone(), self.version(k))));
                 if self.tag_clock.load(Ordering::SeqCst) != lease.clock.1 {
-                    return Op::Remove;
+                    return refuse();
                 }
             }
             written = true;
@@ -251,14 +340,20 @@ impl Store for MemoryStore {
                 payload,
                 expires: now + ttl,
                 ttl,
+                refresh: None,
             }))
         });
         Ok(written)
     }
 
     async fn release(&self, key: &EntryKey, lease: &Lease) -> Result<(), StoreError> {
+        let now = self.clock.now();
         self.entries.entry_by_ref(key).and_compute_with(|cur| {
-            match cur.as_ref().map(|c| &**c.value()) {
+            let slot = cur.as_ref().map(|c| &**c.value());
+            match slot {
+                Some(s) if holds(slot, lease, now) && lease.refresh => {
+                    Op::Put(Arc::new(Self::with_refresh(s, None, now)))
+                }
                 Some(Slot::Lease { token, .. }) if *token == lease.token => Op::Remove,
                 _ => Op::Nop,
             }
@@ -282,6 +377,7 @@ impl Store for MemoryStore {
             payload,
             expires: self.clock.now() + ttl,
             ttl,
+            refresh: None,
         };
         let slot = Arc::new(slot);
         self.entries

@@ -14,6 +14,11 @@
 //! out a token; [`Store::fill`] writes only while that placeholder is still there and every
 //! stamp still current. Any delete of the key, or a bump of one of its stamps, voids the lease.
 //!
+//! A stale entry (kept past its freshness, see [`crate::envelope`]) is refreshed in place:
+//! [`Store::claim_refresh`] hands out a *refresh* lease while the entry stays readable, and a
+//! fill with it writes only while that lease is held (any delete or write of the key voids it)
+//! and every stamp is still current.
+//!
 //! Every implementation must behave the same; `tests/behaviour.rs` runs one suite against each.
 
 use crate::error::StoreError;
@@ -52,12 +57,16 @@ pub enum Claim {
     Granted(Lease),
 }
 
-/// A lease to fill one entry: the token in the placeholder, the stamp versions read when it
-/// was granted, and the namespace's tag clock then (for tags learnt from the loaded value).
+/// A lease to fill one entry: the token in the placeholder (or, for a refresh, in the
+/// entry's refresh lease), the stamp versions read when it was granted, and the namespace's
+/// tag clock then (for tags learnt from the loaded value).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     /// The token written in the placeholder.
     pub token: u64,
+    /// Whether this is a refresh lease ([`Store::claim_refresh`]): the entry stays in place
+    /// while it is held.
+    pub refresh: bool,
     /// The stamp keys and their versions when the lease was granted.
     pub stamps: Vec<(TagKey, i64)>,
     /// The tag clock key and its value when the lease was granted.
@@ -98,6 +107,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         keep: Duration,
     ) -> Result<Claim, StoreError>;
 
+    /// For an entry that is valid but stale: grants a refresh lease of `lease` duration, with
+    /// the current versions of `stamps` and of the tag `clock` (as [`claim`](Store::claim)),
+    /// leaving the entry readable meanwhile. Only the entry the caller saw is refreshed: its
+    /// envelope must still say it is fresh until `fresh_until` (see [`crate::envelope`]).
+    /// `None` if another refresh lease is held, or if the key holds no such entry (it was
+    /// refreshed meanwhile, or is gone: the caller reads or claims again).
+    async fn claim_refresh(
+        &self,
+        key: &EntryKey,
+        fresh_until: u64,
+        stamps: &[TagKey],
+        clock: &TagKey,
+        lease: Duration,
+        keep: Duration,
+    ) -> Result<Option<Lease>, StoreError>;
+
     /// Writes `payload` for `ttl` if the lease is still held and its stamps still current.
     /// `late` are tags learnt from the loaded value: the entry is stamped with their current
     /// versions, and written only if the tag clock has not moved since the claim (no
@@ -115,7 +140,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Gives a lease back without filling (the loader failed), if it is still held.
     async fn release(&self, key: &EntryKey, lease: &Lease) -> Result<(), StoreError>;
 
-    /// Writes `payload` for `ttl` unconditionally, stamped with the current versions of `stamps`.
+    /// Writes `payload` for `ttl` unconditionally, stamped with the current versions of
+    /// `stamps`; voids any lease on the key.
     async fn set(
         &self,
         key: &EntryKey,
@@ -124,7 +150,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         ttl: Duration,
     ) -> Result<(), StoreError>;
 
-    /// Deletes entries (and voids their leases).
+    /// Deletes entries (and voids their leases, refresh leases included).
     async fn delete(&self, keys: &[EntryKey]) -> Result<(), StoreError>;
 
     /// Bumps versions: every entry stamped with one of them becomes invalid. Also advances the

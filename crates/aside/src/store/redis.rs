@@ -10,7 +10,8 @@
 //!
 //! The stamp line lists the version keys the entry depends on and the versions they had; a
 //! read returns the payload only while each of those keys still holds that version (one Lua
-//! call, one round trip). A lease placeholder is the string `L <token>`.
+//! call, one round trip). A lease placeholder is the string `L <token>`; the refresh lease of a
+//! stale entry is the same string under the entry's refresh key (`ns:r:<key>`).
 //!
 //! Version keys hold decimal integers. They are created with the server's time in
 //! microseconds and bumped to `max(current + 1, now)`, so a version key that expired and was
@@ -135,33 +136,47 @@ for i = 3, #KEYS do out[#out + 1] = version(KEYS[i], ARGV[3]) end
 return out
 "#;
 
-// KEYS: entry, clock, the lease's n stamps, then tags learnt from the loaded value.
+// KEYS: entry, its refresh key, clock, stamps. ARGV: token, lease ms, keep ms, fresh until.
+const CLAIM_REFRESH: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v or lease(v) then return 0 end
+local p = check(v)
+if not p or string.match(p, '^1 %d+ [vn] (%d+)\n') ~= ARGV[4] then return 0 end
+if not redis.call('SET', KEYS[2], 'L ' .. ARGV[1], 'NX', 'PX', ARGV[2]) then return 2 end
+local out = { redis.call('GET', KEYS[3]) or '0' }
+for i = 4, #KEYS do out[#out + 1] = version(KEYS[i], ARGV[3]) end
+return out
+"#;
+
+// KEYS: entry, the lease's key (the entry itself, or its refresh key), clock, the lease's n
+// stamps, then tags learnt from the loaded value.
 // ARGV: token, ttl ms, payload, keep ms, clock at claim, n, the n versions.
 const FILL: &str = r#"
-if redis.call('GET', KEYS[1]) ~= 'L ' .. ARGV[1] then return 0 end
+if redis.call('GET', KEYS[2]) ~= 'L ' .. ARGV[1] then return 0 end
 local n = tonumber(ARGV[6])
 local h = {}
 for i = 1, n do
-  local k, v = KEYS[2 + i], ARGV[6 + i]
+  local k, v = KEYS[3 + i], ARGV[6 + i]
   if redis.call('GET', k) ~= v then
-    redis.call('DEL', KEYS[1])
+    redis.call('DEL', KEYS[2])
     return 0
   end
   h[#h + 1] = k
   h[#h + 1] = v
 end
-if #KEYS > 2 + n then
+if #KEYS > 3 + n then
   -- Tags known only now: no tag may have been invalidated since the claim.
-  if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[5] then
-    redis.call('DEL', KEYS[1])
+  if (redis.call('GET', KEYS[3]) or '0') ~= ARGV[5] then
+    redis.call('DEL', KEYS[2])
     return 0
   end
-  for i = 3 + n, #KEYS do
+  for i = 4 + n, #KEYS do
     h[#h + 1] = KEYS[i]
     h[#h + 1] = version(KEYS[i], ARGV[4])
   end
 end
 redis.call('SET', KEYS[1], tostring(#h / 2) .. ' ' .. table.concat(h, ' ') .. '\n' .. ARGV[3], 'PX', ARGV[2])
+if KEYS[2] ~= KEYS[1] then redis.call('DEL', KEYS[2]) end
 return 1
 "#;
 
@@ -170,9 +185,11 @@ if redis.call('GET', KEYS[1]) == 'L ' .. ARGV[1] then redis.call('DEL', KEYS[1])
 return 1
 "#;
 
+// KEYS: entry, its refresh key, stamps. A write voids any refresh in flight.
 const SET: &str = r#"
-local h = { tostring(#KEYS - 1) }
-for i = 2, #KEYS do
+redis.call('DEL', KEYS[2])
+local h = { tostring(#KEYS - 2) }
+for i = 3, #KEYS do
   h[#h + 1] = KEYS[i]
   h[#h + 1] = version(KEYS[i], ARGV[2])
 end
@@ -204,6 +221,7 @@ return 1
 
 struct Scripts {
     claim: Script,
+    claim_refresh: Script,
     fill: Script,
     release: Script,
     set: Script,
@@ -215,6 +233,7 @@ impl Scripts {
         let with_check = |body: &str| Script::new(&format!("{CHECK}{body}"));
         Self {
             claim: with_check(CLAIM),
+            claim_refresh: with_check(CLAIM_REFRESH),
             fill: with_check(FILL),
             release: Script::new(RELEASE),
             set: with_check(SET),
@@ -297,6 +316,15 @@ impl RedisStore {
 
 fn ms(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
+}
+
+/// The key holding a lease's token: the entry itself, or its refresh key.
+fn lease_key(key: &EntryKey, lease: &Lease) -> String {
+    if lease.refresh {
+        key.refresh_key()
+    } else {
+        key.as_str().to_owned()
+    }
 }
 
 fn is_lease(v: &[u8]) -> bool {
@@ -452,6 +480,7 @@ impl Store for RedisStore {
             }
             return Ok(Claim::Granted(Lease {
                 token,
+                refresh: false,
                 stamps: stamps.iter().cloned().zip(vers.iter().copied()).collect(),
                 clock: (clock.clone(), *clock_at),
             }));
@@ -460,6 +489,44 @@ impl Store for RedisStore {
             Some(Lookup::Hit(b)) => Ok(Claim::Hit(b)),
             Some(Lookup::Pending) => Ok(Claim::Pending),
             _ => Err(StoreError::Protocol("claim: miss".into())),
+        }
+    }
+
+    async fn claim_refresh(
+        &self,
+        key: &EntryKey,
+        fresh_until: u64,
+        stamps: &[TagKey],
+        clock: &TagKey,
+        lease: Duration,
+        keep: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let token = self.tokens.fetch_add(1, Ordering::Relaxed);
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.claim_refresh.key(key.as_str());
+        inv.key(key.refresh_key()).key(clock.as_str());
+        for s in stamps {
+            inv.key(s.as_str());
+        }
+        inv.arg(token).arg(ms(lease)).arg(ms(keep)).arg(fresh_until);
+        match self.bounded(inv.invoke_async(&mut conn)).await? {
+            Value::Array(vers) => {
+                let parsed = vers.iter().map(int).collect::<Option<Vec<_>>>();
+                let Some((clock_at, vers)) = parsed.as_deref().and_then(|v| v.split_first()) else {
+                    return Err(StoreError::Protocol("claim_refresh: version".into()));
+                };
+                if vers.len() != stamps.len() {
+                    return Err(StoreError::Protocol("claim_refresh: stamp count".into()));
+                }
+                Ok(Some(Lease {
+                    token,
+                    refresh: true,
+                    stamps: stamps.iter().cloned().zip(vers.iter().copied()).collect(),
+                    clock: (clock.clone(), *clock_at),
+                }))
+            }
+            Value::Int(0 | 2) => Ok(None),
+            other => Err(StoreError::Protocol(format!("claim_refresh: {other:?}"))),
         }
     }
 
@@ -474,6 +541,7 @@ impl Store for RedisStore {
     ) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
         let mut inv = self.scripts.fill.key(key.as_str());
+        inv.key(lease_key(key, lease));
         inv.key(lease.clock.0.as_str());
         for (k, _) in &lease.stamps {
             inv.key(k.as_str());
@@ -496,7 +564,7 @@ impl Store for RedisStore {
 
     async fn release(&self, key: &EntryKey, lease: &Lease) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let mut inv = self.scripts.release.key(key.as_str());
+        let mut inv = self.scripts.release.key(lease_key(key, lease));
         inv.arg(lease.token);
         let _: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
         Ok(())
@@ -511,6 +579,7 @@ impl Store for RedisStore {
     ) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let mut inv = self.scripts.set.key(key.as_str());
+        inv.key(key.refresh_key());
         for s in stamps {
             inv.key(s.as_str());
         }
@@ -527,7 +596,7 @@ impl Store for RedisStore {
         let mut conn = self.conn.clone();
         let mut cmd = redis::cmd("DEL");
         for k in keys {
-            cmd.arg(k.as_str());
+            cmd.arg(k.as_str()).arg(k.refresh_key());
         }
         let _: i64 = self.bounded(cmd.query_async(&mut conn)).await?;
         Ok(())
