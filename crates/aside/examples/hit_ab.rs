@@ -1,5 +1,6 @@
-//! The hit path measured call by call against a raw redis-rs `GET` of the same bytes,
-//! alternating the two so that drift on a busy machine hits both alike:
+//! The hit path measured call by call against a raw redis-rs `GET` of the same bytes, and
+//! against a raw `MGET` of as many keys as the hit path reads (the entry and its three stamp
+//! versions), alternating the three so that drift on a busy machine hits them alike:
 //! `cargo run --release -p aside --example hit_ab -- redis://127.0.0.1:6379/`.
 #![allow(clippy::unwrap_used)]
 
@@ -27,9 +28,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .arg(serde_json::to_vec(&value)?)
         .query_async(&mut raw)
         .await?;
+    let mget = [
+        "hit-ab:raw",
+        "hit-ab:g",
+        "hit-ab:p:product:",
+        "hit-ab:t:category:c2",
+    ];
     const N: u32 = 20_000;
     for round in 1..=5 {
-        let (mut a, mut b) = (Duration::ZERO, Duration::ZERO);
+        let (mut a, mut b, mut m) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
         for _ in 0..N {
             let t = Instant::now();
             let bytes: Vec<u8> = redis::cmd("GET")
@@ -46,12 +53,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .await?;
             std::hint::black_box(v);
             b += t.elapsed();
+            let t = Instant::now();
+            let vals: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(&mget[..])
+                .query_async(&mut raw)
+                .await?;
+            let bytes = vals.into_iter().next().flatten().unwrap_or_default();
+            std::hint::black_box(serde_json::from_slice::<serde_json::Value>(&bytes)?);
+            m += t.elapsed();
         }
         println!(
-            "round {round}: raw {:?}, aside {:?} per call, ratio {:.3}",
+            "round {round}: raw GET {:?}, raw MGET(4) {:?}, aside {:?} per call; aside/GET {:.3}, MGET/GET {:.3}",
             a / N,
+            m / N,
             b / N,
-            b.as_secs_f64() / a.as_secs_f64()
+            b.as_secs_f64() / a.as_secs_f64(),
+            m.as_secs_f64() / a.as_secs_f64()
         );
     }
     Ok(())

@@ -287,6 +287,8 @@ impl<C: Codec> Cache<C> {
     /// Reads a value. `Ok(None)` is a miss (or a cached "not found"); an undecodable entry is a
     /// miss too, and is removed. A store that cannot be reached is [`Error::Backend`].
     /// For an entry with tags, `cache.entry(key).tags(..).get()` saves a round trip on Redis.
+    /// An entry past its TTL is returned while within the cache's stale-while-revalidate
+    /// window (counted as stale; nothing refreshes it), and is a miss after.
     ///
     /// ```
     /// # tokio_test_main(async {
