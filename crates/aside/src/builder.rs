@@ -21,7 +21,7 @@ enum Backend {
 
 /// Configures a [`Cache`]. Defaults: in-process store of 100,000 entries, namespace `aside`,
 /// TTL 1 h, negative TTL 30 s, jitter 10 %, schema 0, lease 5 s, lease wait 1 s, command
-/// timeout 250 ms, breaker 3 failures / 1 s cooldown, backlog of 10,000 invalidations.
+/// timeout 250 ms, breaker 3 failures / 1 s cooldown, backlog of 10,000 invalidations, no L1.
 ///
 /// ```
 /// use std::time::Duration;
@@ -112,17 +112,22 @@ impl<C: Codec> CacheBuilder<C> {
     /// [`redis`](Self::redis) or [`redis_config`](Self::redis_config): `build` refuses it
     /// with another store.
     ///
-    /// ```
+    /// ```no_run
     /// use std::time::Duration;
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// // Builds while Redis is down; a background task subscribes as soon as it answers.
     /// let cache = aside::Cache::builder()
     ///     .redis("redis://127.0.0.1:6379")
     ///     .l1(10_000, Duration::from_secs(10))
     ///     .build();
     /// assert!(cache.is_ok());
+    /// # });
+    /// ```
+    ///
+    /// ```
+    /// # use std::time::Duration;
     /// let in_process = aside::Cache::builder().l1(10_000, Duration::from_secs(10)).build();
     /// assert!(in_process.is_err(), "an L1 in front of the in-process store makes no sense");
-    /// # });
     /// ```
     pub fn l1(self, capacity: u64, ttl: Duration) -> Self {
         self.l1_config(L1Config::new(capacity, ttl))

@@ -296,7 +296,7 @@ impl Shared {
 ///
 /// Usually made by the builder:
 ///
-/// ```
+/// ```no_run
 /// use std::time::Duration;
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let cache = aside::Cache::builder()
@@ -345,7 +345,7 @@ impl TieredStore {
     /// inside a Tokio runtime: the subscriber task starts at once, in the background (the
     /// call does not wait for Redis). Fails only on invalid settings.
     ///
-    /// ```
+    /// ```no_run
     /// use aside::store::{L1Config, RedisConfig, TieredStore};
     /// use std::{sync::Arc, time::Duration};
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -477,8 +477,15 @@ impl TieredStore {
         let mut conn = self.inner.bus.clone();
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(&self.inner.channel).arg(msg);
-        let _: i64 = self.bounded(cmd.query_async(&mut conn)).await?;
-        Ok(())
+        match self.bounded(cmd.query_async::<i64>(&mut conn)).await {
+            // A connection found broken (Redis restarted, the connection was killed) is
+            // made again on the next command: once more, so the message is not lost to it.
+            Err(StoreError::Backend(_)) => {
+                let _: i64 = self.bounded(cmd.query_async(&mut conn)).await?;
+                Ok(())
+            }
+            r => r.map(drop),
+        }
     }
 
     /// The remaining TTL of an entry in the L2, in milliseconds (0 or less: none).
