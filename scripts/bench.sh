@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark comparison: catalog (Redis / in-process store / --no-cache), the seed baseline
+# Benchmark comparison: catalog (Redis / Redis with an L1 / in-process store / --no-cache), the seed baseline
 # and the floor (axum + one redis-rs GET per request), all on this machine, one at a time,
 # driven by the same `loadgen compare` run. Results go to $OUT (default docs/bench).
 #
@@ -23,7 +23,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 REDIS_PORT=${REDIS_PORT:-6391}
 SEED_PORT=3100
 FLOOR_PORT=3200
-CAT_REDIS_PORT=3201 CAT_MEM_PORT=3202 CAT_NOCACHE_PORT=3203
+CAT_REDIS_PORT=3201 CAT_MEM_PORT=3202 CAT_NOCACHE_PORT=3203 CAT_L1_PORT=3204
 CAT_REDIS_DB_PORT=3211 CAT_NOCACHE_DB_PORT=3213
 
 WORK=$(mktemp -d /tmp/aside-bench.XXXXXX)
@@ -141,13 +141,17 @@ if [ "$SCENARIO" = hot ] || [ "$SCENARIO" = all ]; then
   PIDARGS+=(--pid "floor=$PID_floor")
   if [ -n "$CATALOG" ]; then
     catalog_serve catalog_redis $CAT_REDIS_PORT --redis-url "$REDIS_URL_PRIVATE" --seed-products 10000
+    # Redis with an in-process L1 in front (its own namespace, so it starts cold like the others).
+    catalog_serve catalog_l1 $CAT_L1_PORT --redis-url "$REDIS_URL_PRIVATE" --seed-products 10000 \
+      --cache-namespace catalog-l1 --l1-capacity 20000
     catalog_serve catalog_memory $CAT_MEM_PORT --seed-products 10000
     catalog_serve catalog_nocache $CAT_NOCACHE_PORT --no-cache --seed-products 10000
     TARGETS+=(--target "catalog-redis=http://127.0.0.1:$CAT_REDIS_PORT"
+              --target "catalog-l1=http://127.0.0.1:$CAT_L1_PORT"
               --target "catalog-memory=http://127.0.0.1:$CAT_MEM_PORT"
               --target "catalog-nocache=http://127.0.0.1:$CAT_NOCACHE_PORT")
-    PIDARGS+=(--pid "catalog-redis=$PID_catalog_redis" --pid "catalog-memory=$PID_catalog_memory"
-              --pid "catalog-nocache=$PID_catalog_nocache")
+    PIDARGS+=(--pid "catalog-redis=$PID_catalog_redis" --pid "catalog-l1=$PID_catalog_l1"
+              --pid "catalog-memory=$PID_catalog_memory" --pid "catalog-nocache=$PID_catalog_nocache")
   fi
   BASE=floor; [ -n "$SEED_OK" ] && BASE=seed
   run_compare hot "${TARGETS[@]}" "${PIDARGS[@]}" --baseline "$BASE" --ids 1000 --mix get=100

@@ -8,6 +8,7 @@ mod support;
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
 use std::hint::black_box;
+use std::time::Duration;
 
 #[derive(Clone, Serialize, Deserialize)]
 struct Category {
@@ -79,6 +80,22 @@ fn hit_path(c: &mut Criterion) {
             .unwrap();
         (cache, memory, raw)
     });
+    // Redis with an L1 in front; the copy is made by the first read once the L1 serves.
+    let tiered = rt.block_on(async {
+        let l1 = aside::store::L1Config::new(1000, Duration::from_secs(60));
+        let config = aside::store::RedisConfig::new(redis.url());
+        let store = aside::store::TieredStore::new("bench", &config, &l1).unwrap();
+        while !store.is_live() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let cache = aside::Cache::builder()
+            .namespace("bench")
+            .store(std::sync::Arc::new(store))
+            .build()
+            .unwrap();
+        cache.get::<Product>("plain:p42").await.unwrap().unwrap();
+        cache
+    });
 
     let mut g = c.benchmark_group("hit");
     g.bench_function("raw redis-rs GET + serde_json", |b| {
@@ -107,6 +124,11 @@ fn hit_path(c: &mut Criterion) {
                 .await
                 .unwrap();
             black_box(v.unwrap())
+        })
+    });
+    g.bench_function("aside Cache::get (redis + L1)", |b| {
+        b.to_async(&rt).iter(|| async {
+            black_box(tiered.get::<Product>("plain:p42").await.unwrap().unwrap())
         })
     });
     g.bench_function("aside Cache::get (in-process)", |b| {

@@ -9,7 +9,7 @@ use crate::error::BuildError;
 use crate::flight::Flights;
 use crate::key::Namespace;
 use crate::metrics::Metrics;
-use crate::store::{MemoryStore, RedisConfig, RedisStore, Store};
+use crate::store::{L1Config, MemoryStore, RedisConfig, RedisStore, Store, TieredStore};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ enum Backend {
 
 /// Configures a [`Cache`]. Defaults: in-process store of 100,000 entries, namespace `aside`,
 /// TTL 1 h, negative TTL 30 s, jitter 10 %, schema 0, lease 5 s, lease wait 1 s, command
-/// timeout 250 ms, breaker 3 failures / 1 s cooldown, backlog of 10,000 invalidations.
+/// timeout 250 ms, breaker 3 failures / 1 s cooldown, backlog of 10,000 invalidations, no L1.
 ///
 /// ```
 /// use std::time::Duration;
@@ -52,6 +52,7 @@ pub struct CacheBuilder<C: Codec = Json> {
     cooldown: Duration,
     backlog: usize,
     clock: Arc<dyn Clock>,
+    l1: Option<L1Config>,
 }
 
 impl Default for CacheBuilder<Json> {
@@ -80,6 +81,7 @@ impl CacheBuilder<Json> {
             cooldown: Duration::from_secs(1),
             backlog: 10_000,
             clock: Arc::new(SystemClock::default()),
+            l1: None,
         }
     }
 }
@@ -109,6 +111,38 @@ impl<C: Codec> CacheBuilder<C> {
         self
     }
 
+    /// Adds an in-process L1 in front of Redis: at most `capacity` copies, each kept at most
+    /// `ttl`, coherent across instances within 100 ms (see [`TieredStore`]). Needs
+    /// [`redis`](Self::redis) or [`redis_config`](Self::redis_config): `build` refuses it
+    /// with another store.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// // Builds while Redis is down; a background task subscribes as soon as it answers.
+    /// let cache = aside::Cache::builder()
+    ///     .redis("redis://127.0.0.1:6379")
+    ///     .l1(10_000, Duration::from_secs(10))
+    ///     .build();
+    /// assert!(cache.is_ok());
+    /// # });
+    /// ```
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let in_process = aside::Cache::builder().l1(10_000, Duration::from_secs(10)).build();
+    /// assert!(in_process.is_err(), "an L1 in front of the in-process store makes no sense");
+    /// ```
+    pub fn l1(self, capacity: u64, ttl: Duration) -> Self {
+        self.l1_config(L1Config::new(capacity, ttl))
+    }
+
+    /// Adds an L1 with a full configuration (its coherence bound included).
+    pub fn l1_config(mut self, config: L1Config) -> Self {
+        self.l1 = Some(config);
+        self
+    }
+
     /// Use any [`Store`].
     pub fn store(mut self, store: Arc<dyn Store>) -> Self {
         self.backend = Backend::Custom(store);
@@ -134,6 +168,7 @@ impl<C: Codec> CacheBuilder<C> {
             cooldown: self.cooldown,
             backlog: self.backlog,
             clock: self.clock,
+            l1: self.l1,
         }
     }
 
@@ -229,8 +264,9 @@ impl<C: Codec> CacheBuilder<C> {
     }
 
     /// Validates the settings and builds the cache. Nothing is connected: a Redis store
-    /// connects on first use, so this succeeds while Redis is down. A Redis store must be
-    /// built inside a Tokio runtime.
+    /// connects on first use, so this succeeds while Redis is down (with an L1, a background
+    /// task starts subscribing to its invalidation channel, and keeps trying). A Redis store
+    /// must be built inside a Tokio runtime.
     pub fn build(self) -> Result<Cache<C>, BuildError> {
         let invalid = |name, reason: &str| BuildError::Invalid {
             name,
@@ -266,6 +302,15 @@ impl<C: Codec> CacheBuilder<C> {
         if self.threshold == 0 {
             return Err(invalid("breaker", "needs at least one failure to open"));
         }
+        if let Some(l1) = &self.l1 {
+            l1.check()?;
+            if !matches!(self.backend, Backend::Redis(_)) {
+                return Err(invalid(
+                    "l1",
+                    "needs a Redis store (redis or redis_config): an L1 sits in front of a shared store",
+                ));
+            }
+        }
         let store: Arc<dyn Store> = match self.backend {
             Backend::Memory { capacity } => {
                 if capacity == 0 {
@@ -280,7 +325,10 @@ impl<C: Codec> CacheBuilder<C> {
                 if tokio::runtime::Handle::try_current().is_err() {
                     return Err(invalid("redis", "must be built inside a Tokio runtime"));
                 }
-                Arc::new(RedisStore::new(&config)?)
+                match &self.l1 {
+                    Some(l1) => Arc::new(TieredStore::new(ns.as_str(), &config, l1)?),
+                    None => Arc::new(RedisStore::new(&config)?),
+                }
             }
             Backend::Custom(s) => s,
         };

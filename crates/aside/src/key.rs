@@ -172,6 +172,20 @@ fn safe(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')
 }
 
+/// What a store key is, read back from its layout: its namespace and its kind (`e` entry,
+/// `t` tag, `p` prefix, `g` epoch, `c` tag clock). `None` for a string of another layout.
+/// For stores that receive keys as text (the L1's invalidation messages).
+pub(crate) fn layout(key: &str) -> Option<(&str, u8)> {
+    let (ns, rest) = key.split_once(':')?;
+    let kind = *rest.as_bytes().first()?;
+    let well_formed = match kind {
+        b'e' | b't' | b'p' => rest.len() > 2 && rest.as_bytes()[1] == b':',
+        b'g' | b'c' => rest.len() == 1,
+        _ => false,
+    };
+    (well_formed && Namespace::new(ns).is_ok()).then_some((ns, kind))
+}
+
 /// Percent-encodes every byte outside `[A-Za-z0-9_.:-]`.
 pub fn encode(user: &str) -> String {
     let mut s = String::with_capacity(user.len());
@@ -242,6 +256,27 @@ mod tests {
             ns.entry("product:e:1").unwrap().refresh_key(),
             "app:r:product:e:1"
         );
+    }
+
+    #[test]
+    fn layouts_read_back() {
+        let ns = ns();
+        assert_eq!(
+            layout(ns.entry("a:b").unwrap().as_str()),
+            Some(("app", b'e'))
+        );
+        assert_eq!(layout(ns.tag("x y").unwrap().as_str()), Some(("app", b't')));
+        assert_eq!(
+            layout(ns.prefix("a:").unwrap().as_str()),
+            Some(("app", b'p'))
+        );
+        assert_eq!(layout(ns.epoch().as_str()), Some(("app", b'g')));
+        assert_eq!(layout(ns.clock().as_str()), Some(("app", b'c')));
+        for bad in [
+            "", "app", "app:", "app:t:", "app:x:1", "app:gg", "a b:e:k", "app:e",
+        ] {
+            assert_eq!(layout(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -16,6 +16,17 @@
 //! | `aside_pending_invalidations` | gauge | invalidations waiting for the store |
 //! | `aside_backend_seconds` | histogram | store call latency, label `op` |
 //! | `aside_load_seconds` | histogram | loader latency |
+//!
+//! With an L1 ([`TieredStore`](crate::store::TieredStore)), also:
+//!
+//! | metric | kind | meaning |
+//! | --- | --- | --- |
+//! | `aside_l1_hits_total` | counter | reads answered by the L1 (counted in `aside_hits_total` too) |
+//! | `aside_l1_misses_total` | counter | reads the L1 could not answer (read from Redis) |
+//! | `aside_l1_bypassed_total` | counter | reads that skipped the L1: its invalidation channel was not confirmed live |
+//! | `aside_l1_invalidations_total` | counter | invalidation messages received from other instances |
+//! | `aside_l1_resyncs_total` | counter | times the L1 was voided whole (channel (re)established, or a message not understood) |
+//! | `aside_l1_live` | gauge | 1 while the L1 serves (channel confirmed live within its bound), else 0 |
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
@@ -78,5 +89,30 @@ impl Metrics {
 
     pub(crate) fn backend(&self, op: Op) -> &Histogram {
         &self.backend_seconds[op as usize]
+    }
+}
+
+/// The L1's metrics (see the table above).
+#[derive(Debug)]
+pub(crate) struct L1Metrics {
+    pub(crate) hits: Counter,
+    pub(crate) misses: Counter,
+    pub(crate) bypassed: Counter,
+    pub(crate) invalidations: Counter,
+    pub(crate) resyncs: Counter,
+    pub(crate) live: Gauge,
+}
+
+impl L1Metrics {
+    pub(crate) fn new(cache: &str) -> Self {
+        let c = cache.to_owned();
+        Self {
+            hits: counter!("aside_l1_hits_total", "cache" => c.clone()),
+            misses: counter!("aside_l1_misses_total", "cache" => c.clone()),
+            bypassed: counter!("aside_l1_bypassed_total", "cache" => c.clone()),
+            invalidations: counter!("aside_l1_invalidations_total", "cache" => c.clone()),
+            resyncs: counter!("aside_l1_resyncs_total", "cache" => c.clone()),
+            live: gauge!("aside_l1_live", "cache" => c),
+        }
     }
 }

@@ -1,11 +1,12 @@
-//! One behaviour suite, run against every store: the in-process store (on a mock clock) and
-//! Redis (a private `redis-server` per test).
+//! One behaviour suite, run against every store: the in-process store (on a mock clock),
+//! Redis (a private `redis-server` per test), and Redis with an L1 in front (two instances,
+//! each with its own L1, handed out in turn to the caches a test builds).
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
 use aside::clock::MockClock;
-use aside::store::MemoryStore;
+use aside::store::{L1Config, MemoryStore, RedisConfig, TieredStore};
 use aside::{Cache, CacheBuilder, Error, Invalidation, LoadError, Status, Tagged};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -21,6 +22,12 @@ enum Backend {
         clock: MockClock,
     },
     Redis(TestRedis),
+    /// Redis with an L1 per instance: `builder` hands out the instances in turn.
+    Tiered {
+        redis: TestRedis,
+        instances: Vec<TieredStore>,
+        next: AtomicUsize,
+    },
 }
 
 struct Fx {
@@ -49,6 +56,28 @@ impl Fx {
         }
     }
 
+    /// Two instances with an L1 each, sharing one Redis, both serving from their L1 already.
+    async fn tiered() -> Self {
+        let redis = TestRedis::start();
+        let ns = format!("t{}", NS.fetch_add(1, Ordering::Relaxed));
+        let l1 = L1Config::new(10_000, Duration::from_secs(30));
+        let instances: Vec<TieredStore> = (0..2)
+            .map(|_| TieredStore::new(&ns, &RedisConfig::new(redis.url()), &l1).unwrap())
+            .collect();
+        for t in &instances {
+            let live = eventually(Duration::from_secs(5), || async { t.is_live() }).await;
+            assert!(live, "the L1 did not start serving");
+        }
+        Self {
+            backend: Backend::Tiered {
+                redis,
+                instances,
+                next: AtomicUsize::new(0),
+            },
+            ns,
+        }
+    }
+
     fn builder(&self) -> CacheBuilder {
         let b = Cache::builder().namespace(&self.ns).jitter(0.0);
         match &self.backend {
@@ -56,6 +85,12 @@ impl Fx {
                 b.store(store.clone()).clock(Arc::new(clock.clone()))
             }
             Backend::Redis(r) => b.redis(r.url()),
+            Backend::Tiered {
+                instances, next, ..
+            } => {
+                let i = next.fetch_add(1, Ordering::Relaxed) % instances.len();
+                b.store(Arc::new(instances[i].clone()))
+            }
         }
     }
 
@@ -67,7 +102,7 @@ impl Fx {
     async fn expire(&self, key: &str, ttl: Duration) {
         match &self.backend {
             Backend::Memory { clock, .. } => clock.advance(ttl + Duration::from_millis(1)),
-            Backend::Redis(r) => {
+            Backend::Redis(r) | Backend::Tiered { redis: r, .. } => {
                 let raw = format!("{}:e:{key}", self.ns);
                 let mut c = r.conn().await;
                 let gone = eventually(ttl * 4 + Duration::from_secs(2), || {
@@ -91,7 +126,7 @@ impl Fx {
     fn short(&self) -> Duration {
         match self.backend {
             Backend::Memory { .. } => Duration::from_secs(1),
-            Backend::Redis(_) => Duration::from_millis(150),
+            Backend::Redis(_) | Backend::Tiered { .. } => Duration::from_millis(150),
         }
     }
 }
@@ -770,7 +805,7 @@ impl Fx {
     fn timed(&self) -> (CacheBuilder, MockClock) {
         match &self.backend {
             Backend::Memory { clock, .. } => (self.builder(), clock.clone()),
-            Backend::Redis(_) => {
+            Backend::Redis(_) | Backend::Tiered { .. } => {
                 let clock = MockClock::default();
                 (self.builder().clock(Arc::new(clock.clone())), clock)
             }
@@ -854,12 +889,17 @@ async fn stale_values_are_served_while_one_refresh_runs(fx: Fx) {
     })
     .await;
     assert!(refreshed, "the refresh stored its value");
-    let f = other
-        .entry("k")
-        .fetch(counting(&calls, None))
-        .await
-        .unwrap();
-    assert_eq!((f.value, f.status), (Some(2), Status::Hit), "fresh again");
+    // The other instance too (with an L1, once the refresh's invalidation message arrived).
+    let fresh = eventually(Duration::from_secs(5), || async {
+        let f = other
+            .entry("k")
+            .fetch(counting(&calls, None))
+            .await
+            .unwrap();
+        (f.value, f.status) == (Some(2), Status::Hit)
+    })
+    .await;
+    assert!(fresh, "fresh again");
     assert_eq!(
         calls.load(Ordering::SeqCst),
         2,
@@ -872,7 +912,9 @@ impl Fx {
     fn timed_twin(&self, clock: &MockClock) -> Cache {
         let b = match &self.backend {
             Backend::Memory { .. } => self.builder(),
-            Backend::Redis(_) => self.builder().clock(Arc::new(clock.clone())),
+            Backend::Redis(_) | Backend::Tiered { .. } => {
+                self.builder().clock(Arc::new(clock.clone()))
+            }
         };
         b.default_ttl(TTL)
             .stale_while_revalidate(Duration::from_secs(60))
@@ -1129,6 +1171,7 @@ macro_rules! suite {
 
 suite!(memory_store, Fx::memory());
 suite!(redis_store, Fx::redis());
+suite!(tiered_store, Fx::tiered().await);
 
 #[tokio::test]
 async fn memory_jitter_spreads_expiry() {

@@ -87,12 +87,39 @@ pub struct Config {
     /// Namespace of the cache's keys in Redis (instances sharing one see each other's entries).
     #[arg(long, env = "CATALOG_CACHE_NAMESPACE", default_value = "catalog")]
     pub cache_namespace: String,
+
+    /// Copies to keep in an in-process L1 in front of Redis (0: no L1). Needs --redis-url.
+    /// Instances keep their L1s coherent through Redis pub/sub: a write on one instance is
+    /// seen by every other within 100 ms. Every instance sharing the namespace should use it.
+    #[arg(long, env = "CATALOG_L1_CAPACITY", default_value_t = 0)]
+    pub l1_capacity: u64,
+
+    /// Longest life of a copy in the L1 (it never outlives its Redis entry either).
+    #[arg(long, env = "CATALOG_L1_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub l1_ttl: Duration,
 }
 
 impl Config {
     /// The Redis URL, if one is set and not empty.
     pub fn redis(&self) -> Option<&str> {
         self.redis_url.as_deref().filter(|u| !u.trim().is_empty())
+    }
+
+    /// The L1 asked for, as (capacity, TTL); `None` without `--l1-capacity` (or with
+    /// `--no-cache`, which bypasses every tier). An L1 without Redis is refused: the
+    /// in-process cache is already in process, there is nothing to put it in front of.
+    pub fn l1(&self) -> Result<Option<(u64, Duration)>, String> {
+        if self.l1_capacity == 0 || self.no_cache {
+            return Ok(None);
+        }
+        if self.redis().is_none() {
+            return Err(
+                "--l1-capacity needs --redis-url (the L1 sits in front of Redis; \
+                 without Redis the cache is in process already)"
+                    .into(),
+            );
+        }
+        Ok(Some((self.l1_capacity, self.l1_ttl)))
     }
 }
 
@@ -113,6 +140,8 @@ impl fmt::Debug for Config {
             .field("stale_while_revalidate", &self.stale_while_revalidate)
             .field("stale_if_error", &self.stale_if_error)
             .field("cache_namespace", &self.cache_namespace)
+            .field("l1_capacity", &self.l1_capacity)
+            .field("l1_ttl", &self.l1_ttl)
             .finish()
     }
 }
@@ -184,5 +213,30 @@ mod tests {
             ("0.0.0.0:1", true, 5, 7)
         );
         assert_eq!(c.negative_ttl, Duration::from_millis(200));
+    }
+
+    fn serve(args: &[&str]) -> Config {
+        let argv = ["catalog", "serve"].iter().chain(args);
+        match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Command::Serve(c)) => c,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn the_l1_is_off_by_default_and_needs_redis() {
+        // Flags only (an empty --redis-url is no Redis), whatever the environment says.
+        let none = ["--redis-url", "", "--l1-capacity", "0"];
+        assert_eq!(serve(&none).l1(), Ok(None));
+        let redis = ["--redis-url", "redis://h:6379", "--l1-capacity", "500"];
+        assert_eq!(serve(&redis).l1(), Ok(Some((500, Duration::from_secs(10)))));
+        let ttl = serve(&[&redis[..], &["--l1-ttl", "250ms"]].concat()).l1();
+        assert_eq!(ttl, Ok(Some((500, Duration::from_millis(250)))));
+        let without = serve(&["--redis-url", "", "--l1-capacity", "500"]).l1();
+        assert!(without.is_err_and(|e| e.contains("--redis-url")));
+        let off = serve(&["--redis-url", "", "--l1-capacity", "500", "--no-cache"]).l1();
+        assert_eq!(off, Ok(None), "--no-cache bypasses every tier");
+        assert!(Cli::try_parse_from(["catalog", "serve", "--l1-capacity", "-1"]).is_err());
+        assert!(Cli::try_parse_from(["catalog", "serve", "--l1-ttl", "soon"]).is_err());
     }
 }

@@ -83,6 +83,7 @@ pub fn metrics_recorder() -> PrometheusHandle {
 
 /// Connects the database, applies migrations, seeds an empty database and builds the cache.
 pub async fn build(config: &Config) -> anyhow::Result<AppState> {
+    let l1 = config.l1().map_err(anyhow::Error::msg)?;
     let metrics = metrics_recorder();
     let options = db::Options {
         latency: Duration::from_millis(config.db_latency_ms),
@@ -114,6 +115,9 @@ pub async fn build(config: &Config) -> anyhow::Result<AppState> {
             .stale_if_error(config.stale_if_error);
         if let Some(url) = config.redis() {
             b = b.redis(url);
+            if let Some((capacity, ttl)) = l1 {
+                b = b.l1(capacity, ttl);
+            }
         }
         Some(b.build().context("invalid cache settings")?)
     };

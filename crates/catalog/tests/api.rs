@@ -731,6 +731,26 @@ async fn unknown_routes_and_methods_get_error_bodies() {
 }
 
 #[tokio::test]
+async fn an_l1_without_redis_is_refused_at_start() {
+    let argv = [
+        "catalog",
+        "serve",
+        "--database-url",
+        "sqlite::memory:",
+        "--redis-url",
+        "",
+        "--l1-capacity",
+        "100",
+    ];
+    let Command::Serve(config) = Cli::try_parse_from(argv).unwrap().command;
+    let err = catalog::build(&config).await.err().unwrap();
+    assert!(
+        err.to_string().contains("--l1-capacity needs --redis-url"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn healthz_reports_db_and_cache() {
     let s = state().await;
     let r = get(&s, "/healthz").await;

@@ -464,3 +464,119 @@ async fn two_instances_sharing_redis_see_each_others_writes_at_once() {
         "Renamed on A"
     );
 }
+
+/// The value of a counter in a `/metrics` body (summed over its labels).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn metrics_of(http: &Client, svc: &Service) -> String {
+    http.get(svc.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The documented bound of the L1: a write on one instance is seen by the others after it.
+const L1_BOUND: Duration = Duration::from_millis(100);
+
+/// Reads `url` until `seen(body)` holds. Reads that began within the bound after the write
+/// was acknowledged (`acked`) may still see the old value; one that began later must not.
+/// Returns when the new value was first seen, after `acked`.
+async fn seen_within_bound(
+    http: &Client,
+    url: &str,
+    acked: std::time::Instant,
+    seen: impl Fn(&Value) -> bool,
+) -> Duration {
+    loop {
+        let began = std::time::Instant::now();
+        let r = get(http, url).await;
+        assert_eq!(r.status, StatusCode::OK);
+        if seen(&r.body) {
+            return acked.elapsed();
+        }
+        assert!(
+            began.duration_since(acked) <= L1_BOUND,
+            "{url}: still the old value in a read that began {:?} after the write",
+            began.duration_since(acked)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_l1_a_write_on_one_instance_is_seen_by_another_within_the_bound() {
+    // An L1 TTL far beyond the bound: only the invalidation messages can explain convergence.
+    let l1 = ["--l1-capacity", "1000", "--l1-ttl", "60s"];
+    let a = stack(&l1).await;
+    let (db_url, redis_url) = (a.pg.url.clone(), a.redis.url());
+    let b = Service::start(
+        &[
+            &["--database-url", &db_url, "--redis-url", &redis_url][..],
+            &l1[..],
+        ]
+        .concat(),
+    );
+    let http = &a.http;
+
+    // B serves p5, a list page and p25 (category c5) from its L1.
+    let (p5, p25, list) = (
+        b.url("/products/p5"),
+        b.url("/products/p25"),
+        b.url("/products?limit=50"),
+    );
+    let l1_hits = metric(&metrics_of(http, &b).await, "aside_l1_hits_total");
+    for _ in 0..3 {
+        for url in [&p5, &p25, &list] {
+            assert_eq!(get(http, url).await.status, StatusCode::OK);
+        }
+    }
+    let served = metric(&metrics_of(http, &b).await, "aside_l1_hits_total") - l1_hits;
+    assert!(served > 0.0, "b's L1 served nothing");
+
+    let mut took = Vec::new();
+    assert_eq!(
+        a.put("/products/p5", json!({"name": "From A"})).await,
+        StatusCode::OK
+    );
+    let acked = std::time::Instant::now();
+    took.push(seen_within_bound(http, &p5, acked, |p| p["name"] == "From A").await);
+    took.push(
+        seen_within_bound(http, &list, acked, |l| {
+            l["products"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["name"] == "From A"))
+        })
+        .await,
+    );
+
+    // A category rename (a tag learnt from the product) reaches B's L1 too.
+    for _ in 0..3 {
+        get(http, &p25).await;
+    }
+    assert_eq!(
+        a.put("/categories/c5", json!({"name": "Renamed on A"}))
+            .await,
+        StatusCode::OK
+    );
+    let acked = std::time::Instant::now();
+    took.push(
+        seen_within_bound(http, &p25, acked, |p| {
+            p["category"]["name"] == "Renamed on A"
+        })
+        .await,
+    );
+    eprintln!("seen on the other instance after: {took:?}");
+
+    // And the writer sees its own writes at once.
+    assert_eq!(
+        a.get("/products/p25").await.body["category"]["name"],
+        "Renamed on A"
+    );
+}

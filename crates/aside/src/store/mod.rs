@@ -29,9 +29,11 @@ use std::time::Duration;
 
 pub mod memory;
 pub mod redis;
+pub mod tiered;
 
 pub use memory::MemoryStore;
 pub use redis::{RedisConfig, RedisStore};
+pub use tiered::{L1Config, TieredStore};
 
 /// The outcome of a read.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,815 @@
+//! Two tiers: a bounded in-process L1 in front of the Redis store (L2), kept coherent across
+//! instances by invalidation messages on a Redis pub/sub channel.
+//!
+//! # Reads
+//! A read is answered by the L1 when it holds a valid copy, else by the L2 (and a hit is then
+//! copied into the L1). A copy is valid while
+//! - the invalidation channel is *live* (see below),
+//! - nothing it depends on was invalidated since the L2 read that produced it began,
+//! - and it has not outlived the L2 entry it was read from (its remaining TTL, read with it)
+//!   nor the L1's own TTL.
+//!
+//! "Nothing it depends on was invalidated" is checked without scanning: the L1 keeps a fixed
+//! table of generation counters, and every entry key, prefix and epoch version key maps to one
+//! of them by hash. An invalidation (local, or received) increments the counters of what it
+//! names; a copy records the counters of its key and stamps as they were *before* its L2 read
+//! began, and is valid only while they are unchanged. A read that began before an invalidation
+//! can therefore never leave the old value behind in the L1, whatever the order in which the
+//! invalidation and the read's reply arrive. Two names sharing a counter only cost a miss.
+//!
+//! Tags are the exception: an entry may carry tags learnt from its value that the reader does
+//! not name (and the L2 does not report), so every tag of a namespace shares one counter: an
+//! invalidation of any tag voids the namespace's L1 copies (the L2 entries stay, so the next
+//! reads are one Redis round trip each). Deletes, writes, prefix invalidations are precise.
+//!
+//! # Writes and invalidations
+//! `set`, `delete` and `bump` go to the L2 first, then void the local copies, then publish a
+//! message naming the keys or version keys on the channel `<namespace>:l1`; every other
+//! instance voids its copies when it receives it (its own echo is ignored). A write whose
+//! message could not be published fails like a write Redis did not take: the engine keeps it
+//! and applies it again (message included) when Redis answers. Leases (`claim`, `fill`,
+//! `release`) are the L2's alone: the L1 never holds a placeholder.
+//!
+//! # The bound
+//! A background task holds the subscription and sends a `PING` on it every quarter of the
+//! bound (default 100 ms). Redis answers a `PING` after every message published before it, so
+//! a reply to a ping sent at `t` proves that every invalidation acknowledged before `t` has
+//! been received and applied; the L1 then serves until `t + bound`. If the replies stop (Redis
+//! paused, connection lost, network partition), the L1 stops serving within the bound and
+//! every read goes to Redis; when the subscription is established again the L1 is voided
+//! whole, since messages may have been missed. Hence:
+//!
+//! - on the instance that wrote, a read after the write returns never the old value;
+//! - on any other instance, a read that starts more than `bound` after a write was
+//!   acknowledged does not return the old value either (typically it converges in well under
+//!   a millisecond on a LAN: the time for Redis to deliver the message).
+//!
+//! Instances that write to a namespace must all publish (use an L1, or this store without
+//! reading from its L1): a write made through a plain [`RedisStore`] is not announced, and
+//! L1 copies elsewhere then live until their TTL.
+
+use super::{Claim, Kind, Lease, Lookup, RedisConfig, RedisStore, Store};
+use crate::error::{BuildError, StoreError};
+use crate::key::{self, EntryKey, Namespace, TagKey};
+use crate::metrics::L1Metrics;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use redis::aio::ConnectionManager;
+use redis::{Client, Value};
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// Generation counters in the table (a power of two).
+const SLOTS: usize = 1 << 14;
+
+/// Settings of the L1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct L1Config {
+    /// Most copies held (least recently used ones are dropped beyond it).
+    pub capacity: u64,
+    /// Longest life of a copy, whatever the TTL of its entry (default 10 s): bounds what the
+    /// L1 costs in memory, and how long a copy could outlive a write not announced.
+    pub ttl: Duration,
+    /// How far behind the invalidation channel may be before the L1 stops serving
+    /// (default 100 ms): a write on another instance is seen here at most this long after it
+    /// was acknowledged. A `PING` is sent on the channel every quarter of it.
+    pub bound: Duration,
+}
+
+impl L1Config {
+    /// At most `capacity` copies, each kept at most `ttl`; a bound of 100 ms.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let l1 = aside::store::L1Config::new(10_000, Duration::from_secs(10));
+    /// assert_eq!(l1.bound, Duration::from_millis(100));
+    /// ```
+    pub fn new(capacity: u64, ttl: Duration) -> Self {
+        Self {
+            capacity,
+            ttl,
+            bound: Duration::from_millis(100),
+        }
+    }
+
+    /// Checks the ranges: capacity at least 1, TTL from 1 ms to 1 day, bound from 10 ms to 60 s.
+    pub fn check(&self) -> Result<(), BuildError> {
+        let invalid = |reason: &str| BuildError::Invalid {
+            name: "l1",
+            reason: reason.to_owned(),
+        };
+        if self.capacity == 0 {
+            return Err(invalid("capacity must be at least 1"));
+        }
+        if self.ttl < Duration::from_millis(1) || self.ttl > Duration::from_secs(24 * 3600) {
+            return Err(invalid("ttl must be between 1 ms and 1 day"));
+        }
+        if self.bound < Duration::from_millis(10) || self.bound > Duration::from_secs(60) {
+            return Err(invalid("bound must be between 10 ms and 60 s"));
+        }
+        Ok(())
+    }
+}
+
+/// A copy held by the L1.
+struct Copy {
+    payload: Bytes,
+    snap: Snapshot,
+    expires: Instant,
+}
+
+/// The epoch of the L1 and the generations of a copy's dependencies, read before its L2 read.
+struct Snapshot {
+    era: u64,
+    deps: Box<[(u32, u64)]>,
+}
+
+/// What the store handles and the subscriber task share.
+struct Shared {
+    l1: moka::sync::Cache<EntryKey, Arc<Copy>>,
+    gens: Box<[AtomicU64]>,
+    hasher: std::collections::hash_map::RandomState,
+    /// Bumped whenever the L1 is voided whole.
+    era: AtomicU64,
+    /// Until when (ns since `origin`) the L1 may serve; 0 while the channel is not live.
+    live_until: AtomicU64,
+    origin: Instant,
+    bound: Duration,
+    ttl: Duration,
+    /// This instance's id in the messages, to skip its own.
+    id: String,
+    metrics: L1Metrics,
+}
+
+impl Shared {
+    fn slot(&self, name: &str) -> u32 {
+        (self.hasher.hash_one(name) as usize & (SLOTS - 1)) as u32
+    }
+
+    /// The counter shared by every tag of a namespace.
+    fn tag_slot(&self, ns: &str) -> u32 {
+        (self.hasher.hash_one((ns, "tags")) as usize & (SLOTS - 1)) as u32
+    }
+
+    /// The counter an invalidation of a version key increments; `None` if it is not one.
+    fn stamp_slot(&self, stamp: &str) -> Option<u32> {
+        match key::layout(stamp)? {
+            (ns, b't') => Some(self.tag_slot(ns)),
+            (_, b'p' | b'g') => Some(self.slot(stamp)),
+            _ => None,
+        }
+    }
+
+    /// What a copy of `key` read with `stamps` depends on.
+    fn deps(&self, key: &EntryKey, stamps: &[TagKey]) -> Option<Vec<u32>> {
+        let (ns, _) = key::layout(key.as_str())?;
+        let mut out = Vec::with_capacity(stamps.len() + 2);
+        out.push(self.slot(key.as_str()));
+        out.push(self.tag_slot(ns));
+        for s in stamps {
+            let i = self.stamp_slot(s.as_str())?;
+            if !out.contains(&i) {
+                out.push(i);
+            }
+        }
+        Some(out)
+    }
+
+    fn snapshot(&self, slots: Vec<u32>) -> Snapshot {
+        // The era first: a resync bumps it after clearing, so a snapshot taken across one
+        // holds the old era and is refused.
+        let era = self.era.load(SeqCst);
+        let deps = slots
+            .into_iter()
+            .map(|i| (i, self.gens[i as usize].load(SeqCst)))
+            .collect();
+        Snapshot { era, deps }
+    }
+
+    fn current(&self, s: &Snapshot) -> bool {
+        s.deps
+            .iter()
+            .all(|&(i, g)| self.gens[i as usize].load(SeqCst) == g)
+            && self.era.load(SeqCst) == s.era
+    }
+
+    fn now(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+
+    fn live(&self) -> bool {
+        self.now() < self.live_until.load(SeqCst)
+    }
+
+    /// Every invalidation acknowledged before `sent` has been applied.
+    fn confirm(&self, sent: Instant) {
+        let until = (sent + self.bound).duration_since(self.origin).as_nanos() as u64;
+        self.live_until.fetch_max(until, SeqCst);
+        self.metrics.live.set(1.0);
+    }
+
+    /// The channel is not live (any more): stop serving and void everything.
+    fn lost(&self) {
+        self.live_until.store(0, SeqCst);
+        self.metrics.live.set(0.0);
+        self.resync();
+    }
+
+    /// Voids every copy: bumps the era, then frees the memory.
+    fn resync(&self) {
+        self.era.fetch_add(1, SeqCst);
+        self.l1.invalidate_all();
+        self.metrics.resyncs.increment(1);
+    }
+
+    fn void_keys(&self, keys: &[EntryKey]) {
+        for k in keys {
+            self.gens[self.slot(k.as_str()) as usize].fetch_add(1, SeqCst);
+            self.l1.invalidate(k);
+        }
+    }
+
+    fn void_stamps<'a>(&self, stamps: impl Iterator<Item = &'a str>) -> bool {
+        let mut understood = true;
+        for s in stamps {
+            match self.stamp_slot(s) {
+                Some(i) => {
+                    self.gens[i as usize].fetch_add(1, SeqCst);
+                }
+                None => understood = false,
+            }
+        }
+        understood
+    }
+
+    /// Applies a message: `<origin> k <entry key>...` or `<origin> s <version key>...`.
+    /// Anything not understood voids the whole L1 (it is only ever too careful).
+    fn receive(&self, payload: &[u8]) {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return self.not_understood(payload);
+        };
+        let mut parts = text.split(' ');
+        let (Some(origin), Some(op)) = (parts.next(), parts.next()) else {
+            return self.not_understood(payload);
+        };
+        if origin == self.id {
+            return;
+        }
+        self.metrics.invalidations.increment(1);
+        let understood = match op {
+            "k" => {
+                let mut ok = true;
+                for k in parts {
+                    match key::layout(k) {
+                        Some((_, b'e')) => {
+                            self.gens[self.slot(k) as usize].fetch_add(1, SeqCst);
+                        }
+                        _ => ok = false,
+                    }
+                }
+                ok
+            }
+            "s" => self.void_stamps(parts),
+            _ => false,
+        };
+        if !understood {
+            self.not_understood(payload);
+        }
+    }
+
+    fn not_understood(&self, payload: &[u8]) {
+        warn!(
+            message = %String::from_utf8_lossy(&payload[..payload.len().min(200)]),
+            "invalidation message not understood; the L1 is voided"
+        );
+        self.resync();
+    }
+}
+
+/// A [`Store`] with a bounded in-process L1 in front of a Redis store, coherent across
+/// instances (see the [module documentation](self) for the protocol and its bound).
+///
+/// Usually made by the builder:
+///
+/// ```no_run
+/// use std::time::Duration;
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let cache = aside::Cache::builder()
+///     .namespace("catalog")
+///     .redis("redis://127.0.0.1:6379")
+///     .l1(10_000, Duration::from_secs(10)) // 10,000 copies, each kept at most 10 s
+///     .build()
+///     .expect("valid settings");
+/// # });
+/// ```
+///
+/// Clones share everything. The subscriber task ends when the last clone is dropped.
+#[derive(Clone)]
+pub struct TieredStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    l2: Arc<dyn Store>,
+    shared: Arc<Shared>,
+    /// For `PUBLISH` and `PTTL`.
+    bus: ConnectionManager,
+    channel: String,
+    timeout: Duration,
+    capacity: u64,
+    /// Dropped with the last handle: ends the subscriber task.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl fmt::Debug for TieredStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TieredStore")
+            .field("l2", &self.inner.l2)
+            .field("channel", &self.inner.channel)
+            .field("capacity", &self.inner.capacity)
+            .field("ttl", &self.inner.shared.ttl)
+            .field("bound", &self.inner.shared.bound)
+            .field("live", &self.is_live())
+            .finish()
+    }
+}
+
+impl TieredStore {
+    /// An L1 in front of a new [`RedisStore`] on `redis`, publishing and subscribing on the
+    /// channel `<namespace>:l1` (the namespace also labels the L1's metrics). Must be called
+    /// inside a Tokio runtime: the subscriber task starts at once, in the background (the
+    /// call does not wait for Redis). Fails only on invalid settings.
+    ///
+    /// ```no_run
+    /// use aside::store::{L1Config, RedisConfig, TieredStore};
+    /// use std::{sync::Arc, time::Duration};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let redis = RedisConfig::new("redis://127.0.0.1:6379");
+    /// let store = TieredStore::new("shop", &redis, &L1Config::new(1000, Duration::from_secs(5)))
+    ///     .expect("valid settings");
+    /// let cache = aside::Cache::builder().namespace("shop").store(Arc::new(store)).build();
+    /// assert!(cache.is_ok());
+    /// # });
+    /// ```
+    pub fn new(namespace: &str, redis: &RedisConfig, l1: &L1Config) -> Result<Self, BuildError> {
+        let l2 = RedisStore::new(redis)?;
+        Self::over(Arc::new(l2), namespace, redis, l1)
+    }
+
+    /// An L1 in front of any store `l2` that keeps its data in the Redis reached by `redis`
+    /// (for instance a [`RedisStore`] wrapped for instrumentation): the channel and the
+    /// remaining TTLs of entries are on that Redis.
+    pub fn over(
+        l2: Arc<dyn Store>,
+        namespace: &str,
+        redis: &RedisConfig,
+        l1: &L1Config,
+    ) -> Result<Self, BuildError> {
+        l1.check()?;
+        let ns = Namespace::new(namespace).map_err(BuildError::Namespace)?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(BuildError::Invalid {
+                name: "l1",
+                reason: "must be built inside a Tokio runtime".into(),
+            });
+        }
+        if redis.url.starts_with("rediss:") {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let url_error = |e: redis::RedisError| {
+            BuildError::RedisUrl(
+                e.to_string()
+                    .replace(&redis.url, &super::redis::redact(&redis.url)),
+            )
+        };
+        let client = Client::open(redis.url.as_str()).map_err(url_error)?;
+        let mgr = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(redis.connect_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let bus = ConnectionManager::new_lazy_with_config(client.clone(), mgr)
+            .map_err(|e| BuildError::RedisUrl(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            l1: moka::sync::Cache::builder()
+                .max_capacity(l1.capacity)
+                .time_to_live(l1.ttl)
+                .build(),
+            gens: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            hasher: Default::default(),
+            era: AtomicU64::new(0),
+            live_until: AtomicU64::new(0),
+            origin: Instant::now(),
+            bound: l1.bound,
+            ttl: l1.ttl,
+            id: format!("{:016x}", rand::random::<u64>()),
+            metrics: L1Metrics::new(ns.as_str()),
+        });
+        shared.metrics.live.set(0.0);
+        let channel = format!("{}:l1", ns.as_str());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let subscriber = Subscriber {
+            shared: shared.clone(),
+            client,
+            channel: channel.clone(),
+            // A reply later than this means the connection is gone (the L1 stopped serving
+            // long before, at the bound).
+            patience: redis.connect_timeout.max(l1.bound),
+            beat: (l1.bound / 4).max(Duration::from_millis(2)),
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = subscriber.run() => {}
+                _ = stopped => debug!("L1 subscriber stopped"),
+            }
+        });
+        Ok(Self {
+            inner: Arc::new(Inner {
+                l2,
+                shared,
+                bus,
+                channel,
+                timeout: redis.command_timeout,
+                capacity: l1.capacity,
+                _stop: stop,
+            }),
+        })
+    }
+
+    /// Whether the L1 serves now: its invalidation channel was confirmed live within the bound.
+    pub fn is_live(&self) -> bool {
+        self.inner.shared.live()
+    }
+
+    /// The pub/sub channel of the invalidation messages.
+    pub fn channel(&self) -> &str {
+        &self.inner.channel
+    }
+
+    async fn bounded<T>(
+        &self,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.inner.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if e.is_timeout() => Err(StoreError::Timeout(self.inner.timeout)),
+            Ok(Err(e)) => Err(StoreError::Backend(Arc::new(e))),
+            Err(_) => Err(StoreError::Timeout(self.inner.timeout)),
+        }
+    }
+
+    /// Tells the other instances: `op` is `k` (entry keys) or `s` (version keys).
+    async fn publish<'a>(
+        &self,
+        op: char,
+        names: impl Iterator<Item = &'a str>,
+    ) -> Result<(), StoreError> {
+        let mut msg = format!("{} {op}", self.inner.shared.id);
+        for n in names {
+            msg.push(' ');
+            msg.push_str(n);
+        }
+        let mut conn = self.inner.bus.clone();
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(&self.inner.channel).arg(msg);
+        match self.bounded(cmd.query_async::<i64>(&mut conn)).await {
+            // A connection found broken (Redis restarted, the connection was killed) is
+            // made again on the next command: once more, so the message is not lost to it.
+            Err(StoreError::Backend(_)) => {
+                let _: i64 = self.bounded(cmd.query_async(&mut conn)).await?;
+                Ok(())
+            }
+            r => r.map(drop),
+        }
+    }
+
+    /// The remaining TTL of an entry in the L2, in milliseconds (0 or less: none).
+    async fn pttl(&self, key: &EntryKey) -> Result<i64, StoreError> {
+        let mut conn = self.inner.bus.clone();
+        let mut cmd = redis::cmd("PTTL");
+        cmd.arg(key.as_str());
+        self.bounded(cmd.query_async(&mut conn)).await
+    }
+}
+
+/// The task holding the subscription.
+struct Subscriber {
+    shared: Arc<Shared>,
+    client: Client,
+    channel: String,
+    patience: Duration,
+    beat: Duration,
+}
+
+impl Subscriber {
+    async fn run(self) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let subscribed = &mut false;
+            let why = self.session(subscribed).await;
+            self.shared.lost();
+            if *subscribed {
+                warn!(channel = %self.channel, error = %why, "L1 invalidation channel lost; the L1 is bypassed until it is back");
+                backoff = Duration::from_millis(50);
+            } else {
+                debug!(channel = %self.channel, error = %why, "L1 invalidation channel not established");
+            }
+            tokio::time::sleep(backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0)).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// One subscription, until it fails.
+    async fn session(&self, subscribed: &mut bool) -> String {
+        let patience = self.patience;
+        let pubsub = match tokio::time::timeout(patience, self.client.get_async_pubsub()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return e.to_string(),
+            Err(_) => return "connect timed out".into(),
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        let sent = Instant::now();
+        match tokio::time::timeout(patience, sink.subscribe(&self.channel)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return e.to_string(),
+            Err(_) => return "subscribe timed out".into(),
+        }
+        // Messages published before the subscription took effect were missed.
+        self.shared.resync();
+        self.shared.confirm(sent);
+        *subscribed = true;
+        info!(channel = %self.channel, "L1 invalidation channel subscribed");
+        let mut beat = tokio::time::interval(self.beat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        beat.tick().await;
+        loop {
+            tokio::select! {
+                m = stream.next() => match m {
+                    Some(m) => self.shared.receive(m.get_payload_bytes()),
+                    None => return "connection closed".into(),
+                },
+                _ = beat.tick() => {
+                    let sent = Instant::now();
+                    match tokio::time::timeout(patience, sink.ping::<Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return e.to_string(),
+                        Err(_) => return "no answer to PING".into(),
+                    }
+                    // Every message Redis sent before the reply is in the stream already.
+                    while let Some(m) = stream.next().now_or_never() {
+                        match m {
+                            Some(m) => self.shared.receive(m.get_payload_bytes()),
+                            None => return "connection closed".into(),
+                        }
+                    }
+                    self.shared.confirm(sent);
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for TieredStore {
+    fn kind(&self) -> Kind {
+        self.inner.l2.kind()
+    }
+
+    async fn get(&self, key: &EntryKey, stamps: &[TagKey]) -> Result<Lookup, StoreError> {
+        let s = &self.inner.shared;
+        let l2 = &self.inner.l2;
+        if !s.live() {
+            s.metrics.bypassed.increment(1);
+            return l2.get(key, stamps).await;
+        }
+        if let Some(c) = s.l1.get(key) {
+            if c.expires > Instant::now() && s.current(&c.snap) {
+                s.metrics.hits.increment(1);
+                return Ok(Lookup::Hit(c.payload.clone()));
+            }
+            s.l1.invalidate(key);
+        }
+        s.metrics.misses.increment(1);
+        let Some(slots) = s.deps(key, stamps) else {
+            return l2.get(key, stamps).await;
+        };
+        // Before the L2 read: an invalidation from now on refuses this copy.
+        let snap = s.snapshot(slots);
+        let start = Instant::now();
+        let (read, ttl) = tokio::join!(l2.get(key, stamps), self.pttl(key));
+        if let (Ok(Lookup::Hit(p)), Ok(ms)) = (&read, ttl)
+            && ms > 0
+            && s.current(&snap)
+        {
+            // `start` is before Redis read the TTL: the copy never outlives the entry.
+            let life = Duration::from_millis(ms as u64).min(s.ttl);
+            let copy = Copy {
+                payload: p.clone(),
+                snap,
+                expires: start + life,
+            };
+            s.l1.insert(key.clone(), Arc::new(copy));
+        }
+        read
+    }
+
+    async fn claim(
+        &self,
+        key: &EntryKey,
+        stamps: &[TagKey],
+        clock: &TagKey,
+        lease: Duration,
+        keep: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.inner.l2.claim(key, stamps, clock, lease, keep).await
+    }
+
+    async fn claim_refresh(
+        &self,
+        key: &EntryKey,
+        fresh_until: u64,
+        stamps: &[TagKey],
+        clock: &TagKey,
+        lease: Duration,
+        keep: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        self.inner
+            .l2
+            .claim_refresh(key, fresh_until, stamps, clock, lease, keep)
+            .await
+    }
+
+    /// A fill under a placeholder writes only where no valid entry was (its lease stood in
+    /// the entry's place), so there is no copy to void here or elsewhere. A refresh replaces
+    /// a valid (stale) entry in place: its copies are voided like after a `set`.
+    async fn fill(
+        &self,
+        key: &EntryKey,
+        lease: &Lease,
+        late: &[TagKey],
+        payload: Bytes,
+        ttl: Duration,
+        keep: Duration,
+    ) -> Result<bool, StoreError> {
+        let written = self
+            .inner
+            .l2
+            .fill(key, lease, late, payload, ttl, keep)
+            .await;
+        if lease.refresh && matches!(written, Ok(true)) {
+            self.inner.shared.void_keys(std::slice::from_ref(key));
+            self.publish('k', std::iter::once(key.as_str())).await?;
+        }
+        written
+    }
+
+    async fn release(&self, key: &EntryKey, lease: &Lease) -> Result<(), StoreError> {
+        self.inner.l2.release(key, lease).await
+    }
+
+    async fn set(
+        &self,
+        key: &EntryKey,
+        stamps: &[TagKey],
+        payload: Bytes,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let r = self.inner.l2.set(key, stamps, payload, ttl).await;
+        // After the L2 write: a read that began before it cannot keep what it read.
+        self.inner.shared.void_keys(std::slice::from_ref(key));
+        r?;
+        self.publish('k', std::iter::once(key.as_str())).await
+    }
+
+    async fn delete(&self, keys: &[EntryKey]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let r = self.inner.l2.delete(keys).await;
+        self.inner.shared.void_keys(keys);
+        r?;
+        self.publish('k', keys.iter().map(EntryKey::as_str)).await
+    }
+
+    async fn bump(&self, stamps: &[TagKey], clock: &TagKey) -> Result<(), StoreError> {
+        if stamps.is_empty() {
+            return Ok(());
+        }
+        let r = self.inner.l2.bump(stamps, clock).await;
+        if !self
+            .inner
+            .shared
+            .void_stamps(stamps.iter().map(TagKey::as_str))
+        {
+            self.inner.shared.resync();
+        }
+        r?;
+        self.publish('s', stamps.iter().map(TagKey::as_str)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.l2.ping().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        Shared {
+            l1: moka::sync::Cache::new(10),
+            gens: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            hasher: Default::default(),
+            era: AtomicU64::new(0),
+            live_until: AtomicU64::new(0),
+            origin: Instant::now(),
+            bound: Duration::from_millis(100),
+            ttl: Duration::from_secs(10),
+            id: "me".into(),
+            metrics: L1Metrics::new("t"),
+        }
+    }
+
+    fn ns() -> Namespace {
+        Namespace::new("app").unwrap()
+    }
+
+    #[test]
+    fn snapshots_are_voided_by_what_they_depend_on_only() {
+        let s = shared();
+        let ns = ns();
+        let k = ns.entry("products:list:1").unwrap();
+        let stamps = ns.stamps_for("products:list:1", &["x"]).unwrap();
+        let snap = || s.snapshot(s.deps(&k, &stamps).unwrap());
+        let cases: [(&str, &[u8]); 7] = [
+            ("key", b"o k app:e:products:list:1"),
+            ("prefix", b"o s app:p:products:list:"),
+            ("epoch", b"o s app:g"),
+            ("a named tag", b"o s app:t:x"),
+            ("an unnamed tag", b"o s app:t:learnt"),
+            ("garbage", b"o q what"),
+            ("not utf-8", b"\xff\xfe"),
+        ];
+        for (what, msg) in cases {
+            let before = snap();
+            assert!(s.current(&before));
+            s.receive(msg);
+            assert!(!s.current(&before), "{what} voids it");
+        }
+        let before = snap();
+        for msg in [
+            &b"o k app:e:products:list:2"[..],
+            b"o s app:p:other:",
+            b"o s other:t:x",
+            b"me s app:g",
+        ] {
+            s.receive(msg);
+        }
+        assert!(
+            s.current(&before),
+            "others' keys, prefixes, namespaces and our own echo leave it"
+        );
+        s.lost();
+        assert!(!s.current(&before), "a lost channel voids it");
+    }
+
+    #[test]
+    fn the_l1_serves_only_within_the_bound_of_a_confirmation() {
+        let s = shared();
+        assert!(!s.live(), "not before the first confirmation");
+        s.confirm(Instant::now());
+        assert!(s.live());
+        s.confirm(Instant::now() - Duration::from_millis(150));
+        assert!(s.live(), "an older confirmation never shortens a newer one");
+        s.lost();
+        assert!(!s.live());
+        s.confirm(Instant::now() - Duration::from_millis(150));
+        assert!(
+            !s.live(),
+            "a confirmation older than the bound does not count"
+        );
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        let ok = L1Config::new(1, Duration::from_secs(1));
+        assert!(ok.check().is_ok());
+        for bad in [
+            L1Config::new(0, Duration::from_secs(1)),
+            L1Config::new(1, Duration::ZERO),
+            L1Config::new(1, Duration::from_secs(2 * 24 * 3600)),
+            L1Config {
+                bound: Duration::from_millis(1),
+                ..ok.clone()
+            },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
+    }
+}
