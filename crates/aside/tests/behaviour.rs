@@ -1,5 +1,6 @@
-//! One behaviour suite, run against every store: the in-process store (on a mock clock) and
-//! Redis (a private `redis-server` per test).
+//! One behaviour suite, run against every store: the in-process store (on a mock clock), Redis
+//! (a private `redis-server` per test) and Redis Cluster (a private three-node cluster, shared
+//! by the tests running at the same time, each in its own namespace).
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -12,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use support::{TestRedis, eventually};
+use support::{TestCluster, TestRedis, eventually};
 use tokio::sync::{Barrier, oneshot};
 
 enum Backend {
@@ -21,6 +22,7 @@ enum Backend {
         clock: MockClock,
     },
     Redis(TestRedis),
+    Cluster(Arc<TestCluster>),
 }
 
 struct Fx {
@@ -49,6 +51,13 @@ impl Fx {
         }
     }
 
+    fn cluster() -> Self {
+        Self {
+            backend: Backend::Cluster(TestCluster::shared()),
+            ns: format!("c{}", NS.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
+
     fn builder(&self) -> CacheBuilder {
         let b = Cache::builder().namespace(&self.ns).jitter(0.0);
         match &self.backend {
@@ -56,6 +65,7 @@ impl Fx {
                 b.store(store.clone()).clock(Arc::new(clock.clone()))
             }
             Backend::Redis(r) => b.redis(r.url()),
+            Backend::Cluster(c) => b.redis_cluster(c.urls()),
         }
     }
 
@@ -69,21 +79,13 @@ impl Fx {
             Backend::Memory { clock, .. } => clock.advance(ttl + Duration::from_millis(1)),
             Backend::Redis(r) => {
                 let raw = format!("{}:e:{key}", self.ns);
-                let mut c = r.conn().await;
-                let gone = eventually(ttl * 4 + Duration::from_secs(2), || {
-                    let mut c = c.clone();
-                    let raw = raw.clone();
-                    async move {
-                        !redis::cmd("EXISTS")
-                            .arg(&raw)
-                            .query_async::<bool>(&mut c)
-                            .await
-                            .unwrap()
-                    }
-                })
-                .await;
-                let _: () = redis::cmd("PING").query_async(&mut c).await.unwrap();
-                assert!(gone, "{raw} did not expire");
+                let c = r.conn().await;
+                assert!(gone(c, &raw, ttl).await, "{raw} did not expire");
+            }
+            Backend::Cluster(cl) => {
+                let raw = format!("{}:e:{{{key}}}", self.ns);
+                let c = cl.conn().await;
+                assert!(gone(c, &raw, ttl).await, "{raw} did not expire");
             }
         }
     }
@@ -91,9 +93,27 @@ impl Fx {
     fn short(&self) -> Duration {
         match self.backend {
             Backend::Memory { .. } => Duration::from_secs(1),
-            Backend::Redis(_) => Duration::from_millis(150),
+            Backend::Redis(_) | Backend::Cluster(_) => Duration::from_millis(150),
         }
     }
+}
+
+/// Waits until Redis no longer holds `raw`, written with `ttl`.
+async fn gone<C>(c: C, raw: &str, ttl: Duration) -> bool
+where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync,
+{
+    eventually(ttl * 4 + Duration::from_secs(2), || {
+        let mut c = c.clone();
+        async move {
+            !redis::cmd("EXISTS")
+                .arg(raw)
+                .query_async::<bool>(&mut c)
+                .await
+                .unwrap()
+        }
+    })
+    .await
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -770,7 +790,7 @@ impl Fx {
     fn timed(&self) -> (CacheBuilder, MockClock) {
         match &self.backend {
             Backend::Memory { clock, .. } => (self.builder(), clock.clone()),
-            Backend::Redis(_) => {
+            Backend::Redis(_) | Backend::Cluster(_) => {
                 let clock = MockClock::default();
                 (self.builder().clock(Arc::new(clock.clone())), clock)
             }
@@ -872,7 +892,9 @@ impl Fx {
     fn timed_twin(&self, clock: &MockClock) -> Cache {
         let b = match &self.backend {
             Backend::Memory { .. } => self.builder(),
-            Backend::Redis(_) => self.builder().clock(Arc::new(clock.clone())),
+            Backend::Redis(_) | Backend::Cluster(_) => {
+                self.builder().clock(Arc::new(clock.clone()))
+            }
         };
         b.default_ttl(TTL)
             .stale_while_revalidate(Duration::from_secs(60))
@@ -1129,6 +1151,7 @@ macro_rules! suite {
 
 suite!(memory_store, Fx::memory());
 suite!(redis_store, Fx::redis());
+suite!(cluster_store, Fx::cluster());
 
 #[tokio::test]
 async fn memory_jitter_spreads_expiry() {
