@@ -42,6 +42,17 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
+    /// Redis Cluster to cache in, instead of --redis-url: some of its nodes, comma-separated
+    /// (redis://HOST:PORT,redis://HOST:PORT; the others are discovered). USER:PASS@ and
+    /// rediss:// as for --redis-url, taken from the first node.
+    #[arg(
+        long,
+        env = "CATALOG_REDIS_CLUSTER_URLS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub redis_cluster_urls: Vec<String>,
+
     /// Products to seed into an empty database (with categories c1..c20).
     #[arg(long, env = "CATALOG_SEED_PRODUCTS", default_value_t = 1000)]
     pub seed_products: u32,
@@ -89,10 +100,39 @@ pub struct Config {
     pub cache_namespace: String,
 }
 
+/// Where the cache keeps its entries.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CacheStore<'a> {
+    /// In this process.
+    Memory,
+    /// A standalone Redis server (`--redis-url`).
+    Redis(&'a str),
+    /// A Redis Cluster, through some of its nodes (`--redis-cluster-urls`).
+    Cluster(Vec<&'a str>),
+}
+
 impl Config {
     /// The Redis URL, if one is set and not empty.
     pub fn redis(&self) -> Option<&str> {
         self.redis_url.as_deref().filter(|u| !u.trim().is_empty())
+    }
+
+    /// The cache's store; an error if both a Redis URL and cluster URLs are given.
+    pub fn cache_store(&self) -> Result<CacheStore<'_>, String> {
+        let cluster: Vec<&str> = self
+            .redis_cluster_urls
+            .iter()
+            .map(|u| u.trim())
+            .filter(|u| !u.is_empty())
+            .collect();
+        match (self.redis(), cluster.is_empty()) {
+            (Some(_), false) => Err("--redis-url (REDIS_URL) and --redis-cluster-urls \
+                 (CATALOG_REDIS_CLUSTER_URLS) are both set: give one of them"
+                .into()),
+            (Some(url), true) => Ok(CacheStore::Redis(url)),
+            (None, false) => Ok(CacheStore::Cluster(cluster)),
+            (None, true) => Ok(CacheStore::Memory),
+        }
     }
 }
 
@@ -102,6 +142,14 @@ impl fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("database_url", &redact(&self.database_url))
             .field("redis_url", &self.redis_url.as_deref().map(redact))
+            .field(
+                "redis_cluster_urls",
+                &self
+                    .redis_cluster_urls
+                    .iter()
+                    .map(|u| redact(u))
+                    .collect::<Vec<_>>(),
+            )
             .field("seed_products", &self.seed_products)
             .field("db_latency_ms", &self.db_latency_ms)
             .field("no_cache", &self.no_cache)
@@ -184,5 +232,39 @@ mod tests {
             ("0.0.0.0:1", true, 5, 7)
         );
         assert_eq!(c.negative_ttl, Duration::from_millis(200));
+    }
+
+    fn serve(args: &[&str]) -> Config {
+        let argv = ["catalog", "serve"].iter().chain(args);
+        match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Command::Serve(c)) => c,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn one_redis_or_one_cluster() {
+        assert_eq!(serve(&[]).cache_store(), Ok(CacheStore::Memory));
+        assert_eq!(
+            serve(&["--redis-url", "redis://h:1"]).cache_store(),
+            Ok(CacheStore::Redis("redis://h:1"))
+        );
+        let c = serve(&["--redis-cluster-urls", "redis://a:1,redis://u:pw@b:2"]);
+        assert_eq!(
+            c.cache_store(),
+            Ok(CacheStore::Cluster(vec!["redis://a:1", "redis://u:pw@b:2"]))
+        );
+        assert!(!format!("{c:?}").contains("pw"), "redacted: {c:?}");
+        let both = serve(&[
+            "--redis-url",
+            "redis://h:1",
+            "--redis-cluster-urls",
+            "redis://a:1",
+        ]);
+        let err = both.cache_store().unwrap_err();
+        assert!(
+            err.contains("--redis-url") && err.contains("--redis-cluster-urls"),
+            "{err}"
+        );
     }
 }

@@ -43,8 +43,8 @@
 //! again), so a cache can be built while the cluster is down.
 
 use super::redis::{
-    BUMP, CHECK, RELEASE, backend_error, encode_record, install_tls_provider, int, is_lease,
-    ms, parse_record, redact, token_seed,
+    BUMP, RELEASE, backend_error, encode_record, install_tls_provider, int, is_lease, ms,
+    parse_record, redact, token_seed, with_check,
 };
 use super::{Claim, Kind, Lease, Lookup, Store};
 use crate::error::{BuildError, StoreError};
@@ -82,7 +82,10 @@ pub struct ClusterConfig {
 impl fmt::Debug for ClusterConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClusterConfig")
-            .field("urls", &self.urls.iter().map(|u| redact(u)).collect::<Vec<_>>())
+            .field(
+                "urls",
+                &self.urls.iter().map(|u| redact(u)).collect::<Vec<_>>(),
+            )
             .field("command_timeout", &self.command_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
@@ -164,7 +167,6 @@ struct Scripts {
 
 impl Scripts {
     fn new() -> Self {
-        let with_check = |body: &str| Script::new(&format!("{CHECK}{body}"));
         Self {
             claim: with_check(CLAIM),
             claim_refresh: with_check(CLAIM_REFRESH),
@@ -361,7 +363,8 @@ impl ClusterStore {
         keep: Duration,
     ) -> Result<(Vec<(TagKey, i64)>, (TagKey, i64)), StoreError> {
         let keys: Vec<&str> = stamps.iter().map(TagKey::as_str).collect();
-        let (vers, at) = try_join(self.versions(conn, &keys, keep), self.clock(conn, clock)).await?;
+        let (vers, at) =
+            try_join(self.versions(conn, &keys, keep), self.clock(conn, clock)).await?;
         Ok((
             stamps.iter().cloned().zip(vers).collect(),
             (clock.clone(), at),
@@ -581,8 +584,8 @@ impl Store for ClusterStore {
                 .iter()
                 .zip(&now)
                 .all(|((_, v), n)| n.is_some() && version_of(n.as_deref()) == Some(*v));
-            let clock_still =
-                late.is_empty() || version_of(now[keys.len() - 1].as_deref()) == Some(lease.clock.1);
+            let clock_still = late.is_empty()
+                || version_of(now[keys.len() - 1].as_deref()) == Some(lease.clock.1);
             if !stamps_current || !clock_still {
                 self.release_key(&conn, &held, lease.token).await?;
                 return Ok(false);

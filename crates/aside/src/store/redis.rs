@@ -238,9 +238,13 @@ struct Scripts {
     bump: Script,
 }
 
+/// A script whose body uses the [`CHECK`] helpers.
+pub(crate) fn with_check(body: &str) -> Script {
+    Script::new(&format!("{CHECK}{body}"))
+}
+
 impl Scripts {
     fn new() -> Self {
-        let with_check = |body: &str| Script::new(&format!("{CHECK}{body}"));
         Self {
             claim: with_check(CLAIM),
             claim_refresh: with_check(CLAIM_REFRESH),

@@ -2,6 +2,8 @@
 //! Cluster, killed on drop.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod outage;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -207,12 +209,17 @@ impl TestCluster {
     /// Starts three nodes, joins them with `redis-cli --cluster create`, and waits until every
     /// node says the cluster is ok.
     pub fn start() -> Self {
-        let nodes: Vec<TestRedis> = (0..3)
-            .map(|_| {
+        Self::start_on([free_port(), free_port(), free_port()])
+    }
+
+    /// Starts the three nodes on given ports.
+    pub fn start_on(ports: [u16; 3]) -> Self {
+        let nodes: Vec<TestRedis> = ports
+            .into_iter()
+            .map(|port| {
                 let dir = tempfile::tempdir().unwrap();
-                let port = free_port();
                 let bus = std::iter::repeat_with(free_port)
-                    .find(|&p| p != port)
+                    .find(|p| !ports.contains(p))
                     .unwrap();
                 let conf = dir.path().join(format!("nodes-{port}.conf"));
                 let mut r = TestRedis {
@@ -249,7 +256,10 @@ impl TestCluster {
         let c = Self { nodes };
         let deadline = Instant::now() + Duration::from_secs(30);
         for n in &c.nodes {
-            while !c.cli(n.port, &["cluster", "info"]).contains("cluster_state:ok") {
+            while !c
+                .cli(n.port, &["cluster", "info"])
+                .contains("cluster_state:ok")
+            {
                 assert!(
                     Instant::now() < deadline,
                     "the cluster did not become ok on {}",
