@@ -47,7 +47,8 @@
 //! - [`key`]: every Redis key is made here (namespacing, escaping).
 //! - [`codec`]: [`Codec`](codec::Codec) and the JSON default; `envelope`: format and schema version.
 //! - [`store`]: the [`Store`](store::Store) boundary (bytes, TTLs, leases, version stamps) with
-//!   [`RedisStore`](store::RedisStore) and [`MemoryStore`](store::MemoryStore).
+//!   [`RedisStore`](store::RedisStore), [`ClusterStore`](store::ClusterStore) (Redis Cluster)
+//!   and [`MemoryStore`](store::MemoryStore).
 //! - `flight`: in-process single-flight. `breaker`: circuit breaker. `backlog`: invalidations
 //!   kept during an outage. `metrics`: metric names.
 //! - [`clock`]: injectable time.
