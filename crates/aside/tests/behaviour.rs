@@ -441,6 +441,38 @@ async fn a_tag_invalidates_entries_whatever_their_ttls(fx: Fx) {
     assert_eq!(c.get::<u8>("later").await.unwrap(), Some(4));
 }
 
+/// An entry still stored but invalidated (by a tag, a prefix or the epoch) is replaced by the
+/// next load, which is cached again, not left in the way.
+async fn invalidated_entries_are_replaced_by_the_next_load(fx: Fx) {
+    let c = fx
+        .builder()
+        .lease_wait(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    for how in ["tag", "prefix", "all"] {
+        let load = || {
+            let calls = calls.clone();
+            || async move { Ok::<_, Never>(Some(calls.fetch_add(1, Ordering::SeqCst))) }
+        };
+        let key = "products:list:1";
+        c.entry(key).tag("t").get_or_load(load()).await.unwrap();
+        match how {
+            "tag" => drop(c.invalidate_tag("t").await.unwrap()),
+            "prefix" => drop(c.invalidate_prefix("products:").await.unwrap()),
+            _ => drop(c.invalidate_all().await),
+        }
+        let next = calls.load(Ordering::SeqCst);
+        let v = c.entry(key).tag("t").get_or_load(load()).await.unwrap();
+        assert_eq!(v, Some(next), "{how}: loaded again");
+        assert_eq!(
+            c.entry(key).tag("t").get::<usize>().await.unwrap(),
+            Some(next),
+            "{how}: and cached again"
+        );
+    }
+}
+
 async fn a_prefix_invalidates_only_keys_under_it(fx: Fx) {
     let c = fx.cache();
     for k in [
@@ -1092,6 +1124,10 @@ macro_rules! suite {
             #[tokio::test]
             async fn tags_whatever_the_ttls() {
                 super::a_tag_invalidates_entries_whatever_their_ttls($fx).await
+            }
+            #[tokio::test]
+            async fn invalidated_entries_are_replaced() {
+                super::invalidated_entries_are_replaced_by_the_next_load($fx).await
             }
             #[tokio::test]
             async fn prefixes() {
