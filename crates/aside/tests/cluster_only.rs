@@ -246,3 +246,47 @@ async fn invalidation_never_scans_or_lists_keys() {
     assert!(calls < 30, "{calls} commands for 200 entries:\n{all}");
     assert_eq!(cache.get::<i32>("products:list:7:20").await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn acl_users_authenticate_through_the_urls() {
+    let acl = [
+        "--user", "default", "off", "--user", "app", "on", ">s3cret", "~*", "&*", "+@all",
+    ];
+    let c = TestCluster::start_with(
+        [free_port(), free_port(), free_port()],
+        &acl,
+        &["--user", "app", "--pass", "s3cret", "--no-auth-warning"],
+    );
+    let urls = |pw: &str| {
+        c.nodes
+            .iter()
+            .map(|n| format!("redis://app:{pw}@127.0.0.1:{}/", n.port))
+            .collect::<Vec<_>>()
+    };
+    let good = Cache::builder()
+        .namespace("t")
+        .redis_cluster(urls("s3cret"))
+        .build()
+        .unwrap();
+    good.entry("k").tag("x").set(&1u8).await.unwrap();
+    assert_eq!(good.entry("k").tag("x").get::<u8>().await.unwrap(), Some(1));
+    let bad = Cache::builder()
+        .namespace("t")
+        .redis_cluster(urls("wrong"))
+        .build()
+        .unwrap();
+    assert!(
+        bad.get::<u8>("k").await.is_err(),
+        "a wrong password is a backend error"
+    );
+    let v = bad
+        .get_or_load("k", || async { Ok::<_, Never>(Some(9u8)) })
+        .await
+        .unwrap();
+    assert_eq!(v, Some(9), "and get_or_load still answers");
+    let dbg = format!("{good:?}");
+    assert!(
+        !dbg.contains("s3cret") && dbg.contains("redis://app:***@"),
+        "no password in Debug output: {dbg}"
+    );
+}

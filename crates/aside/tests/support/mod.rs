@@ -203,6 +203,8 @@ impl Drop for TestRedis {
 /// Three `redis-server` masters in cluster mode on loopback, holding every slot between them.
 pub struct TestCluster {
     pub nodes: Vec<TestRedis>,
+    /// What `redis-cli` needs to log in (`--user`, `--pass`), if the nodes require it.
+    login: Vec<String>,
 }
 
 impl TestCluster {
@@ -214,6 +216,12 @@ impl TestCluster {
 
     /// Starts the three nodes on given ports.
     pub fn start_on(ports: [u16; 3]) -> Self {
+        Self::start_with(ports, &[], &[])
+    }
+
+    /// Starts the three nodes with extra `redis-server` arguments, `login` being what
+    /// `redis-cli` then needs to log in.
+    pub fn start_with(ports: [u16; 3], extra: &[&str], login: &[&str]) -> Self {
         let nodes: Vec<TestRedis> = ports
             .into_iter()
             .map(|port| {
@@ -226,21 +234,27 @@ impl TestCluster {
                     child: None,
                     port,
                     dir,
-                    extra: vec![
-                        "--cluster-enabled".into(),
-                        "yes".into(),
-                        "--cluster-config-file".into(),
-                        conf.display().to_string(),
-                        "--cluster-port".into(),
-                        bus.to_string(),
-                    ],
+                    extra: [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &conf.display().to_string(),
+                        "--cluster-port",
+                        &bus.to_string(),
+                    ]
+                    .iter()
+                    .chain(extra)
+                    .map(|s| s.to_string())
+                    .collect(),
                     tls: false,
                 };
                 r.spawn();
                 r
             })
             .collect();
+        let login: Vec<String> = login.iter().map(|s| s.to_string()).collect();
         let out = Command::new("redis-cli")
+            .args(&login)
             .arg("--cluster")
             .arg("create")
             .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
@@ -253,7 +267,7 @@ impl TestCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let c = Self { nodes };
+        let c = Self { nodes, login };
         let deadline = Instant::now() + Duration::from_secs(30);
         for n in &c.nodes {
             while !c
@@ -286,6 +300,7 @@ impl TestCluster {
 
     fn cli(&self, port: u16, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
+            .args(&self.login)
             .args(["-p", &port.to_string()])
             .args(args)
             .output()
