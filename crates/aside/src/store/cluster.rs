@@ -7,7 +7,8 @@
 //! standalone store's guarantees without that atomicity:
 //!
 //! - **Per-entry changes are atomic on the entry's slot.** Claim (placeholder written only if
-//!   the key is empty, a lease, or an entry already judged invalid), fill and release
+//!   the key is empty, holds bytes that are no record, or holds the very entry the caller
+//!   found invalid), fill and release
 //!   (compare-and-set on the lease token), set and delete are scripts or commands on that
 //!   slot alone.
 //! - **Versions only increase** (created from the server's time in microseconds, bumped to
