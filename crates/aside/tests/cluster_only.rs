@@ -290,3 +290,63 @@ async fn acl_users_authenticate_through_the_urls() {
         "no password in Debug output: {dbg}"
     );
 }
+
+/// One node does not answer (the one of the tag clock): what does not touch it still works,
+/// scripts included (they are loaded only where they run, not on every node). A claim takes
+/// its lease on the entry's node, then cannot read the clock: it gives the lease back at once
+/// instead of holding the key for the whole lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_does_not_answer_stops_only_what_needs_it() {
+    let c = TestCluster::start();
+    // A namespace whose epoch is not on the clock's node, and keys not on it either.
+    let ns = (0..64)
+        .map(|i| format!("n{i}"))
+        .find(|ns| c.node_of(&format!("{ns}:g")) != c.node_of(&format!("{ns}:c")))
+        .unwrap();
+    let paused = c.node_of(&format!("{ns}:c"));
+    let mut keys = (0..64)
+        .map(|i| format!("k{i}"))
+        .filter(|k| c.node_of(&format!("{ns}:e:{{{k}}}")) != paused);
+    let (set_key, load_key) = (keys.next().unwrap(), keys.next().unwrap());
+    let raw = format!("{ns}:e:{{{load_key}}}");
+    let mut entry_node = c.nodes[c.node_of(&raw)].conn().await;
+    let cache = Cache::builder()
+        .namespace(&ns)
+        .redis_cluster(c.urls())
+        .command_timeout(Duration::from_millis(100))
+        .lease(Duration::from_secs(60))
+        .breaker(100, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    assert!(cache.ping().await);
+    c.nodes[paused].pause();
+
+    cache.set(&set_key, &1u8).await.unwrap();
+    assert_eq!(cache.get::<u8>(&set_key).await.unwrap(), Some(1));
+
+    let v = cache
+        .get_or_load(&load_key, || async { Ok::<_, Never>(Some(2u8)) })
+        .await
+        .unwrap();
+    assert_eq!(v, Some(2), "the loader answers");
+    let released = eventually(Duration::from_secs(2), || {
+        let mut conn = entry_node.clone();
+        let raw = raw.clone();
+        async move {
+            let v: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(&raw)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            v.is_none()
+        }
+    })
+    .await;
+    let left: Option<String> = redis::cmd("GET")
+        .arg(&raw)
+        .query_async(&mut entry_node)
+        .await
+        .unwrap();
+    c.nodes[paused].resume();
+    assert!(released, "the placeholder is still there: {left:?}");
+}

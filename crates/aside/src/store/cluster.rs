@@ -39,13 +39,20 @@
 //! | delete, release | 1 |
 //! | bump | 2 (the clock, then the versions) |
 //!
+//! A claim takes its lease before it reads the versions, so it can fail with the lease
+//! taken (a node of a stamp does not answer in time): it then gives the lease back in the
+//! background, so that other instances need not wait for it to lapse.
+//!
+//! Scripts are loaded on a node only when it first runs them, not on every node at once, so
+//! a node that does not answer stops only the calls that need it.
+//!
 //! Every call, connecting included, is bounded by the command timeout. The store is built
 //! without connecting; the first call connects (and each call after a failed attempt tries
 //! again), so a cache can be built while the cluster is down.
 
 use super::redis::{
-    BUMP, RELEASE, backend_error, encode_record, install_tls_provider, int, is_lease, ms,
-    parse_record, redact, token_seed, with_check,
+    BUMP, CHECK, RELEASE, backend_error, encode_record, install_tls_provider, int, is_lease, ms,
+    parse_record, redact, token_seed,
 };
 use super::{Claim, Kind, Lease, Lookup, Store};
 use crate::error::{BuildError, StoreError};
@@ -56,10 +63,13 @@ use futures::future::{try_join, try_join_all};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
-use redis::{Script, Value};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{
+    Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRedisArgs, Value,
+};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -156,26 +166,87 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
 return 1
 "#;
 
+/// A script for the keys of one slot, run with `EVALSHA` and loaded on the node of that slot
+/// when the node does not know it yet. (redis-rs's `Script` loads it on every node at once,
+/// so one node that does not answer would keep the others from running it.)
+struct Lua {
+    code: String,
+    hash: String,
+}
+
+/// One run of a [`Lua`] script: its keys, then its arguments.
+struct Call<'a> {
+    lua: &'a Lua,
+    cmd: Cmd,
+    route: Route,
+}
+
+impl Lua {
+    fn new(code: String) -> Self {
+        let hash = Script::new(&code).get_hash().to_owned();
+        Self { code, hash }
+    }
+
+    fn checked(body: &str) -> Self {
+        Self::new(format!("{CHECK}{body}"))
+    }
+
+    /// A run on `keys`, which must share a slot.
+    fn on<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> Call<'_> {
+        let keys: Vec<&str> = keys.into_iter().collect();
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.hash).arg(keys.len()).arg(&keys);
+        let first = keys.first().copied().unwrap_or_default();
+        Call {
+            lua: self,
+            cmd,
+            route: Route::with_key(first, SlotAddr::Master),
+        }
+    }
+}
+
+impl Call<'_> {
+    fn arg(mut self, arg: impl ToRedisArgs) -> Self {
+        self.cmd.arg(arg);
+        self
+    }
+
+    async fn run<T: FromRedisValue>(self, conn: &ClusterConnection) -> RedisResult<T> {
+        let mut conn = conn.clone();
+        match self.cmd.query_async(&mut conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(&self.lua.code);
+                let node = SingleNodeRoutingInfo::SpecificNode(self.route);
+                conn.route_command(load, RoutingInfo::SingleNode(node))
+                    .await?;
+                self.cmd.query_async(&mut conn).await
+            }
+            r => r,
+        }
+    }
+}
+
 struct Scripts {
-    claim: Script,
-    claim_refresh: Script,
-    versions: Script,
-    fill: Script,
-    put: Script,
-    release: Script,
-    bump: Script,
+    claim: Lua,
+    claim_refresh: Lua,
+    versions: Lua,
+    fill: Lua,
+    put: Lua,
+    release: Lua,
+    bump: Lua,
 }
 
 impl Scripts {
     fn new() -> Self {
         Self {
-            claim: with_check(CLAIM),
-            claim_refresh: with_check(CLAIM_REFRESH),
-            versions: with_check(VERSIONS),
-            fill: Script::new(FILL),
-            put: Script::new(PUT),
-            release: Script::new(RELEASE),
-            bump: Script::new(BUMP),
+            claim: Lua::checked(CLAIM),
+            claim_refresh: Lua::checked(CLAIM_REFRESH),
+            versions: Lua::checked(VERSIONS),
+            fill: Lua::new(FILL.into()),
+            put: Lua::new(PUT.into()),
+            release: Lua::new(RELEASE.into()),
+            bump: Lua::new(BUMP.into()),
         }
     }
 }
@@ -326,13 +397,8 @@ impl ClusterStore {
     ) -> Result<Vec<i64>, StoreError> {
         let groups = by_slot(keys);
         let replies = try_join_all(groups.iter().map(|group| {
-            let mut inv = self.scripts.versions.prepare_invoke();
-            for &i in group {
-                inv.key(keys[i]);
-            }
-            inv.arg(ms(keep));
-            let mut conn = conn.clone();
-            async move { inv.invoke_async::<Vec<Value>>(&mut conn).await }
+            let call = self.scripts.versions.on(group.iter().map(|&i| keys[i]));
+            call.arg(ms(keep)).run::<Vec<Value>>(conn)
         }))
         .await
         .map_err(|e| self.error(e))?;
@@ -372,16 +438,33 @@ impl ClusterStore {
         ))
     }
 
+    /// Gives back, in the background, a lease taken by a call that failed after taking it
+    /// (its versions could not be read in time), so that other instances need not wait for
+    /// it to lapse. Best effort: if this fails too, the lease lapses by itself.
+    fn release_later(&self, key: String, token: u64) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let _ = store
+                .bounded(async {
+                    let conn = store.conn().await?;
+                    store.release_key(&conn, &key, token).await
+                })
+                .await;
+        });
+    }
+
     async fn release_key(
         &self,
         conn: &ClusterConnection,
         key: &str,
         token: u64,
     ) -> Result<(), StoreError> {
-        let mut inv = self.scripts.release.key(key);
-        inv.arg(token);
-        let _: i64 = inv
-            .invoke_async(&mut conn.clone())
+        let _: i64 = self
+            .scripts
+            .release
+            .on([key])
+            .arg(token)
+            .run(conn)
             .await
             .map_err(|e| self.error(e))?;
         Ok(())
@@ -454,47 +537,57 @@ impl Store for ClusterStore {
     ) -> Result<Claim, StoreError> {
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
         let (entry_key, _) = key.hash_tagged();
-        self.bounded(async {
-            let mut conn = self.conn().await?;
-            let mut invalid: Vec<u8> = Vec::new();
-            // Each turn finds another record in the way (written meanwhile): a few turns, then
-            // the caller treats the key as busy.
-            for _ in 0..3 {
-                let mut inv = self.scripts.claim.key(&entry_key);
-                inv.arg(token).arg(ms(lease)).arg(&invalid);
-                match inv
-                    .invoke_async::<Value>(&mut conn)
-                    .await
-                    .map_err(|e| self.error(e))?
-                {
-                    Value::Int(1) => {
-                        // The placeholder is in place: only now read the versions.
-                        let (stamps, clock) = self.lease_for(&conn, stamps, clock, keep).await?;
-                        return Ok(Claim::Granted(Lease {
-                            token,
-                            refresh: false,
-                            stamps,
-                            clock,
-                        }));
-                    }
-                    Value::Int(2) => return Ok(Claim::Pending),
-                    Value::BulkString(v) => {
-                        let Some(record) = parse_record(&v) else {
-                            return Err(StoreError::Protocol("claim: record".into()));
-                        };
-                        if self.current(&conn, &record.stamps).await? {
-                            let at = record.payload_at;
-                            return Ok(Claim::Hit(Bytes::from(v).slice(at..)));
+        let taken = AtomicBool::new(false);
+        let claim = self
+            .bounded(async {
+                let conn = self.conn().await?;
+                let mut invalid: Vec<u8> = Vec::new();
+                // Each turn finds another record in the way (written meanwhile): a few turns, then
+                // the caller treats the key as busy.
+                for _ in 0..3 {
+                    let call = self.scripts.claim.on([entry_key.as_str()]);
+                    match call
+                        .arg(token)
+                        .arg(ms(lease))
+                        .arg(&invalid)
+                        .run::<Value>(&conn)
+                        .await
+                        .map_err(|e| self.error(e))?
+                    {
+                        Value::Int(1) => {
+                            taken.store(true, Ordering::Relaxed);
+                            // The placeholder is in place: only now read the versions.
+                            let (stamps, clock) =
+                                self.lease_for(&conn, stamps, clock, keep).await?;
+                            return Ok(Claim::Granted(Lease {
+                                token,
+                                refresh: false,
+                                stamps,
+                                clock,
+                            }));
                         }
-                        // Invalid for good: replace it if it is still the one read.
-                        invalid = v[..record.payload_at - 1].to_vec();
+                        Value::Int(2) => return Ok(Claim::Pending),
+                        Value::BulkString(v) => {
+                            let Some(record) = parse_record(&v) else {
+                                return Err(StoreError::Protocol("claim: record".into()));
+                            };
+                            if self.current(&conn, &record.stamps).await? {
+                                let at = record.payload_at;
+                                return Ok(Claim::Hit(Bytes::from(v).slice(at..)));
+                            }
+                            // Invalid for good: replace it if it is still the one read.
+                            invalid = v[..record.payload_at - 1].to_vec();
+                        }
+                        other => return Err(StoreError::Protocol(format!("claim: {other:?}"))),
                     }
-                    other => return Err(StoreError::Protocol(format!("claim: {other:?}"))),
                 }
-            }
-            Ok(Claim::Pending)
-        })
-        .await
+                Ok(Claim::Pending)
+            })
+            .await;
+        if claim.is_err() && taken.load(Ordering::Relaxed) {
+            self.release_later(entry_key, token);
+        }
+        claim
     }
 
     async fn claim_refresh(
@@ -508,43 +601,51 @@ impl Store for ClusterStore {
     ) -> Result<Option<Lease>, StoreError> {
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
         let (entry_key, refresh_key) = key.hash_tagged();
-        self.bounded(async {
-            let mut conn = self.conn().await?;
-            let mut inv = self.scripts.claim_refresh.key(&entry_key);
-            inv.key(&refresh_key)
-                .arg(token)
-                .arg(ms(lease))
-                .arg(fresh_until);
-            let head = match inv
-                .invoke_async::<Value>(&mut conn)
-                .await
-                .map_err(|e| self.error(e))?
-            {
-                Value::BulkString(head) => head,
-                Value::Int(0 | 2) => return Ok(None),
-                other => return Err(StoreError::Protocol(format!("claim_refresh: {other:?}"))),
-            };
-            let Some(record) = parse_record(&head) else {
-                return Err(StoreError::Protocol("claim_refresh: record".into()));
-            };
-            // The refresh lease is held: check the entry and read the versions, all at once.
-            let (valid, (stamps, clock)) = try_join(
-                self.current(&conn, &record.stamps),
-                self.lease_for(&conn, stamps, clock, keep),
-            )
-            .await?;
-            if !valid {
-                self.release_key(&conn, &refresh_key, token).await?;
-                return Ok(None);
-            }
-            Ok(Some(Lease {
-                token,
-                refresh: true,
-                stamps,
-                clock,
-            }))
-        })
-        .await
+        let taken = AtomicBool::new(false);
+        let claim = self
+            .bounded(async {
+                let conn = self.conn().await?;
+                let call = self.scripts.claim_refresh.on([&*entry_key, &*refresh_key]);
+                let head = match call
+                    .arg(token)
+                    .arg(ms(lease))
+                    .arg(fresh_until)
+                    .run::<Value>(&conn)
+                    .await
+                    .map_err(|e| self.error(e))?
+                {
+                    Value::BulkString(head) => {
+                        taken.store(true, Ordering::Relaxed);
+                        head
+                    }
+                    Value::Int(0 | 2) => return Ok(None),
+                    other => return Err(StoreError::Protocol(format!("claim_refresh: {other:?}"))),
+                };
+                let Some(record) = parse_record(&head) else {
+                    return Err(StoreError::Protocol("claim_refresh: record".into()));
+                };
+                // The refresh lease is held: check the entry and read the versions, all at once.
+                let (valid, (stamps, clock)) = try_join(
+                    self.current(&conn, &record.stamps),
+                    self.lease_for(&conn, stamps, clock, keep),
+                )
+                .await?;
+                if !valid {
+                    self.release_key(&conn, &refresh_key, token).await?;
+                    return Ok(None);
+                }
+                Ok(Some(Lease {
+                    token,
+                    refresh: true,
+                    stamps,
+                    clock,
+                }))
+            })
+            .await;
+        if claim.is_err() && taken.load(Ordering::Relaxed) {
+            self.release_later(refresh_key, token);
+        }
+        claim
     }
 
     async fn fill(
@@ -563,7 +664,7 @@ impl Store for ClusterStore {
             entry_key.clone()
         };
         self.bounded(async {
-            let mut conn = self.conn().await?;
+            let conn = self.conn().await?;
             // Tags known only now: their versions first, the clock after (see the module docs).
             let late_keys: Vec<&str> = late.iter().map(TagKey::as_str).collect();
             let late_vers = if late.is_empty() {
@@ -597,13 +698,12 @@ impl Store for ClusterStore {
                 .map(|(k, v)| (k.as_str(), *v))
                 .chain(late_keys.iter().copied().zip(late_vers))
                 .collect();
-            let mut inv = self.scripts.fill.key(&entry_key);
-            inv.key(&held)
+            let call = self.scripts.fill.on([&*entry_key, &*held]);
+            let n: i64 = call
                 .arg(lease.token)
                 .arg(ms(ttl))
-                .arg(encode_record(&stamps, &payload));
-            let n: i64 = inv
-                .invoke_async(&mut conn)
+                .arg(encode_record(&stamps, &payload))
+                .run(&conn)
                 .await
                 .map_err(|e| self.error(e))?;
             Ok(n == 1)
@@ -634,17 +734,16 @@ impl Store for ClusterStore {
     ) -> Result<(), StoreError> {
         let (entry_key, refresh_key) = key.hash_tagged();
         self.bounded(async {
-            let mut conn = self.conn().await?;
+            let conn = self.conn().await?;
             let keys: Vec<&str> = stamps.iter().map(TagKey::as_str).collect();
             // Version keys outlive the entry by a margin, so the entry never outlives its stamps.
             let vers = self.versions(&conn, &keys, ttl * 2).await?;
             let stamps: Vec<(&str, i64)> = keys.iter().copied().zip(vers).collect();
-            let mut inv = self.scripts.put.key(&entry_key);
-            inv.key(&refresh_key)
+            let call = self.scripts.put.on([&*entry_key, &*refresh_key]);
+            let _: i64 = call
                 .arg(ms(ttl))
-                .arg(encode_record(&stamps, &payload));
-            let _: i64 = inv
-                .invoke_async(&mut conn)
+                .arg(encode_record(&stamps, &payload))
+                .run(&conn)
                 .await
                 .map_err(|e| self.error(e))?;
             Ok(())
@@ -678,23 +777,14 @@ impl Store for ClusterStore {
             return Ok(());
         }
         self.bounded(async {
-            let mut conn = self.conn().await?;
+            let conn = self.conn().await?;
             // The clock strictly before any version: fills with learnt tags rely on it.
-            let mut inv = self.scripts.bump.key(clock.as_str());
-            inv.arg(1);
-            let _: i64 = inv
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| self.error(e))?;
+            let call = self.scripts.bump.on([clock.as_str()]);
+            let _: i64 = call.arg(1).run(&conn).await.map_err(|e| self.error(e))?;
             let keys: Vec<&str> = stamps.iter().map(TagKey::as_str).collect();
             try_join_all(by_slot(&keys).into_iter().map(|group| {
-                let mut inv = self.scripts.bump.prepare_invoke();
-                for i in group {
-                    inv.key(keys[i]);
-                }
-                inv.arg(0);
-                let mut conn = conn.clone();
-                async move { inv.invoke_async::<i64>(&mut conn).await }
+                let call = self.scripts.bump.on(group.into_iter().map(|i| keys[i]));
+                call.arg(0).run::<i64>(&conn)
             }))
             .await
             .map_err(|e| self.error(e))?;
