@@ -828,6 +828,20 @@ mod tests {
     }
 
     #[test]
+    fn unusable_urls_are_refused_without_showing_passwords() {
+        let none = ClusterStore::new(&ClusterConfig::new(Vec::<String>::new()));
+        assert!(matches!(none, Err(BuildError::RedisUrl(_))));
+        assert!(ClusterStore::new(&ClusterConfig::new(["not a url"])).is_err());
+        let mixed = ClusterConfig::new(["redis://u:secret@h:1", "redis://u:other@h:2"]);
+        match ClusterStore::new(&mixed) {
+            Err(e) => assert!(!e.to_string().contains("secret"), "{e}"),
+            Ok(_) => panic!("different passwords accepted"),
+        }
+        let ok = ClusterStore::new(&ClusterConfig::new(["redis://u:secret@h:1"])).unwrap();
+        assert!(!format!("{ok:?}").contains("secret"));
+    }
+
+    #[test]
     fn passwords_are_redacted_in_debug_output() {
         let c = ClusterConfig::new(["redis://u:secret@h:1", "redis://u:secret@h:2"]);
         assert!(!format!("{c:?}").contains("secret"));
