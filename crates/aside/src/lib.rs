@@ -38,6 +38,7 @@
 //! | no stale sets | fills are fenced: an invalidation during a load voids its write |
 //! | tags and prefixes | versioned stamps: one `INCR`-like bump, whatever the TTLs; no `KEYS`, no `SCAN` |
 //! | Redis failure is not yours | timeouts, circuit breaker, fall back to the loader, invalidations kept and replayed, lazy connect |
+//! | Redis standalone or Cluster | `redis(url)` (TLS, ACL users) or `redis_cluster(urls)`: the same guarantees with an entry and its stamps on different nodes |
 //! | corrupt or old entries | a miss, removed and counted (`schema_version` for type changes) |
 //! | observability | `metrics` counters and histograms, `tracing` spans |
 //!
