@@ -9,13 +9,16 @@ use crate::error::BuildError;
 use crate::flight::Flights;
 use crate::key::Namespace;
 use crate::metrics::Metrics;
-use crate::store::{L1Config, MemoryStore, RedisConfig, RedisStore, Store, TieredStore};
+use crate::store::{
+    ClusterConfig, ClusterStore, L1Config, MemoryStore, RedisConfig, RedisStore, Store, TieredStore,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
 enum Backend {
     Memory { capacity: u64 },
     Redis(RedisConfig),
+    Cluster(ClusterConfig),
     Custom(Arc<dyn Store>),
 }
 
@@ -102,6 +105,29 @@ impl<C: Codec> CacheBuilder<C> {
     /// Use Redis with a full configuration.
     pub fn redis_config(mut self, config: RedisConfig) -> Self {
         self.backend = Backend::Redis(config);
+        self
+    }
+
+    /// Use a Redis Cluster, reached through some of its nodes (the others are discovered).
+    /// Credentials (`user:password@`) and TLS (`rediss://`) are taken from the first URL.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let cache = aside::Cache::builder()
+    ///     .namespace("catalog")
+    ///     .redis_cluster(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]) // lazy, too
+    ///     .build()
+    ///     .expect("valid settings");
+    /// # });
+    /// ```
+    pub fn redis_cluster<S: Into<String>>(mut self, urls: impl IntoIterator<Item = S>) -> Self {
+        self.backend = Backend::Cluster(ClusterConfig::new(urls));
+        self
+    }
+
+    /// Use a Redis Cluster with a full configuration.
+    pub fn redis_cluster_config(mut self, config: ClusterConfig) -> Self {
+        self.backend = Backend::Cluster(config);
         self
     }
 
@@ -329,6 +355,12 @@ impl<C: Codec> CacheBuilder<C> {
                     Some(l1) => Arc::new(TieredStore::new(ns.as_str(), &config, l1)?),
                     None => Arc::new(RedisStore::new(&config)?),
                 }
+            }
+            Backend::Cluster(mut config) => {
+                if let Some(t) = self.command_timeout {
+                    config.command_timeout = t;
+                }
+                Arc::new(ClusterStore::new(&config)?)
             }
             Backend::Custom(s) => s,
         };

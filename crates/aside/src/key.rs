@@ -12,6 +12,10 @@
 //! | `ns:g` | the namespace epoch: bumped when invalidations were lost in an outage |
 //! | `ns:c` | the tag clock: advanced by every invalidation of a tag, prefix or the epoch |
 //!
+//! In Redis Cluster the entry and refresh keys carry the user key as a hash tag,
+//! `ns:e:{<key>}` and `ns:r:{<key>}` ([`EntryKey::hash_tagged`]), so an entry and its refresh
+//! lease share a slot; version keys are as above, so they spread over the cluster.
+//!
 //! User input (keys, tags, prefixes) is percent-encoded: every byte outside `[A-Za-z0-9_.:-]`
 //! becomes `%XX`. The encoding is injective, so two distinct user keys never share a Redis key,
 //! and the result holds no glob (`*?[]\`), hash-tag (`{}`), whitespace or `%`-ambiguity, so user
@@ -135,6 +139,19 @@ impl EntryKey {
     }
 }
 
+impl EntryKey {
+    /// The entry key and the refresh key as the cluster store names them: `ns:e:{<key>}` and
+    /// `ns:r:{<key>}`. The hash tag puts both in one slot, so one script can change them
+    /// together; user input is encoded, so it holds no `{` or `}` of its own.
+    pub fn hash_tagged(&self) -> (String, String) {
+        let (ns, user) = match self.0.split_once(':') {
+            Some((ns, rest)) => (ns, rest.strip_prefix("e:").unwrap_or(rest)),
+            None => (self.0.as_str(), ""),
+        };
+        (format!("{ns}:e:{{{user}}}"), format!("{ns}:r:{{{user}}}"))
+    }
+}
+
 impl TagKey {
     /// The key as sent to the store.
     pub fn as_str(&self) -> &str {
@@ -255,6 +272,15 @@ mod tests {
         assert_eq!(
             ns.entry("product:e:1").unwrap().refresh_key(),
             "app:r:product:e:1"
+        );
+        assert_eq!(
+            ns.entry("product:e:1").unwrap().hash_tagged(),
+            ("app:e:{product:e:1}".into(), "app:r:{product:e:1}".into())
+        );
+        assert_eq!(
+            ns.entry("a{b}").unwrap().hash_tagged().0,
+            "app:e:{a%7Bb%7D}",
+            "the only braces are the hash tag's"
         );
     }
 

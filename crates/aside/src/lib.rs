@@ -39,6 +39,7 @@
 //! | tags and prefixes | versioned stamps: one `INCR`-like bump, whatever the TTLs; no `KEYS`, no `SCAN` |
 //! | Redis failure is not yours | timeouts, circuit breaker, fall back to the loader, invalidations kept and replayed, lazy connect |
 //! | two tiers (optional) | [`CacheBuilder::l1`]: an in-process L1 in front of Redis, coherent across instances through pub/sub within a bound (100 ms) |
+//! | Redis standalone or Cluster | `redis(url)` (TLS, ACL users) or `redis_cluster(urls)`: the same guarantees with an entry and its stamps on different nodes |
 //! | corrupt or old entries | a miss, removed and counted (`schema_version` for type changes) |
 //! | observability | `metrics` counters and histograms, `tracing` spans |
 //!
@@ -48,8 +49,9 @@
 //! - [`key`]: every Redis key is made here (namespacing, escaping).
 //! - [`codec`]: [`Codec`](codec::Codec) and the JSON default; `envelope`: format and schema version.
 //! - [`store`]: the [`Store`](store::Store) boundary (bytes, TTLs, leases, version stamps) with
-//!   [`RedisStore`](store::RedisStore), [`MemoryStore`](store::MemoryStore) and
-//!   [`TieredStore`](store::TieredStore) (an L1 in front of Redis).
+//!   [`RedisStore`](store::RedisStore), [`ClusterStore`](store::ClusterStore) (Redis Cluster),
+//!   [`MemoryStore`](store::MemoryStore) and [`TieredStore`](store::TieredStore) (an L1 in
+//!   front of Redis).
 //! - `flight`: in-process single-flight. `breaker`: circuit breaker. `backlog`: invalidations
 //!   kept during an outage. `metrics`: metric names.
 //! - [`clock`]: injectable time.

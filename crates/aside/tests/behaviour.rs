@@ -1,6 +1,8 @@
 //! One behaviour suite, run against every store: the in-process store (on a mock clock),
-//! Redis (a private `redis-server` per test), and Redis with an L1 in front (two instances,
-//! each with its own L1, handed out in turn to the caches a test builds).
+//! Redis (a private `redis-server` per test), Redis with an L1 in front (two instances, each
+//! with its own L1, handed out in turn to the caches a test builds) and Redis Cluster (a
+//! private three-node cluster, shared by the tests running at the same time, each in its own
+//! namespace).
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -13,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use support::{TestRedis, eventually};
+use support::{TestCluster, TestRedis, eventually};
 use tokio::sync::{Barrier, oneshot};
 
 enum Backend {
@@ -28,6 +30,7 @@ enum Backend {
         instances: Vec<TieredStore>,
         next: AtomicUsize,
     },
+    Cluster(Arc<TestCluster>),
 }
 
 struct Fx {
@@ -78,6 +81,13 @@ impl Fx {
         }
     }
 
+    fn cluster() -> Self {
+        Self {
+            backend: Backend::Cluster(TestCluster::shared()),
+            ns: format!("c{}", NS.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
+
     fn builder(&self) -> CacheBuilder {
         let b = Cache::builder().namespace(&self.ns).jitter(0.0);
         match &self.backend {
@@ -91,6 +101,7 @@ impl Fx {
                 let i = next.fetch_add(1, Ordering::Relaxed) % instances.len();
                 b.store(Arc::new(instances[i].clone()))
             }
+            Backend::Cluster(c) => b.redis_cluster(c.urls()),
         }
     }
 
@@ -104,21 +115,13 @@ impl Fx {
             Backend::Memory { clock, .. } => clock.advance(ttl + Duration::from_millis(1)),
             Backend::Redis(r) | Backend::Tiered { redis: r, .. } => {
                 let raw = format!("{}:e:{key}", self.ns);
-                let mut c = r.conn().await;
-                let gone = eventually(ttl * 4 + Duration::from_secs(2), || {
-                    let mut c = c.clone();
-                    let raw = raw.clone();
-                    async move {
-                        !redis::cmd("EXISTS")
-                            .arg(&raw)
-                            .query_async::<bool>(&mut c)
-                            .await
-                            .unwrap()
-                    }
-                })
-                .await;
-                let _: () = redis::cmd("PING").query_async(&mut c).await.unwrap();
-                assert!(gone, "{raw} did not expire");
+                let c = r.conn().await;
+                assert!(gone(c, &raw, ttl).await, "{raw} did not expire");
+            }
+            Backend::Cluster(cl) => {
+                let raw = format!("{}:e:{{{key}}}", self.ns);
+                let c = cl.conn().await;
+                assert!(gone(c, &raw, ttl).await, "{raw} did not expire");
             }
         }
     }
@@ -126,9 +129,29 @@ impl Fx {
     fn short(&self) -> Duration {
         match self.backend {
             Backend::Memory { .. } => Duration::from_secs(1),
-            Backend::Redis(_) | Backend::Tiered { .. } => Duration::from_millis(150),
+            Backend::Redis(_) | Backend::Tiered { .. } | Backend::Cluster(_) => {
+                Duration::from_millis(150)
+            }
         }
     }
+}
+
+/// Waits until Redis no longer holds `raw`, written with `ttl`.
+async fn gone<C>(c: C, raw: &str, ttl: Duration) -> bool
+where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync,
+{
+    eventually(ttl * 4 + Duration::from_secs(2), || {
+        let mut c = c.clone();
+        async move {
+            !redis::cmd("EXISTS")
+                .arg(raw)
+                .query_async::<bool>(&mut c)
+                .await
+                .unwrap()
+        }
+    })
+    .await
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -454,6 +477,38 @@ async fn a_tag_invalidates_entries_whatever_their_ttls(fx: Fx) {
     c.invalidate_tag("nobody").await.unwrap();
     c.entry("later").tag("t").set(&4u8).await.unwrap();
     assert_eq!(c.get::<u8>("later").await.unwrap(), Some(4));
+}
+
+/// An entry still stored but invalidated (by a tag, a prefix or the epoch) is replaced by the
+/// next load, which is cached again, not left in the way.
+async fn invalidated_entries_are_replaced_by_the_next_load(fx: Fx) {
+    let c = fx
+        .builder()
+        .lease_wait(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    for how in ["tag", "prefix", "all"] {
+        let load = || {
+            let calls = calls.clone();
+            || async move { Ok::<_, Never>(Some(calls.fetch_add(1, Ordering::SeqCst))) }
+        };
+        let key = "products:list:1";
+        c.entry(key).tag("t").get_or_load(load()).await.unwrap();
+        match how {
+            "tag" => drop(c.invalidate_tag("t").await.unwrap()),
+            "prefix" => drop(c.invalidate_prefix("products:").await.unwrap()),
+            _ => drop(c.invalidate_all().await),
+        }
+        let next = calls.load(Ordering::SeqCst);
+        let v = c.entry(key).tag("t").get_or_load(load()).await.unwrap();
+        assert_eq!(v, Some(next), "{how}: loaded again");
+        assert_eq!(
+            c.entry(key).tag("t").get::<usize>().await.unwrap(),
+            Some(next),
+            "{how}: and cached again"
+        );
+    }
 }
 
 async fn a_prefix_invalidates_only_keys_under_it(fx: Fx) {
@@ -805,7 +860,7 @@ impl Fx {
     fn timed(&self) -> (CacheBuilder, MockClock) {
         match &self.backend {
             Backend::Memory { clock, .. } => (self.builder(), clock.clone()),
-            Backend::Redis(_) | Backend::Tiered { .. } => {
+            Backend::Redis(_) | Backend::Tiered { .. } | Backend::Cluster(_) => {
                 let clock = MockClock::default();
                 (self.builder().clock(Arc::new(clock.clone())), clock)
             }
@@ -912,7 +967,7 @@ impl Fx {
     fn timed_twin(&self, clock: &MockClock) -> Cache {
         let b = match &self.backend {
             Backend::Memory { .. } => self.builder(),
-            Backend::Redis(_) | Backend::Tiered { .. } => {
+            Backend::Redis(_) | Backend::Tiered { .. } | Backend::Cluster(_) => {
                 self.builder().clock(Arc::new(clock.clone()))
             }
         };
@@ -1114,6 +1169,10 @@ macro_rules! suite {
                 super::a_tag_invalidates_entries_whatever_their_ttls($fx).await
             }
             #[tokio::test]
+            async fn invalidated_entries_are_replaced() {
+                super::invalidated_entries_are_replaced_by_the_next_load($fx).await
+            }
+            #[tokio::test]
             async fn prefixes() {
                 super::a_prefix_invalidates_only_keys_under_it($fx).await
             }
@@ -1172,6 +1231,7 @@ macro_rules! suite {
 suite!(memory_store, Fx::memory());
 suite!(redis_store, Fx::redis());
 suite!(tiered_store, Fx::tiered().await);
+suite!(cluster_store, Fx::cluster());
 
 #[tokio::test]
 async fn memory_jitter_spreads_expiry() {

@@ -6,8 +6,8 @@ mod support;
 
 use aside::{Cache, CacheBuilder, Invalidation, LoadError};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use support::outage::{self, counter};
 use support::{TestRedis, eventually, free_port};
 
 type Never = std::convert::Infallible;
@@ -33,18 +33,6 @@ async fn redis_get(r: &TestRedis, key: &str) -> Option<Vec<u8>> {
         .query_async(&mut r.conn().await)
         .await
         .unwrap()
-}
-
-fn counter(snap: &metrics_util::debugging::Snapshotter, name: &str) -> u64 {
-    snap.snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(k, ..)| k.key().name() == name)
-        .map(|(.., v)| match v {
-            metrics_util::debugging::DebugValue::Counter(n) => n,
-            _ => 0,
-        })
-        .sum()
 }
 
 #[tokio::test]
@@ -203,66 +191,13 @@ async fn a_killed_redis_costs_callers_nothing() {
     let mut r = TestRedis::start();
     let rec = metrics_util::debugging::DebuggingRecorder::new();
     let snap = rec.snapshotter();
-    // A cooldown longer than the loop below, so no probe lands in it whatever the machine's speed.
     let c = metrics::with_local_recorder(&rec, || {
         builder(&r)
             .breaker(3, Duration::from_secs(2))
             .build()
             .unwrap()
     });
-    let loads = Arc::new(AtomicUsize::new(0));
-    let load = || {
-        let loads = loads.clone();
-        || async move {
-            loads.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, Never>(Some("from db".to_string()))
-        }
-    };
-    assert_eq!(
-        c.get_or_load("k", load()).await.unwrap().as_deref(),
-        Some("from db")
-    );
-    r.kill();
-    for _ in 0..50 {
-        assert_eq!(
-            c.get_or_load("k", load()).await.unwrap().as_deref(),
-            Some("from db")
-        );
-    }
-    assert_eq!(
-        loads.load(Ordering::SeqCst),
-        51,
-        "every read fell back to the loader"
-    );
-    assert!(c.health().breaker_open, "the breaker opened");
-    assert!(
-        counter(&snap, "aside_backend_skipped_total") > 0,
-        "and calls were skipped"
-    );
-    assert!(
-        counter(&snap, "aside_backend_errors_total") <= 6,
-        "only a few calls paid for the outage"
-    );
-    assert!(
-        c.set("k", &"x").await.is_err(),
-        "set says it could not write"
-    );
-    assert_eq!(c.del(["k"]).await.unwrap(), Invalidation::Queued);
-
-    r.restart();
-    assert!(
-        eventually(Duration::from_secs(10), || c.ping()).await,
-        "the cache reconnects"
-    );
-    assert_eq!(c.health().pending_invalidations, 0);
-    c.get_or_load("k", load()).await.unwrap();
-    let before = loads.load(Ordering::SeqCst);
-    c.get_or_load("k", load()).await.unwrap();
-    assert_eq!(
-        loads.load(Ordering::SeqCst),
-        before,
-        "cached again once Redis is back"
-    );
+    outage::a_killed_server_costs_callers_nothing(&c, &snap, &mut r).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

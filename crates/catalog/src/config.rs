@@ -42,6 +42,17 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
+    /// Redis Cluster to cache in, instead of --redis-url: some of its nodes, comma-separated
+    /// (redis://HOST:PORT,redis://HOST:PORT; the others are discovered). USER:PASS@ and
+    /// rediss:// as for --redis-url, taken from the first node.
+    #[arg(
+        long,
+        env = "CATALOG_REDIS_CLUSTER_URLS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub redis_cluster_urls: Vec<String>,
+
     /// Products to seed into an empty database (with categories c1..c20).
     #[arg(long, env = "CATALOG_SEED_PRODUCTS", default_value_t = 1000)]
     pub seed_products: u32,
@@ -99,6 +110,17 @@ pub struct Config {
     pub l1_ttl: Duration,
 }
 
+/// Where the cache keeps its entries.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CacheStore<'a> {
+    /// In this process.
+    Memory,
+    /// A standalone Redis server (`--redis-url`).
+    Redis(&'a str),
+    /// A Redis Cluster, through some of its nodes (`--redis-cluster-urls`).
+    Cluster(Vec<&'a str>),
+}
+
 impl Config {
     /// The Redis URL, if one is set and not empty.
     pub fn redis(&self) -> Option<&str> {
@@ -121,6 +143,24 @@ impl Config {
         }
         Ok(Some((self.l1_capacity, self.l1_ttl)))
     }
+
+    /// The cache's store; an error if both a Redis URL and cluster URLs are given.
+    pub fn cache_store(&self) -> Result<CacheStore<'_>, String> {
+        let cluster: Vec<&str> = self
+            .redis_cluster_urls
+            .iter()
+            .map(|u| u.trim())
+            .filter(|u| !u.is_empty())
+            .collect();
+        match (self.redis(), cluster.is_empty()) {
+            (Some(_), false) => Err("--redis-url (REDIS_URL) and --redis-cluster-urls \
+                 (CATALOG_REDIS_CLUSTER_URLS) are both set: give one of them"
+                .into()),
+            (Some(url), true) => Ok(CacheStore::Redis(url)),
+            (None, false) => Ok(CacheStore::Cluster(cluster)),
+            (None, true) => Ok(CacheStore::Memory),
+        }
+    }
 }
 
 impl fmt::Debug for Config {
@@ -129,6 +169,14 @@ impl fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("database_url", &redact(&self.database_url))
             .field("redis_url", &self.redis_url.as_deref().map(redact))
+            .field(
+                "redis_cluster_urls",
+                &self
+                    .redis_cluster_urls
+                    .iter()
+                    .map(|u| redact(u))
+                    .collect::<Vec<_>>(),
+            )
             .field("seed_products", &self.seed_products)
             .field("db_latency_ms", &self.db_latency_ms)
             .field("no_cache", &self.no_cache)
@@ -238,5 +286,31 @@ mod tests {
         assert_eq!(off, Ok(None), "--no-cache bypasses every tier");
         assert!(Cli::try_parse_from(["catalog", "serve", "--l1-capacity", "-1"]).is_err());
         assert!(Cli::try_parse_from(["catalog", "serve", "--l1-ttl", "soon"]).is_err());
+    }
+
+    #[test]
+    fn one_redis_or_one_cluster() {
+        assert_eq!(serve(&[]).cache_store(), Ok(CacheStore::Memory));
+        assert_eq!(
+            serve(&["--redis-url", "redis://h:1"]).cache_store(),
+            Ok(CacheStore::Redis("redis://h:1"))
+        );
+        let c = serve(&["--redis-cluster-urls", "redis://a:1,redis://u:pw@b:2"]);
+        assert_eq!(
+            c.cache_store(),
+            Ok(CacheStore::Cluster(vec!["redis://a:1", "redis://u:pw@b:2"]))
+        );
+        assert!(!format!("{c:?}").contains("pw"), "redacted: {c:?}");
+        let both = serve(&[
+            "--redis-url",
+            "redis://h:1",
+            "--redis-cluster-urls",
+            "redis://a:1",
+        ]);
+        let err = both.cache_store().unwrap_err();
+        assert!(
+            err.contains("--redis-url") && err.contains("--redis-cluster-urls"),
+            "{err}"
+        );
     }
 }

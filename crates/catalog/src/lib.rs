@@ -84,6 +84,8 @@ pub fn metrics_recorder() -> PrometheusHandle {
 /// Connects the database, applies migrations, seeds an empty database and builds the cache.
 pub async fn build(config: &Config) -> anyhow::Result<AppState> {
     let l1 = config.l1().map_err(anyhow::Error::msg)?;
+    // Checked before anything is connected.
+    let store = config.cache_store().map_err(anyhow::Error::msg)?;
     let metrics = metrics_recorder();
     let options = db::Options {
         latency: Duration::from_millis(config.db_latency_ms),
@@ -113,11 +115,15 @@ pub async fn build(config: &Config) -> anyhow::Result<AppState> {
             .negative_ttl(config.negative_ttl)
             .stale_while_revalidate(config.stale_while_revalidate)
             .stale_if_error(config.stale_if_error);
-        if let Some(url) = config.redis() {
-            b = b.redis(url);
-            if let Some((capacity, ttl)) = l1 {
-                b = b.l1(capacity, ttl);
+        match store {
+            config::CacheStore::Memory => {}
+            config::CacheStore::Redis(url) => {
+                b = b.redis(url);
+                if let Some((capacity, ttl)) = l1 {
+                    b = b.l1(capacity, ttl);
+                }
             }
+            config::CacheStore::Cluster(urls) => b = b.redis_cluster(urls),
         }
         Some(b.build().context("invalid cache settings")?)
     };

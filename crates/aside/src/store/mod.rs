@@ -19,7 +19,8 @@
 //! fill with it writes only while that lease is held (any delete or write of the key voids it)
 //! and every stamp is still current.
 //!
-//! Every implementation must behave the same; `tests/behaviour.rs` runs one suite against each.
+//! Every implementation must behave the same; `tests/behaviour.rs` runs one suite against each
+//! (the in-process store, standalone Redis and Redis Cluster).
 
 use crate::error::StoreError;
 use crate::key::{EntryKey, TagKey};
@@ -27,10 +28,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::time::Duration;
 
+pub mod cluster;
 pub mod memory;
 pub mod redis;
 pub mod tiered;
 
+pub use cluster::{ClusterConfig, ClusterStore};
 pub use memory::MemoryStore;
 pub use redis::{RedisConfig, RedisStore};
 pub use tiered::{L1Config, TieredStore};

@@ -81,12 +81,15 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-const CHECK: &str = r#"
+/// Lua helpers shared by every script: `lease(v)`, `check(v, shape_only)` and
+/// `version(key, keep_ms)`.
+pub(crate) const CHECK: &str = r#"
 local function lease(v)
   return string.byte(v, 1) == 76 and string.match(v, '^L %d+$') ~= nil
 end
--- The payload of a valid record; else nil and 0 (stale stamps) or 3 (not a record).
-local function check(v)
+-- The payload of a valid record; else nil and 0 (stale stamps) or 3 (not a record). With
+-- shape_only, the stamps are not read: only whether v is a well-formed record.
+local function check(v, shape_only)
   local nl = string.find(v, '\n', 1, true)
   if not nl then return nil, 3 end
   local head = string.sub(v, 1, nl - 1)
@@ -102,7 +105,9 @@ local function check(v)
     local ver = string.sub(head, j + 1, (e or (#head + 1)) - 1)
     if not string.match(ver, '^%d+$') then return nil, 3 end
     count = count + 1
-    if not stale and redis.call('GET', string.sub(head, i + 1, j - 1)) ~= ver then stale = true end
+    if not stale and not shape_only and redis.call('GET', string.sub(head, i + 1, j - 1)) ~= ver then
+      stale = true
+    end
     i = e
   end
   if count ~= n then return nil, 3 end
@@ -180,7 +185,8 @@ if KEYS[2] ~= KEYS[1] then redis.call('DEL', KEYS[2]) end
 return 1
 "#;
 
-const RELEASE: &str = r#"
+/// KEYS: the lease's key. ARGV: its token. Deletes the key if it still holds the lease.
+pub(crate) const RELEASE: &str = r#"
 if redis.call('GET', KEYS[1]) == 'L ' .. ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 "#;
@@ -197,15 +203,19 @@ redis.call('SET', KEYS[1], table.concat(h, ' ') .. '\n' .. ARGV[3], 'PX', ARGV[1
 return 1
 "#;
 
-// KEYS: the namespace's tag clock, then the version keys to bump.
-const BUMP: &str = r#"
+/// KEYS: the namespace's tag clock if ARGV[1] is `1`, then the version keys to bump.
+pub(crate) const BUMP: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1] .. string.sub('000000' .. t[2], -6))
-if redis.call('INCR', KEYS[1]) == 1 then
-  -- A new (or evicted) clock starts from the time, so it never repeats an earlier value.
-  redis.call('SET', KEYS[1], string.format('%.0f', now))
+local first = 1
+if ARGV[1] == '1' then
+  first = 2
+  if redis.call('INCR', KEYS[1]) == 1 then
+    -- A new (or evicted) clock starts from the time, so it never repeats an earlier value.
+    redis.call('SET', KEYS[1], string.format('%.0f', now))
+  end
 end
-for i = 2, #KEYS do
+for i = first, #KEYS do
   local v = redis.call('GET', KEYS[i])
   if v then
     local n = tonumber(v)
@@ -228,9 +238,13 @@ struct Scripts {
     bump: Script,
 }
 
+/// A script whose body uses the [`CHECK`] helpers.
+pub(crate) fn with_check(body: &str) -> Script {
+    Script::new(&format!("{CHECK}{body}"))
+}
+
 impl Scripts {
     fn new() -> Self {
-        let with_check = |body: &str| Script::new(&format!("{CHECK}{body}"));
         Self {
             claim: with_check(CLAIM),
             claim_refresh: with_check(CLAIM_REFRESH),
@@ -270,8 +284,7 @@ impl RedisStore {
     /// inside a Tokio runtime. Fails only if the URL cannot be parsed.
     pub fn new(config: &RedisConfig) -> Result<Self, crate::error::BuildError> {
         if config.url.starts_with("rediss:") {
-            // rustls needs a process-wide crypto provider; install ring's unless one is set.
-            let _ = rustls::crypto::ring::default_provider().install_default();
+            install_tls_provider();
         }
         let client = Client::open(config.url.as_str()).map_err(|e| {
             crate::error::BuildError::RedisUrl(
@@ -287,15 +300,11 @@ impl RedisStore {
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, mgr)
             .map_err(|e| crate::error::BuildError::RedisUrl(e.to_string()))?;
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64;
         Ok(Self {
             conn,
             scripts: Arc::new(Scripts::new()),
             timeout: config.command_timeout,
-            tokens: Arc::new(AtomicU64::new(seed ^ u64::from(std::process::id()) << 32)),
+            tokens: Arc::new(AtomicU64::new(token_seed())),
             url: redact(&config.url),
             hints: moka::sync::Cache::new(config.stamp_hints),
         })
@@ -306,20 +315,42 @@ impl RedisStore {
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) if e.is_timeout() => Err(StoreError::Timeout(self.timeout)),
-            Ok(Err(e)) => Err(StoreError::Backend(Arc::new(e))),
+            Ok(r) => r.map_err(|e| backend_error(e, self.timeout)),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
         }
     }
 }
 
-fn ms(d: Duration) -> u64 {
+/// rustls needs a process-wide crypto provider; installs ring's unless one is set.
+pub(crate) fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Where a store's lease tokens start: distinct across processes sharing one Redis.
+pub(crate) fn token_seed() -> u64 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    seed ^ u64::from(std::process::id()) << 32
+}
+
+/// A Redis error as a store error: a timeout inside redis-rs is a timeout like ours.
+pub(crate) fn backend_error(e: redis::RedisError, timeout: Duration) -> StoreError {
+    if e.is_timeout() {
+        StoreError::Timeout(timeout)
+    } else {
+        StoreError::Backend(Arc::new(e))
+    }
+}
+
+/// A duration in whole milliseconds for `PX`, at least 1.
+pub(crate) fn ms(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
 
 /// The key holding a lease's token: the entry itself, or its refresh key.
-fn lease_key(key: &EntryKey, lease: &Lease) -> String {
+pub(crate) fn lease_key(key: &EntryKey, lease: &Lease) -> String {
     if lease.refresh {
         key.refresh_key()
     } else {
@@ -327,19 +358,22 @@ fn lease_key(key: &EntryKey, lease: &Lease) -> String {
     }
 }
 
-fn is_lease(v: &[u8]) -> bool {
+/// Whether a stored value is a lease placeholder (`L <token>`).
+pub(crate) fn is_lease(v: &[u8]) -> bool {
     v.len() > 2 && v.starts_with(b"L ") && v[2..].iter().all(u8::is_ascii_digit)
 }
 
 /// A parsed stamp line: `<n> <key> <version> ...\n`, then the payload.
 #[derive(Debug, PartialEq)]
-struct Record<'a> {
-    stamps: Vec<(&'a [u8], &'a [u8])>,
-    payload_at: usize,
+pub(crate) struct Record<'a> {
+    /// The stamp keys and the versions recorded with them.
+    pub(crate) stamps: Vec<(&'a [u8], &'a [u8])>,
+    /// Where the payload starts.
+    pub(crate) payload_at: usize,
 }
 
 /// Parses a stored entry exactly as the Lua `check` does; `None` if it is not a record.
-fn parse_record(v: &[u8]) -> Option<Record<'_>> {
+pub(crate) fn parse_record(v: &[u8]) -> Option<Record<'_>> {
     let nl = v.iter().position(|&b| b == b'\n')?;
     let mut parts = v[..nl].split(|&b| b == b' ');
     let n: usize = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
@@ -357,6 +391,20 @@ fn parse_record(v: &[u8]) -> Option<Record<'_>> {
     })
 }
 
+/// Writes a record: the stamp line (`<n> <key> <version> ...`), a newline, the payload. The
+/// Lua scripts write the same bytes.
+pub(crate) fn encode_record(stamps: &[(&str, i64)], payload: &[u8]) -> Vec<u8> {
+    use std::fmt::Write as _;
+    let mut head = stamps.len().to_string();
+    for (k, v) in stamps {
+        let _ = write!(head, " {k} {v}");
+    }
+    head.push('\n');
+    let mut out = head.into_bytes();
+    out.extend_from_slice(payload);
+    out
+}
+
 fn payload_or(v: Value, what: &str) -> Result<Option<Lookup>, StoreError> {
     match v {
         Value::BulkString(b) => Ok(Some(Lookup::Hit(Bytes::from(b)))),
@@ -368,7 +416,8 @@ fn payload_or(v: Value, what: &str) -> Result<Option<Lookup>, StoreError> {
     }
 }
 
-fn int(v: &Value) -> Option<i64> {
+/// An integer reply, or a decimal string reply.
+pub(crate) fn int(v: &Value) -> Option<i64> {
     match v {
         Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
         Value::Int(i) => Some(*i),
@@ -611,6 +660,7 @@ impl Store for RedisStore {
         for s in stamps {
             inv.key(s.as_str());
         }
+        inv.arg(1);
         let _: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
         Ok(())
     }
@@ -653,6 +703,8 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+        let rec = encode_record(&[("a:g", 17), ("a:t:x", 3)], b"1 0 v\n{}");
+        assert_eq!(rec, b"2 a:g 17 a:t:x 3\n1 0 v\n{}");
         assert!(
             is_lease(b"L 42") && !is_lease(b"L ") && !is_lease(b"L 4x") && !is_lease(b"1 a 1\n")
         );

@@ -1,9 +1,13 @@
-//! Test support: a private `redis-server` on a random port, killed on drop.
+//! Test support: a private `redis-server` on a random port, or a private three-node Redis
+//! Cluster, killed on drop.
 #![allow(dead_code, clippy::unwrap_used)]
+
+pub mod outage;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 /// A `redis-server` of our own (never the shared one), in a temporary directory.
@@ -193,6 +197,154 @@ impl Drop for TestRedis {
                 .status();
         }
         self.kill();
+    }
+}
+
+/// Three `redis-server` masters in cluster mode on loopback, holding every slot between them.
+pub struct TestCluster {
+    pub nodes: Vec<TestRedis>,
+    /// What `redis-cli` needs to log in (`--user`, `--pass`), if the nodes require it.
+    login: Vec<String>,
+}
+
+impl TestCluster {
+    /// Starts three nodes, joins them with `redis-cli --cluster create`, and waits until every
+    /// node says the cluster is ok.
+    pub fn start() -> Self {
+        Self::start_on([free_port(), free_port(), free_port()])
+    }
+
+    /// Starts the three nodes on given ports.
+    pub fn start_on(ports: [u16; 3]) -> Self {
+        Self::start_with(ports, &[], &[])
+    }
+
+    /// Starts the three nodes with extra `redis-server` arguments, `login` being what
+    /// `redis-cli` then needs to log in.
+    pub fn start_with(ports: [u16; 3], extra: &[&str], login: &[&str]) -> Self {
+        let nodes: Vec<TestRedis> = ports
+            .into_iter()
+            .map(|port| {
+                let dir = tempfile::tempdir().unwrap();
+                let bus = std::iter::repeat_with(free_port)
+                    .find(|p| !ports.contains(p))
+                    .unwrap();
+                let conf = dir.path().join(format!("nodes-{port}.conf"));
+                let mut r = TestRedis {
+                    child: None,
+                    port,
+                    dir,
+                    extra: [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &conf.display().to_string(),
+                        "--cluster-port",
+                        &bus.to_string(),
+                    ]
+                    .iter()
+                    .chain(extra)
+                    .map(|s| s.to_string())
+                    .collect(),
+                    tls: false,
+                };
+                r.spawn();
+                r
+            })
+            .collect();
+        let login: Vec<String> = login.iter().map(|s| s.to_string()).collect();
+        let out = Command::new("redis-cli")
+            .args(&login)
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .arg("--cluster-yes")
+            .output()
+            .expect("redis-cli must be installed");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let c = Self { nodes, login };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for n in &c.nodes {
+            while !c
+                .cli(n.port, &["cluster", "info"])
+                .contains("cluster_state:ok")
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster did not become ok on {}",
+                    n.port
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        c
+    }
+
+    /// One cluster shared by the tests that run at the same time (each in its own namespace),
+    /// killed when the last of them drops it.
+    pub fn shared() -> Arc<Self> {
+        static SHARED: Mutex<Weak<TestCluster>> = Mutex::new(Weak::new());
+        let mut slot = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = slot.upgrade() {
+            return c;
+        }
+        let c = Arc::new(Self::start());
+        *slot = Arc::downgrade(&c);
+        c
+    }
+
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(&self.login)
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(TestRedis::url).collect()
+    }
+
+    /// The hash slot of a key.
+    pub fn slot(&self, key: &str) -> u16 {
+        self.cli(self.nodes[0].port, &["cluster", "keyslot", key])
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// The index in `nodes` of the node serving a key.
+    pub fn node_of(&self, key: &str) -> usize {
+        let slot = self.slot(key);
+        let table = self.cli(self.nodes[0].port, &["cluster", "nodes"]);
+        for line in table.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port: u16 = f[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+            let serves = f[8..].iter().any(|r| {
+                let (a, b) = r.split_once('-').unwrap_or((r, r));
+                matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+            });
+            if serves {
+                return self.nodes.iter().position(|n| n.port == port).unwrap();
+            }
+        }
+        panic!("no node serves slot {slot}:\n{table}")
+    }
+
+    /// A cluster connection for inspecting what the engine wrote.
+    pub async fn conn(&self) -> redis::cluster_async::ClusterConnection {
+        redis::cluster::ClusterClient::new(self.urls())
+            .unwrap()
+            .get_async_connection()
+            .await
+            .unwrap()
     }
 }
 

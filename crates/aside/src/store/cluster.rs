@@ -1,0 +1,849 @@
+//! The Redis Cluster store: redis-rs's async cluster connection, the standalone store's record
+//! format, and scripts that each touch one slot.
+//!
+//! An entry and its refresh lease share a slot (`ns:e:{<key>}`, `ns:r:{<key>}`, see
+//! [`EntryKey::hash_tagged`]); its stamp keys (the epoch, its prefixes, its tags, the tag
+//! clock) hash to other slots, so no script can see them together. The cluster store keeps the
+//! standalone store's guarantees without that atomicity:
+//!
+//! - **Per-entry changes are atomic on the entry's slot.** Claim (placeholder written only if
+//!   the key is empty, holds bytes that are no record, or holds the very entry the caller
+//!   found invalid), fill and release
+//!   (compare-and-set on the lease token), set and delete are scripts or commands on that
+//!   slot alone.
+//! - **Versions only increase** (created from the server's time in microseconds, bumped to
+//!   `max(v + 1, now)`), so a stamp that no longer matches never matches again: an entry's
+//!   stamps can be compared with the current versions at any later moment, in any order.
+//! - **Versions are read after the lease is taken and before the load**: a claim writes its
+//!   placeholder first, then reads (creating the missing ones) the versions of its stamps and
+//!   the tag clock. A bump after that read makes the entry the load writes invalid; a delete
+//!   after the placeholder voids the fill. The stamp check a fill makes is only an early
+//!   refusal (it keeps invalid entries out of Redis), not what makes fills safe.
+//! - **Tags learnt from the loaded value**: a fill reads their versions first and the tag
+//!   clock after; [`Store::bump`] advances the clock before any version. A bump whose clock
+//!   advance the fill did not see had not bumped the tags when the fill read them, so the
+//!   entry carries the old versions and is invalid; one it saw refuses the fill.
+//! - **A read takes the entry first, then its stamps' versions**: if they still match, the
+//!   entry was valid when it was read.
+//!
+//! Round trips per operation (a multi-key command or a set of scripts on several slots is
+//! sent to every slot at once; redis-rs splits `MGET` and `DEL` per slot):
+//!
+//! | operation | round trips |
+//! | --- | --- |
+//! | get | 1 (miss, lease, corrupt); 2 on a hit (`GET`, then `MGET` of its stamps) |
+//! | claim | 2 (placeholder, then versions); 2 more if an invalid entry was in the way |
+//! | claim_refresh | 2 (refresh lease, then its stamps and versions) |
+//! | fill | 2 (stamps, then compare-and-set); 3 with tags learnt from the value |
+//! | set | 2 (versions, then write) |
+//! | delete, release | 1 |
+//! | bump | 2 (the clock, then the versions) |
+//!
+//! A claim takes its lease before it reads the versions, so it can fail with the lease
+//! taken (a node of a stamp does not answer in time): it then gives the lease back in the
+//! background, so that other instances need not wait for it to lapse.
+//!
+//! Scripts are loaded on a node only when it first runs them, not on every node at once, so
+//! a node that does not answer stops only the calls that need it.
+//!
+//! Every call, connecting included, is bounded by the command timeout. The store is built
+//! without connecting; the first call connects (and each call after a failed attempt tries
+//! again), so a cache can be built while the cluster is down.
+
+use super::redis::{
+    BUMP, CHECK, RELEASE, backend_error, encode_record, install_tls_provider, int, is_lease, ms,
+    parse_record, redact, token_seed,
+};
+use super::{Claim, Kind, Lease, Lookup, Store};
+use crate::error::{BuildError, StoreError};
+use crate::key::{EntryKey, TagKey};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::future::{try_join, try_join_all};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{
+    Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRedisArgs, Value,
+};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// How to reach a Redis Cluster.
+///
+/// ```
+/// let config = aside::store::ClusterConfig::new(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]);
+/// assert_eq!(config.urls.len(), 2);
+/// ```
+#[derive(Clone)]
+pub struct ClusterConfig {
+    /// Some nodes of the cluster (`redis://[user:password@]host:port`, or `rediss://` for
+    /// TLS); the others are discovered. Credentials and TLS are taken from the first.
+    pub urls: Vec<String>,
+    /// Upper bound of every call, from sending to reply, connecting included (default 250 ms).
+    pub command_timeout: Duration,
+    /// Upper bound of one connection attempt to one node (default 1 s).
+    pub connect_timeout: Duration,
+}
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field(
+                "urls",
+                &self.urls.iter().map(|u| redact(u)).collect::<Vec<_>>(),
+            )
+            .field("command_timeout", &self.command_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl ClusterConfig {
+    /// A configuration with the default timeouts.
+    pub fn new<S: Into<String>>(urls: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            urls: urls.into_iter().map(Into::into).collect(),
+            command_timeout: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+// KEYS: entry. ARGV: token, lease ms, the stamp line of an entry found invalid (or '').
+// Writes the placeholder unless the key holds a lease or a record other than the one found
+// invalid; returns 1 (granted), 2 (another lease) or that record (for the caller to check).
+const CLAIM: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v then
+  if lease(v) then return 2 end
+  if check(v, true) then
+    local nl = string.find(v, '\n', 1, true)
+    if string.sub(v, 1, nl - 1) ~= ARGV[3] then return v end
+  end
+end
+redis.call('SET', KEYS[1], 'L ' .. ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
+// KEYS: entry, its refresh key. ARGV: token, lease ms, fresh until.
+// Takes the refresh lease of a well-formed entry that is still the one the caller saw, and
+// returns its stamp line (for the caller to check); 0 if there is no such entry, 2 if another
+// refresh lease is held.
+const CLAIM_REFRESH: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v or lease(v) then return 0 end
+local p = check(v, true)
+if not p or string.match(p, '^1 %d+ [vn] (%d+)\n') ~= ARGV[3] then return 0 end
+if not redis.call('SET', KEYS[2], 'L ' .. ARGV[1], 'NX', 'PX', ARGV[2]) then return 2 end
+return string.sub(v, 1, string.find(v, '\n', 1, true))
+"#;
+
+// KEYS: version keys of one slot. ARGV: keep ms.
+const VERSIONS: &str = r#"
+local out = {}
+for i = 1, #KEYS do out[i] = version(KEYS[i], ARGV[1]) end
+return out
+"#;
+
+// KEYS: entry, the lease's key (the entry itself, or its refresh key). ARGV: token, ttl ms,
+// record.
+const FILL: &str = r#"
+if redis.call('GET', KEYS[2]) ~= 'L ' .. ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2])
+if KEYS[2] ~= KEYS[1] then redis.call('DEL', KEYS[2]) end
+return 1
+"#;
+
+// KEYS: entry, its refresh key. ARGV: ttl ms, record. A write voids any refresh in flight.
+const PUT: &str = r#"
+redis.call('DEL', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
+return 1
+"#;
+
+/// A script for the keys of one slot, run with `EVALSHA` and loaded on the node of that slot
+/// when the node does not know it yet. (redis-rs's `Script` loads it on every node at once,
+/// so one node that does not answer would keep the others from running it.)
+struct Lua {
+    code: String,
+    hash: String,
+}
+
+/// One run of a [`Lua`] script: its keys, then its arguments.
+struct Call<'a> {
+    lua: &'a Lua,
+    cmd: Cmd,
+    route: Route,
+}
+
+impl Lua {
+    fn new(code: String) -> Self {
+        let hash = Script::new(&code).get_hash().to_owned();
+        Self { code, hash }
+    }
+
+    fn checked(body: &str) -> Self {
+        Self::new(format!("{CHECK}{body}"))
+    }
+
+    /// A run on `keys`, which must share a slot.
+    fn on<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> Call<'_> {
+        let keys: Vec<&str> = keys.into_iter().collect();
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.hash).arg(keys.len()).arg(&keys);
+        let first = keys.first().copied().unwrap_or_default();
+        Call {
+            lua: self,
+            cmd,
+            route: Route::with_key(first, SlotAddr::Master),
+        }
+    }
+}
+
+impl Call<'_> {
+    fn arg(mut self, arg: impl ToRedisArgs) -> Self {
+        self.cmd.arg(arg);
+        self
+    }
+
+    async fn run<T: FromRedisValue>(self, conn: &ClusterConnection) -> RedisResult<T> {
+        let mut conn = conn.clone();
+        match self.cmd.query_async(&mut conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(&self.lua.code);
+                let node = SingleNodeRoutingInfo::SpecificNode(self.route);
+                conn.route_command(load, RoutingInfo::SingleNode(node))
+                    .await?;
+                self.cmd.query_async(&mut conn).await
+            }
+            r => r,
+        }
+    }
+}
+
+struct Scripts {
+    claim: Lua,
+    claim_refresh: Lua,
+    versions: Lua,
+    fill: Lua,
+    put: Lua,
+    release: Lua,
+    bump: Lua,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            claim: Lua::checked(CLAIM),
+            claim_refresh: Lua::checked(CLAIM_REFRESH),
+            versions: Lua::checked(VERSIONS),
+            fill: Lua::new(FILL.into()),
+            put: Lua::new(PUT.into()),
+            release: Lua::new(RELEASE.into()),
+            bump: Lua::new(BUMP.into()),
+        }
+    }
+}
+
+/// A [`Store`] on a Redis Cluster (TLS and ACL users through the URLs).
+///
+/// Entries and their stamps live in different slots, on different nodes; see the
+/// [module documentation](self) for how fills stay fenced and tags exact without cross-slot
+/// atomicity, and what each operation costs.
+///
+/// ```
+/// use aside::store::{ClusterConfig, ClusterStore};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// // Nothing is connected yet: the first call connects.
+/// let store = ClusterStore::new(&ClusterConfig::new(["redis://127.0.0.1:7000"])).unwrap();
+/// let cache = aside::Cache::builder().store(std::sync::Arc::new(store)).build().unwrap();
+/// # drop(cache);
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct ClusterStore {
+    client: ClusterClient,
+    conn: Arc<OnceCell<ClusterConnection>>,
+    scripts: Arc<Scripts>,
+    timeout: Duration,
+    tokens: Arc<AtomicU64>,
+    urls: Vec<String>,
+}
+
+impl fmt::Debug for ClusterStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterStore")
+            .field("urls", &self.urls)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl ClusterStore {
+    /// Builds the store without connecting. Fails only if the URLs cannot be used (none, one
+    /// that does not parse, or different credentials on different nodes).
+    pub fn new(config: &ClusterConfig) -> Result<Self, BuildError> {
+        let urls: Vec<String> = config.urls.iter().map(|u| redact(u)).collect();
+        let scrub = |e: redis::RedisError| {
+            let mut msg = e.to_string();
+            for (url, shown) in config.urls.iter().zip(&urls) {
+                msg = msg.replace(url.as_str(), shown);
+            }
+            BuildError::RedisUrl(msg)
+        };
+        if config.urls.is_empty() {
+            return Err(BuildError::RedisUrl("no cluster node given".into()));
+        }
+        if config.urls.iter().any(|u| u.starts_with("rediss:")) {
+            install_tls_provider();
+        }
+        let client = ClusterClientBuilder::new(config.urls.iter().map(String::as_str))
+            .connection_timeout(config.connect_timeout)
+            // A request to a node that never answers is dropped inside redis-rs too, not only
+            // abandoned by the store's own timeout.
+            .response_timeout(config.command_timeout)
+            // Retries follow MOVED/ASK redirections; the store's timeout bounds them all.
+            .retries(2)
+            .min_retry_wait(10)
+            .max_retry_wait(100)
+            .build()
+            .map_err(scrub)?;
+        Ok(Self {
+            client,
+            conn: Arc::new(OnceCell::new()),
+            scripts: Arc::new(Scripts::new()),
+            timeout: config.command_timeout,
+            tokens: Arc::new(AtomicU64::new(token_seed())),
+            urls,
+        })
+    }
+
+    /// The connection, made on first use; a failed attempt leaves it unmade for the next call.
+    async fn conn(&self) -> Result<ClusterConnection, StoreError> {
+        self.conn
+            .get_or_try_init(|| async {
+                self.client
+                    .get_async_connection()
+                    .await
+                    .map_err(|e| self.error(e))
+            })
+            .await
+            .cloned()
+    }
+
+    fn error(&self, e: redis::RedisError) -> StoreError {
+        backend_error(e, self.timeout)
+    }
+
+    async fn bounded<T>(
+        &self,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(self.timeout)))
+    }
+
+    /// The values of `keys` now (one `MGET`, which redis-rs sends to every slot at once).
+    async fn mget(
+        &self,
+        conn: &ClusterConnection,
+        keys: &[&[u8]],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for k in keys {
+            cmd.arg(*k);
+        }
+        let vals: Vec<Option<Vec<u8>>> = cmd
+            .query_async(&mut conn.clone())
+            .await
+            .map_err(|e| self.error(e))?;
+        if vals.len() != keys.len() {
+            return Err(StoreError::Protocol("mget: reply length".into()));
+        }
+        Ok(vals)
+    }
+
+    /// Whether every stamp of a record still holds the version it recorded.
+    async fn current(
+        &self,
+        conn: &ClusterConnection,
+        stamps: &[(&[u8], &[u8])],
+    ) -> Result<bool, StoreError> {
+        let keys: Vec<&[u8]> = stamps.iter().map(|(k, _)| *k).collect();
+        let now = self.mget(conn, &keys).await?;
+        Ok(stamps
+            .iter()
+            .zip(&now)
+            .all(|((_, v), n)| n.as_deref() == Some(*v)))
+    }
+
+    /// The versions of `keys`, each created if missing and kept alive for at least `keep`:
+    /// one script per slot, every slot at once.
+    async fn versions(
+        &self,
+        conn: &ClusterConnection,
+        keys: &[&str],
+        keep: Duration,
+    ) -> Result<Vec<i64>, StoreError> {
+        let groups = by_slot(keys);
+        let replies = try_join_all(groups.iter().map(|group| {
+            let call = self.scripts.versions.on(group.iter().map(|&i| keys[i]));
+            call.arg(ms(keep)).run::<Vec<Value>>(conn)
+        }))
+        .await
+        .map_err(|e| self.error(e))?;
+        let mut out = vec![0; keys.len()];
+        for (group, vals) in groups.iter().zip(&replies) {
+            if vals.len() != group.len() {
+                return Err(StoreError::Protocol("versions: reply length".into()));
+            }
+            for (&i, v) in group.iter().zip(vals) {
+                out[i] = int(v).ok_or_else(|| StoreError::Protocol("versions: value".into()))?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The tag clock now (0 if it was never advanced).
+    async fn clock(&self, conn: &ClusterConnection, clock: &TagKey) -> Result<i64, StoreError> {
+        let v = self.mget(conn, &[clock.as_str().as_bytes()]).await?;
+        version_of(v.first().and_then(Option::as_deref))
+            .ok_or_else(|| StoreError::Protocol("clock: value".into()))
+    }
+
+    /// The versions of a lease's stamps and the tag clock, read after the lease was taken.
+    async fn lease_for(
+        &self,
+        conn: &ClusterConnection,
+        stamps: &[TagKey],
+        clock: &TagKey,
+        keep: Duration,
+    ) -> Result<(Vec<(TagKey, i64)>, (TagKey, i64)), StoreError> {
+        let keys: Vec<&str> = stamps.iter().map(TagKey::as_str).collect();
+        let (vers, at) =
+            try_join(self.versions(conn, &keys, keep), self.clock(conn, clock)).await?;
+        Ok((
+            stamps.iter().cloned().zip(vers).collect(),
+            (clock.clone(), at),
+        ))
+    }
+
+    /// Gives back, in the background, a lease taken by a call that failed after taking it
+    /// (its versions could not be read in time), so that other instances need not wait for
+    /// it to lapse. Best effort: if this fails too, the lease lapses by itself.
+    fn release_later(&self, key: String, token: u64) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let _ = store
+                .bounded(async {
+                    let conn = store.conn().await?;
+                    store.release_key(&conn, &key, token).await
+                })
+                .await;
+        });
+    }
+
+    async fn release_key(
+        &self,
+        conn: &ClusterConnection,
+        key: &str,
+        token: u64,
+    ) -> Result<(), StoreError> {
+        let _: i64 = self
+            .scripts
+            .release
+            .on([key])
+            .arg(token)
+            .run(conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+}
+
+/// A version as stored (absent: 0, like the standalone scripts' `or '0'`).
+fn version_of(v: Option<&[u8]>) -> Option<i64> {
+    match v {
+        None => Some(0),
+        Some(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+    }
+}
+
+/// The indices of `keys` grouped by hash slot, in order of first appearance.
+fn by_slot(keys: &[&str]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(Slot, Vec<usize>)> = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let slot = Slot::for_key(k);
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, g)) => g.push(i),
+            None => groups.push((slot, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
+#[async_trait]
+impl Store for ClusterStore {
+    fn kind(&self) -> Kind {
+        Kind::Redis
+    }
+
+    async fn get(&self, key: &EntryKey, _stamps: &[TagKey]) -> Result<Lookup, StoreError> {
+        let (entry_key, _) = key.hash_tagged();
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let entry: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(&entry_key)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.error(e))?;
+            let Some(entry) = entry else {
+                return Ok(Lookup::Miss);
+            };
+            if is_lease(&entry) {
+                return Ok(Lookup::Pending);
+            }
+            let Some(record) = parse_record(&entry) else {
+                return Ok(Lookup::Corrupt);
+            };
+            // The stamps the entry carries, read after it: a match now means no bump since it
+            // was written (versions never return to an earlier value).
+            if !self.current(&conn, &record.stamps).await? {
+                return Ok(Lookup::Miss);
+            }
+            let at = record.payload_at;
+            Ok(Lookup::Hit(Bytes::from(entry).slice(at..)))
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        key: &EntryKey,
+        stamps: &[TagKey],
+        clock: &TagKey,
+        lease: Duration,
+        keep: Duration,
+    ) -> Result<Claim, StoreError> {
+        let token = self.tokens.fetch_add(1, Ordering::Relaxed);
+        let (entry_key, _) = key.hash_tagged();
+        let taken = AtomicBool::new(false);
+        let claim = self
+            .bounded(async {
+                let conn = self.conn().await?;
+                let mut invalid: Vec<u8> = Vec::new();
+                // Each turn finds another record in the way (written meanwhile): a few turns, then
+                // the caller treats the key as busy.
+                for _ in 0..3 {
+                    let call = self.scripts.claim.on([entry_key.as_str()]);
+                    match call
+                        .arg(token)
+                        .arg(ms(lease))
+                        .arg(&invalid)
+                        .run::<Value>(&conn)
+                        .await
+                        .map_err(|e| self.error(e))?
+                    {
+                        Value::Int(1) => {
+                            taken.store(true, Ordering::Relaxed);
+                            // The placeholder is in place: only now read the versions.
+                            let (stamps, clock) =
+                                self.lease_for(&conn, stamps, clock, keep).await?;
+                            return Ok(Claim::Granted(Lease {
+                                token,
+                                refresh: false,
+                                stamps,
+                                clock,
+                            }));
+                        }
+                        Value::Int(2) => return Ok(Claim::Pending),
+                        Value::BulkString(v) => {
+                            let Some(record) = parse_record(&v) else {
+                                return Err(StoreError::Protocol("claim: record".into()));
+                            };
+                            if self.current(&conn, &record.stamps).await? {
+                                let at = record.payload_at;
+                                return Ok(Claim::Hit(Bytes::from(v).slice(at..)));
+                            }
+                            // Invalid for good: replace it if it is still the one read.
+                            invalid = v[..record.payload_at - 1].to_vec();
+                        }
+                        other => return Err(StoreError::Protocol(format!("claim: {other:?}"))),
+                    }
+                }
+                Ok(Claim::Pending)
+            })
+            .await;
+        if claim.is_err() && taken.load(Ordering::Relaxed) {
+            self.release_later(entry_key, token);
+        }
+        claim
+    }
+
+    async fn claim_refresh(
+        &self,
+        key: &EntryKey,
+        fresh_until: u64,
+        stamps: &[TagKey],
+        clock: &TagKey,
+        lease: Duration,
+        keep: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let token = self.tokens.fetch_add(1, Ordering::Relaxed);
+        let (entry_key, refresh_key) = key.hash_tagged();
+        let taken = AtomicBool::new(false);
+        let claim = self
+            .bounded(async {
+                let conn = self.conn().await?;
+                let call = self.scripts.claim_refresh.on([&*entry_key, &*refresh_key]);
+                let head = match call
+                    .arg(token)
+                    .arg(ms(lease))
+                    .arg(fresh_until)
+                    .run::<Value>(&conn)
+                    .await
+                    .map_err(|e| self.error(e))?
+                {
+                    Value::BulkString(head) => {
+                        taken.store(true, Ordering::Relaxed);
+                        head
+                    }
+                    Value::Int(0 | 2) => return Ok(None),
+                    other => return Err(StoreError::Protocol(format!("claim_refresh: {other:?}"))),
+                };
+                let Some(record) = parse_record(&head) else {
+                    return Err(StoreError::Protocol("claim_refresh: record".into()));
+                };
+                // The refresh lease is held: check the entry and read the versions, all at once.
+                let (valid, (stamps, clock)) = try_join(
+                    self.current(&conn, &record.stamps),
+                    self.lease_for(&conn, stamps, clock, keep),
+                )
+                .await?;
+                if !valid {
+                    self.release_key(&conn, &refresh_key, token).await?;
+                    return Ok(None);
+                }
+                Ok(Some(Lease {
+                    token,
+                    refresh: true,
+                    stamps,
+                    clock,
+                }))
+            })
+            .await;
+        if claim.is_err() && taken.load(Ordering::Relaxed) {
+            self.release_later(refresh_key, token);
+        }
+        claim
+    }
+
+    async fn fill(
+        &self,
+        key: &EntryKey,
+        lease: &Lease,
+        late: &[TagKey],
+        payload: Bytes,
+        ttl: Duration,
+        keep: Duration,
+    ) -> Result<bool, StoreError> {
+        let (entry_key, refresh_key) = key.hash_tagged();
+        let held = if lease.refresh {
+            refresh_key
+        } else {
+            entry_key.clone()
+        };
+        self.bounded(async {
+            let conn = self.conn().await?;
+            // Tags known only now: their versions first, the clock after (see the module docs).
+            let late_keys: Vec<&str> = late.iter().map(TagKey::as_str).collect();
+            let late_vers = if late.is_empty() {
+                Vec::new()
+            } else {
+                self.versions(&conn, &late_keys, keep).await?
+            };
+            let mut keys: Vec<&[u8]> = lease
+                .stamps
+                .iter()
+                .map(|(k, _)| k.as_str().as_bytes())
+                .collect();
+            if !late.is_empty() {
+                keys.push(lease.clock.0.as_str().as_bytes());
+            }
+            let now = self.mget(&conn, &keys).await?;
+            let stamps_current = lease
+                .stamps
+                .iter()
+                .zip(&now)
+                .all(|((_, v), n)| n.is_some() && version_of(n.as_deref()) == Some(*v));
+            let clock_still = late.is_empty()
+                || version_of(now[keys.len() - 1].as_deref()) == Some(lease.clock.1);
+            if !stamps_current || !clock_still {
+                self.release_key(&conn, &held, lease.token).await?;
+                return Ok(false);
+            }
+            let stamps: Vec<(&str, i64)> = lease
+                .stamps
+                .iter()
+                .map(|(k, v)| (k.as_str(), *v))
+                .chain(late_keys.iter().copied().zip(late_vers))
+                .collect();
+            let call = self.scripts.fill.on([&*entry_key, &*held]);
+            let n: i64 = call
+                .arg(lease.token)
+                .arg(ms(ttl))
+                .arg(encode_record(&stamps, &payload))
+                .run(&conn)
+                .await
+                .map_err(|e| self.error(e))?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn release(&self, key: &EntryKey, lease: &Lease) -> Result<(), StoreError> {
+        let (entry_key, refresh_key) = key.hash_tagged();
+        let held = if lease.refresh {
+            refresh_key
+        } else {
+            entry_key
+        };
+        self.bounded(async {
+            let conn = self.conn().await?;
+            self.release_key(&conn, &held, lease.token).await
+        })
+        .await
+    }
+
+    async fn set(
+        &self,
+        key: &EntryKey,
+        stamps: &[TagKey],
+        payload: Bytes,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let (entry_key, refresh_key) = key.hash_tagged();
+        self.bounded(async {
+            let conn = self.conn().await?;
+            let keys: Vec<&str> = stamps.iter().map(TagKey::as_str).collect();
+            // Version keys outlive the entry by a margin, so the entry never outlives its stamps.
+            let vers = self.versions(&conn, &keys, ttl * 2).await?;
+            let stamps: Vec<(&str, i64)> = keys.iter().copied().zip(vers).collect();
+            let call = self.scripts.put.on([&*entry_key, &*refresh_key]);
+            let _: i64 = call
+                .arg(ms(ttl))
+                .arg(encode_record(&stamps, &payload))
+                .run(&conn)
+                .await
+                .map_err(|e| self.error(e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete(&self, keys: &[EntryKey]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            // One DEL; redis-rs splits it per slot (an entry and its refresh key share one).
+            let mut cmd = redis::cmd("DEL");
+            for k in keys {
+                let (entry, refresh) = k.hash_tagged();
+                cmd.arg(entry).arg(refresh);
+            }
+            let _: i64 = cmd
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.error(e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn bump(&self, stamps: &[TagKey], clock: &TagKey) -> Result<(), StoreError> {
+        if stamps.is_empty() {
+            return Ok(());
+        }
+        self.bounded(async {
+            let conn = self.conn().await?;
+            // The clock strictly before any version: fills with learnt tags rely on it.
+            let call = self.scripts.bump.on([clock.as_str()]);
+            let _: i64 = call.arg(1).run(&conn).await.map_err(|e| self.error(e))?;
+            let keys: Vec<&str> = stamps.iter().map(TagKey::as_str).collect();
+            try_join_all(by_slot(&keys).into_iter().map(|group| {
+                let call = self.scripts.bump.on(group.into_iter().map(|i| keys[i]));
+                call.arg(0).run::<i64>(&conn)
+            }))
+            .await
+            .map_err(|e| self.error(e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            // Sent to every primary: the store answers only if every node does.
+            let _: Value = redis::cmd("PING")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.error(e))?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_grouped_by_slot_in_order() {
+        let keys = ["a:t:x", "{a}:1", "a:t:y", "{a}:2"];
+        let groups = by_slot(&keys);
+        assert!(groups.contains(&vec![1, 3]), "{groups:?}");
+        assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 4);
+        assert_eq!(groups[0][0], 0);
+    }
+
+    #[test]
+    fn missing_versions_read_as_zero() {
+        assert_eq!(version_of(None), Some(0));
+        assert_eq!(version_of(Some(b"17")), Some(17));
+        assert_eq!(version_of(Some(b"x")), None);
+    }
+
+    #[test]
+    fn unusable_urls_are_refused_without_showing_passwords() {
+        let none = ClusterStore::new(&ClusterConfig::new(Vec::<String>::new()));
+        assert!(matches!(none, Err(BuildError::RedisUrl(_))));
+        assert!(ClusterStore::new(&ClusterConfig::new(["not a url"])).is_err());
+        let mixed = ClusterConfig::new(["redis://u:secret@h:1", "redis://u:other@h:2"]);
+        match ClusterStore::new(&mixed) {
+            Err(e) => assert!(!e.to_string().contains("secret"), "{e}"),
+            Ok(_) => panic!("different passwords accepted"),
+        }
+        let ok = ClusterStore::new(&ClusterConfig::new(["redis://u:secret@h:1"])).unwrap();
+        assert!(!format!("{ok:?}").contains("secret"));
+    }
+
+    #[test]
+    fn passwords_are_redacted_in_debug_output() {
+        let c = ClusterConfig::new(["redis://u:secret@h:1", "redis://u:secret@h:2"]);
+        assert!(!format!("{c:?}").contains("secret"));
+    }
+}
