@@ -5,6 +5,11 @@ use catalog::config::{Cli, Command};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+// Every request allocates a little (headers, keys, replies); mimalloc's thread-local free
+// lists make that markedly cheaper than the system allocator under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
