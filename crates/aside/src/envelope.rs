@@ -9,6 +9,9 @@
 //! past its TTL (stale-while-revalidate, stale-if-error): until then it is fresh, after it
 //! stale. Without it, an entry is fresh for as long as the store keeps it.
 //! Anything else, or another schema, is an incompatible entry: a miss, removed and counted.
+//!
+//! Stores treat payloads as opaque bytes, except for one thing: a [`Store`](crate::store::Store)
+//! implementing `claim_refresh` reads the freshness of the entry it holds with [`freshness`].
 
 use bytes::Bytes;
 

@@ -66,7 +66,7 @@ pub mod store;
 
 mod backlog;
 mod breaker;
-mod envelope;
+pub mod envelope;
 mod flight;
 mod metrics;
 
