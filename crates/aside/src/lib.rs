@@ -35,6 +35,7 @@
 //! | every entry expires | default and per-call TTL, with jitter |
 //! | one load per key | in-process single-flight, and a lease in Redis across processes |
 //! | negative caching | a loader's `Ok(None)` is cached for the negative TTL |
+//! | stale-while-revalidate, stale-if-error | past its TTL an entry is served while one background refresh runs, or when the loader fails; never once invalidated |
 //! | no stale sets | fills are fenced: an invalidation during a load voids its write |
 //! | tags and prefixes | versioned stamps: one `INCR`-like bump, whatever the TTLs; no `KEYS`, no `SCAN` |
 //! | Redis failure is not yours | timeouts, circuit breaker, fall back to the loader, invalidations kept and replayed, lazy connect |
