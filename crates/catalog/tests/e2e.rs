@@ -8,7 +8,7 @@ use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{Service, TestPostgres, TestRedis, db_queries};
+use support::{Service, TestCluster, TestPostgres, TestRedis, db_queries};
 
 struct Stack {
     svc: Service,
@@ -348,13 +348,13 @@ async fn a_write_during_a_redis_pause_is_not_undone_when_it_resumes() {
     let s = stack(&[]).await;
     s.get("/products/p2").await;
     assert_eq!(s.get("/products/p2").await.x_cache, "hit");
-    s.redis.signal("-STOP");
+    s.redis.pause();
     assert_eq!(
         s.put("/products/p2", json!({"name": "While paused"})).await,
         StatusCode::OK
     );
     assert_eq!(s.get("/products/p2").await.body["name"], "While paused");
-    s.redis.signal("-CONT");
+    s.redis.resume();
     for _ in 0..20 {
         let r = s.get("/products/p2").await;
         assert_eq!(
@@ -579,4 +579,72 @@ async fn with_l1_a_write_on_one_instance_is_seen_by_another_within_the_bound() {
         a.get("/products/p25").await.body["category"]["name"],
         "Renamed on A"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_reads_are_cached_and_writes_seen_at_once() {
+    let pg = TestPostgres::new().await;
+    let cluster = TestCluster::start();
+    let urls = cluster.urls().join(",");
+    let svc = Service::start(&[
+        "--database-url",
+        &pg.url,
+        "--redis-cluster-urls",
+        &urls,
+        "--seed-products",
+        "50",
+    ]);
+    let http = Client::new();
+    let url = |p: &str| svc.url(p);
+    for path in ["/products/p1", "/products?page=1&limit=100"] {
+        let first = get(&http, &url(path)).await;
+        let again = get(&http, &url(path)).await;
+        assert_eq!(
+            (first.status, first.x_cache.as_str(), again.x_cache.as_str()),
+            (StatusCode::OK, "miss", "hit"),
+            "{path}"
+        );
+        assert_eq!(first.body, again.body, "{path}");
+    }
+    let before = queries(&http, &svc).await;
+    let (status, _) = send(
+        &http,
+        reqwest::Method::PUT,
+        &url("/products/p1"),
+        Some(json!({"name": "Renamed on a cluster"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let p = get(&http, &url("/products/p1")).await;
+    assert_eq!(
+        (p.x_cache.as_str(), p.body["name"].as_str()),
+        ("miss", Some("Renamed on a cluster"))
+    );
+    let page = get(&http, &url("/products?page=1&limit=100")).await;
+    assert_eq!(page.x_cache, "miss", "every list page was invalidated");
+    assert!(
+        page.body["products"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|q| q["name"] == "Renamed on a cluster")
+    );
+    // A category rename reaches the cached product through its tag, on another node.
+    assert_eq!(get(&http, &url("/products/p1")).await.x_cache, "hit");
+    let (status, _) = send(
+        &http,
+        reqwest::Method::PUT,
+        &url("/categories/c1"),
+        Some(json!({"name": "Lamps"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let p = get(&http, &url("/products/p1")).await;
+    assert_eq!(
+        (p.x_cache.as_str(), p.body["category"]["name"].as_str()),
+        ("miss", Some("Lamps"))
+    );
+    assert!(queries(&http, &svc).await > before);
+    let health = get(&http, &url("/healthz")).await;
+    assert_eq!(health.body["cache"], "up");
 }

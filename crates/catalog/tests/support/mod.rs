@@ -85,71 +85,11 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-/// A private `redis-server` on a free port, persisting nothing, killed on `Drop`.
-pub struct TestRedis {
-    child: Option<Child>,
-    /// Its port.
-    pub port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl TestRedis {
-    /// Starts it and waits until it accepts connections.
-    pub fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed");
-        let up = wait_until(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(up, "redis-server did not start on port {port}");
-        Self {
-            child: Some(child),
-            port,
-            _dir: dir,
-        }
-    }
-
-    /// Its URL.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Sends a signal (`-STOP`, `-CONT`, ...) to it.
-    pub fn signal(&self, sig: &str) {
-        if let Some(c) = &self.child {
-            let ok = Command::new("kill")
-                .args([sig, &c.id().to_string()])
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "kill {sig} failed");
-        }
-    }
-
-    /// Kills it (SIGKILL) and waits for it to exit.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for TestRedis {
-    fn drop(&mut self) {
-        self.signal("-CONT");
-        self.kill();
-    }
-}
+/// Private `redis-server`s and Redis Clusters: the engine's own test support, shared.
+#[path = "../../../aside/tests/support/mod.rs"]
+mod engine;
+#[allow(unused_imports)]
+pub use engine::{TestCluster, TestRedis};
 
 /// The real `catalog` binary, started with `catalog serve --listen 127.0.0.1:0 ARGS` in a
 /// temporary directory; killed on `Drop`.
