@@ -1101,13 +1101,13 @@ impl<'a, C: Codec> Entry<'a, C> {
         // load without the store.
         match loader.take() {
             Some(loader) => {
-                let value = match run(cache, loader).await {
-                    Ok(v) => v,
-                    Err(LoadError::Loader(_)) if fallback.is_some() => {
+                let value = match (run(cache, loader).await, fallback) {
+                    (Ok(v), _) => v,
+                    (Err(LoadError::Loader(_)), Some(d)) => {
                         m.stale.increment(1);
-                        return Ok(fallback.map(stale).unwrap_or_else(|| unreachable!()));
+                        return Ok(stale(d));
                     }
-                    Err(e) => return Err(e),
+                    (Err(e), _) => return Err(e),
                 };
                 let value = match value {
                     Some(v) => Some(cache.output::<T, M>(v).map_err(LoadError::Cache)?),
