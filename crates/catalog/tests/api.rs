@@ -945,23 +945,7 @@ async fn a_hung_database_is_a_503_not_a_hang() {
 
 #[tokio::test]
 async fn a_closed_database_is_a_503_and_cached_reads_go_on() {
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .min_connections(1)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .connect("sqlite::memory:")
-        .await
-        .unwrap();
-    let repo = db::sqlite::SqliteRepository::from_pool(pool.clone());
-    repo.migrate().await.unwrap();
-    repo.seed(5).await.unwrap();
-    let cache = aside::Cache::builder().build().unwrap();
-    let s = AppState::new(Catalog::new(
-        Db::new(Arc::new(repo), db::Options::default()),
-        Some(cache),
-        Ttls::default(),
-    ));
+    let (s, pool, _clock) = closable(Duration::ZERO, Duration::ZERO).await;
     assert_eq!(get(&s, "/products/p1").await.status, StatusCode::OK);
     pool.close().await;
     let cached = get(&s, "/products/p1").await;

@@ -314,10 +314,18 @@ impl RedisStore {
         &self,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(r) => r.map_err(|e| backend_error(e, self.timeout)),
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
-        }
+        bounded(self.timeout, fut).await
+    }
+}
+
+/// A Redis call bounded by `timeout`, whatever the state of its connection.
+pub(crate) async fn bounded<T>(
+    timeout: Duration,
+    fut: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map_err(|e| backend_error(e, timeout)),
+        Err(_) => Err(StoreError::Timeout(timeout)),
     }
 }
 

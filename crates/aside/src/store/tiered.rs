@@ -455,12 +455,7 @@ impl TieredStore {
         &self,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.inner.timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) if e.is_timeout() => Err(StoreError::Timeout(self.inner.timeout)),
-            Ok(Err(e)) => Err(StoreError::Backend(Arc::new(e))),
-            Err(_) => Err(StoreError::Timeout(self.inner.timeout)),
-        }
+        super::redis::bounded(self.inner.timeout, fut).await
     }
 
     /// Tells the other instances: `op` is `k` (entry keys) or `s` (version keys).
