@@ -15,8 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::any::Any;
 use std::fmt;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{Instrument, debug, debug_span, warn};
 
@@ -851,9 +850,11 @@ impl<'a, C: Codec> Entry<'a, C> {
         Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
         let span = debug_span!("aside.fetch", key = self.key);
-        self.fetch_inner::<T, AsValue, E, F, Fut>(loader, None)
-            .instrument(span)
-            .await
+        self.fetch_inner::<T, AsValue, E, _, _>(
+            move || async move { loader().await.map(Tagged::from) },
+        )
+        .instrument(span)
+        .await
     }
 
     /// Like [`fetch`](Entry::fetch), for values whose tags are known only once they are
@@ -882,9 +883,7 @@ impl<'a, C: Codec> Entry<'a, C> {
         Fut: Future<Output = Result<Tagged<T>, E>> + Send + 'static,
     {
         let span = debug_span!("aside.fetch", key = self.key);
-        let late = Late::default();
-        let loader = untagged(loader, late.clone());
-        self.fetch_inner::<T, AsValue, E, _, _>(loader, Some(late))
+        self.fetch_inner::<T, AsValue, E, F, Fut>(loader)
             .instrument(span)
             .await
     }
@@ -901,9 +900,7 @@ impl<'a, C: Codec> Entry<'a, C> {
         Fut: Future<Output = Result<Tagged<T>, E>> + Send + 'static,
     {
         let span = debug_span!("aside.fetch", key = self.key);
-        let late = Late::default();
-        let loader = untagged(loader, late.clone());
-        self.fetch_inner::<T, AsBytes, E, _, _>(loader, Some(late))
+        self.fetch_inner::<T, AsBytes, E, F, Fut>(loader)
             .instrument(span)
             .await
     }
@@ -933,23 +930,22 @@ impl<'a, C: Codec> Entry<'a, C> {
         Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
         let span = debug_span!("aside.fetch", key = self.key);
-        self.fetch_inner::<T, AsBytes, E, F, Fut>(loader, None)
-            .instrument(span)
-            .await
+        self.fetch_inner::<T, AsBytes, E, _, _>(
+            move || async move { loader().await.map(Tagged::from) },
+        )
+        .instrument(span)
+        .await
     }
 
-    async fn fetch_inner<T, M, E, F, Fut>(
-        self,
-        loader: F,
-        late: Option<Late>,
-    ) -> Result<Fetched<M::Out>, LoadError<E>>
+    /// Every fetch, with its loader as a tagged one (a plain loader learns no tags).
+    async fn fetch_inner<T, M, E, F, Fut>(self, loader: F) -> Result<Fetched<M::Out>, LoadError<E>>
     where
         T: Serialize + Send + 'static,
         M: Mode<T> + 'static,
         M::Out: Send + 'static,
         E: Send + Sync + 'static,
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
+        Fut: Future<Output = Result<Tagged<T>, E>> + Send + 'static,
     {
         let cache = self.cache;
         let inner = &cache.inner;
@@ -974,7 +970,7 @@ impl<'a, C: Codec> Entry<'a, C> {
                         Age::Stale => {
                             m.stale.increment(1);
                             let until = fresh_until.unwrap_or_default();
-                            cache.revalidate::<T, M, E, F, Fut>(k, until, stamps, t, loader, late);
+                            cache.revalidate::<T, M, E, F, Fut>(k, until, stamps, t, loader);
                             return Ok(stale(d));
                         }
                         Age::Expired { fallback: keep } => {
@@ -1033,15 +1029,7 @@ impl<'a, C: Codec> Entry<'a, C> {
                     && let Some(loader) = loader.take()
                 {
                     return cache
-                        .load::<T, M, E, F, Fut>(
-                            leader,
-                            &k,
-                            Some(lease),
-                            t,
-                            loader,
-                            late.as_ref(),
-                            fallback,
-                        )
+                        .load::<T, M, E, F, Fut>(leader, &k, Some(lease), t, loader, fallback)
                         .await;
                 }
             }
@@ -1094,7 +1082,7 @@ impl<'a, C: Codec> Entry<'a, C> {
             }
             let Some(loader) = loader.take() else { break };
             return cache
-                .load::<T, M, E, F, Fut>(leader, &k, lease, t, loader, late.as_ref(), fallback)
+                .load::<T, M, E, F, Fut>(leader, &k, lease, t, loader, fallback)
                 .await;
         }
         // Retries exhausted (entries kept turning out undecodable, or leaders kept vanishing):
@@ -1102,7 +1090,7 @@ impl<'a, C: Codec> Entry<'a, C> {
         match loader.take() {
             Some(loader) => {
                 let value = match (run(cache, loader).await, fallback) {
-                    (Ok(v), _) => v,
+                    (Ok(v), _) => v.value,
                     (Err(LoadError::Loader(_)), Some(d)) => {
                         m.stale.increment(1);
                         return Ok(stale(d));
@@ -1122,29 +1110,6 @@ impl<'a, C: Codec> Entry<'a, C> {
                 "load could not be completed".into(),
             )))),
         }
-    }
-}
-
-/// Tags learnt by a loader, set aside for its fill.
-type Late = Arc<Mutex<Vec<String>>>;
-
-/// A tagged loader's load, its tags set aside.
-type Untagged<T, E> = Pin<Box<dyn Future<Output = Result<Option<T>, E>> + Send>>;
-
-/// A tagged loader as a plain one, its tags going to `late`.
-fn untagged<T, E, F, Fut>(loader: F, late: Late) -> impl FnOnce() -> Untagged<T, E> + Send + 'static
-where
-    T: Send + 'static,
-    E: Send + 'static,
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<Tagged<T>, E>> + Send + 'static,
-{
-    move || {
-        Box::pin(async move {
-            let t = loader().await?;
-            *late.lock().unwrap_or_else(|p| p.into_inner()) = t.tags;
-            Ok(t.value)
-        })
     }
 }
 
@@ -1172,10 +1137,10 @@ fn loaded<T>(d: Decoded<T>) -> Fetched<T> {
     }
 }
 
-async fn run<C: Codec, T, E, F, Fut>(cache: &Cache<C>, loader: F) -> Result<Option<T>, LoadError<E>>
+async fn run<C: Codec, T, E, F, Fut>(cache: &Cache<C>, loader: F) -> Result<Tagged<T>, LoadError<E>>
 where
     F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<Option<T>, E>>,
+    Fut: Future<Output = Result<Tagged<T>, E>>,
 {
     let m = &cache.inner.metrics;
     m.loads.increment(1);
@@ -1190,11 +1155,7 @@ where
 
 impl<C: Codec> Cache<C> {
     /// Validates tags learnt from a loaded value; drops those the lease already stamps.
-    fn late_tags(&self, late: Option<&Late>, lease: Option<&Lease>) -> Result<Vec<TagKey>> {
-        let Some(late) = late else {
-            return Ok(Vec::new());
-        };
-        let names = std::mem::take(&mut *late.lock().unwrap_or_else(|p| p.into_inner()));
+    fn late_tags(&self, names: Vec<String>, lease: Option<&Lease>) -> Result<Vec<TagKey>> {
         let mut keys: Vec<TagKey> = Vec::with_capacity(names.len());
         for n in &names {
             let k = self.inner.ns.tag(n)?;
@@ -1230,14 +1191,13 @@ impl<C: Codec> Cache<C> {
         stamps: Vec<TagKey>,
         t: Ttls,
         loader: F,
-        late: Option<Late>,
     ) where
         T: Serialize + Send + 'static,
         M: Mode<T> + 'static,
         M::Out: Send + 'static,
         E: Send + Sync + 'static,
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
+        Fut: Future<Output = Result<Tagged<T>, E>> + Send + 'static,
     {
         if self.inner.flights.running(&k) {
             return;
@@ -1272,15 +1232,7 @@ impl<C: Codec> Cache<C> {
                     return;
                 };
                 let r = cache
-                    .load::<T, M, E, F, Fut>(
-                        leader,
-                        &k,
-                        Some(lease),
-                        t,
-                        loader,
-                        late.as_ref(),
-                        None,
-                    )
+                    .load::<T, M, E, F, Fut>(leader, &k, Some(lease), t, loader, None)
                     .await;
                 if r.is_err() {
                     debug!(key = %k, "background refresh failed; the stale value stays");
@@ -1298,7 +1250,6 @@ impl<C: Codec> Cache<C> {
         lease: Option<Lease>,
         t: Ttls,
         loader: F,
-        late: Option<&Late>,
         fallback: Option<Decoded<M::Out>>,
     ) -> Result<Fetched<M::Out>, LoadError<E>>
     where
@@ -1306,10 +1257,10 @@ impl<C: Codec> Cache<C> {
         T: Serialize + Send,
         E: Send + Sync + 'static,
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<T>, E>>,
+        Fut: Future<Output = Result<Tagged<T>, E>>,
     {
         let inner = &self.inner;
-        let value = match run(self, loader).await {
+        let Tagged { value, tags } = match run(self, loader).await {
             Ok(v) => v,
             Err(LoadError::Loader(e)) => {
                 if let Some(lease) = &lease {
@@ -1325,7 +1276,7 @@ impl<C: Codec> Cache<C> {
             }
             Err(e) => return Err(e),
         };
-        let late = match self.late_tags(late, lease.as_ref()) {
+        let late = match self.late_tags(tags, lease.as_ref()) {
             Ok(late) => late,
             Err(e) => {
                 if let Some(lease) = &lease {
