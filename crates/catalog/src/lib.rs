@@ -81,6 +81,35 @@ pub fn metrics_recorder() -> PrometheusHandle {
         .clone()
 }
 
+/// How often the histogram samples recorded since the last pass are folded into the
+/// exported distributions. The recorder keeps every sample until then, so without this a
+/// service that nobody scrapes would grow by a few bytes per request.
+pub const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// Runs `f` every `period` (first after one period) on its own task, until the returned
+/// guard is dropped.
+pub fn every(period: Duration, mut f: impl FnMut() + Send + 'static) -> Periodic {
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            f();
+        }
+    });
+    Periodic(task.abort_handle())
+}
+
+/// The task of [`every`]; dropping it stops the task.
+#[derive(Debug)]
+pub struct Periodic(tokio::task::AbortHandle);
+
+impl Drop for Periodic {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Connects the database, applies migrations, seeds an empty database and builds the cache.
 pub async fn build(config: &Config) -> anyhow::Result<AppState> {
     let l1 = config.l1().map_err(anyhow::Error::msg)?;
@@ -149,8 +178,37 @@ pub async fn run(
     let addr = listener.local_addr()?;
     info!(config = ?config, %addr, "catalog ready");
     println!("listening on http://{addr}");
+    let metrics = state.metrics.clone();
+    let _upkeep = every(METRICS_UPKEEP, move || metrics.run_upkeep());
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await
         .context("server failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn every_runs_once_per_period_until_dropped() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let period = Duration::from_secs(5);
+        let guard = every(period, move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
+        tokio::time::sleep(period / 2).await;
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            0,
+            "not before the first period"
+        );
+        tokio::time::sleep(period * 3).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+        drop(guard);
+        tokio::time::sleep(period * 3).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 3, "stopped once dropped");
+    }
 }

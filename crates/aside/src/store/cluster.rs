@@ -518,7 +518,10 @@ impl Store for ClusterStore {
             };
             // The stamps the entry carries, read after it: a match now means no bump since it
             // was written (versions never return to an earlier value).
-            if !self.current(&conn, &record.stamps).await? {
+            if !self
+                .current(&conn, &record.stamps().collect::<Vec<_>>())
+                .await?
+            {
                 return Ok(Lookup::Miss);
             }
             let at = record.payload_at;
@@ -571,7 +574,10 @@ impl Store for ClusterStore {
                             let Some(record) = parse_record(&v) else {
                                 return Err(StoreError::Protocol("claim: record".into()));
                             };
-                            if self.current(&conn, &record.stamps).await? {
+                            if self
+                                .current(&conn, &record.stamps().collect::<Vec<_>>())
+                                .await?
+                            {
                                 let at = record.payload_at;
                                 return Ok(Claim::Hit(Bytes::from(v).slice(at..)));
                             }
@@ -626,7 +632,7 @@ impl Store for ClusterStore {
                 };
                 // The refresh lease is held: check the entry and read the versions, all at once.
                 let (valid, (stamps, clock)) = try_join(
-                    self.current(&conn, &record.stamps),
+                    self.current(&conn, &record.stamps().collect::<Vec<_>>()),
                     self.lease_for(&conn, stamps, clock, keep),
                 )
                 .await?;

@@ -29,6 +29,7 @@ use bytes::Bytes;
 use std::time::Duration;
 
 pub mod cluster;
+mod hints;
 pub mod memory;
 pub mod redis;
 pub mod tiered;

@@ -21,11 +21,12 @@
 //! (a paused server never answers; the timeout decides). The connection is made lazily: a
 //! store can be built while Redis is down, and reconnects by itself.
 
+use super::hints::Hints;
 use super::{Claim, Kind, Lease, Lookup, Store};
 use crate::error::StoreError;
 use crate::key::{EntryKey, TagKey};
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use redis::aio::ConnectionManager;
 use redis::{Client, Script, Value};
 use std::fmt;
@@ -43,7 +44,7 @@ pub struct RedisConfig {
     /// Upper bound of one connection attempt (default 1 s).
     pub connect_timeout: Duration,
     /// How many keys' learnt tags to remember, so their reads stay one round trip
-    /// (default 100,000).
+    /// (default 100,000, rounded up to a power of two; 0 keeps none).
     pub stamp_hints: u64,
 }
 
@@ -267,7 +268,7 @@ pub struct RedisStore {
     /// Per key, the stamps its entry carried that the caller did not name (tags learnt from
     /// a loaded value): read in the same `MGET` next time. Only a hint: a wrong or missing
     /// one costs a second round trip, never a wrong answer.
-    hints: moka::sync::Cache<EntryKey, Arc<[String]>>,
+    hints: Arc<Hints>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -306,7 +307,7 @@ impl RedisStore {
             timeout: config.command_timeout,
             tokens: Arc::new(AtomicU64::new(token_seed())),
             url: redact(&config.url),
-            hints: moka::sync::Cache::new(config.stamp_hints),
+            hints: Arc::new(Hints::new(config.stamp_hints)),
         })
     }
 
@@ -374,27 +375,37 @@ pub(crate) fn is_lease(v: &[u8]) -> bool {
 /// A parsed stamp line: `<n> <key> <version> ...\n`, then the payload.
 #[derive(Debug, PartialEq)]
 pub(crate) struct Record<'a> {
-    /// The stamp keys and the versions recorded with them.
-    pub(crate) stamps: Vec<(&'a [u8], &'a [u8])>,
+    /// The stamp line after its count: `<key> <version> ...`.
+    line: &'a [u8],
     /// Where the payload starts.
     pub(crate) payload_at: usize,
+}
+
+impl<'a> Record<'a> {
+    /// The stamp keys and the versions recorded with them.
+    pub(crate) fn stamps(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + use<'a> {
+        let mut parts = self.line.split(|&b| b == b' ');
+        std::iter::from_fn(move || Some((parts.next()?, parts.next()?)))
+    }
 }
 
 /// Parses a stored entry exactly as the Lua `check` does; `None` if it is not a record.
 pub(crate) fn parse_record(v: &[u8]) -> Option<Record<'_>> {
     let nl = v.iter().position(|&b| b == b'\n')?;
-    let mut parts = v[..nl].split(|&b| b == b' ');
-    let n: usize = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
-    let mut stamps = Vec::with_capacity(n);
+    let sp = v[..nl].iter().position(|&b| b == b' ')?;
+    let n: usize = std::str::from_utf8(&v[..sp]).ok()?.parse().ok()?;
+    let line = &v[sp + 1..nl];
+    let mut parts = line.split(|&b| b == b' ');
+    let mut count = 0;
     while let Some(k) = parts.next() {
         let ver = parts.next()?;
         if k.is_empty() || ver.is_empty() || !ver.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        stamps.push((k, ver));
+        count += 1;
     }
-    (stamps.len() == n && n > 0).then_some(Record {
-        stamps,
+    (count == n && n > 0).then_some(Record {
+        line,
         payload_at: nl + 1,
     })
 }
@@ -442,23 +453,27 @@ impl Store for RedisStore {
     async fn get(&self, key: &EntryKey, stamps: &[TagKey]) -> Result<Lookup, StoreError> {
         // One MGET: the entry and the versions it is expected to carry, read atomically.
         let hint = self.hints.get(key);
-        let named: Vec<&str> = stamps
-            .iter()
-            .map(TagKey::as_str)
-            .chain(hint.iter().flat_map(|h| h.iter().map(String::as_str)))
-            .collect();
+        let hinted: &[String] = hint.as_deref().unwrap_or_default();
+        let named = stamps.len() + hinted.len();
+        let name = |i: usize| match i.checked_sub(stamps.len()) {
+            None => stamps[i].as_str(),
+            Some(j) => hinted[j].as_str(),
+        };
+        let mut cmd = redis::Cmd::with_capacity(named + 2, 0);
+        cmd.arg("MGET").arg(key.as_str());
+        for i in 0..named {
+            cmd.arg(name(i));
+        }
         let mut conn = self.conn.clone();
-        let mut cmd = redis::cmd("MGET");
-        cmd.arg(key.as_str());
-        for s in &named {
-            cmd.arg(*s);
-        }
-        let mut vals: Vec<Option<Vec<u8>>> = self.bounded(cmd.query_async(&mut conn)).await?;
-        if vals.len() != named.len() + 1 {
-            return Err(StoreError::Protocol("get: reply length".into()));
-        }
-        let Some(entry) = vals[0].take() else {
-            return Ok(Lookup::Miss);
+        let reply: Value = self.bounded(cmd.query_async(&mut conn)).await?;
+        let mut vals = match reply {
+            Value::Array(v) if v.len() == named + 1 => v,
+            other => return Err(StoreError::Protocol(format!("get: {other:?}"))),
+        };
+        let entry = match std::mem::replace(&mut vals[0], Value::Nil) {
+            Value::BulkString(b) => b,
+            Value::Nil => return Ok(Lookup::Miss),
+            other => return Err(StoreError::Protocol(format!("get: {other:?}"))),
         };
         if is_lease(&entry) {
             return Ok(Lookup::Pending);
@@ -466,27 +481,30 @@ impl Store for RedisStore {
         let Some(record) = parse_record(&entry) else {
             return Ok(Lookup::Corrupt);
         };
+        let version = |i: usize| match &vals[i + 1] {
+            Value::BulkString(b) => Some(b.as_slice()),
+            _ => None,
+        };
         let mut others = Vec::new();
         let mut unnamed = 0;
-        for (k, v) in &record.stamps {
-            let at = named.iter().position(|s| s.as_bytes() == *k);
+        for (k, v) in record.stamps() {
+            let at = (0..named).position(|i| name(i).as_bytes() == k);
             if at.is_none_or(|i| i >= stamps.len()) {
                 unnamed += 1;
             }
             match at {
-                Some(i) if vals[i + 1].as_deref() == Some(*v) => {}
+                Some(i) if version(i) == Some(v) => {}
                 Some(_) => return Ok(Lookup::Miss),
-                None => others.push((*k, *v)),
+                None => others.push((k, v)),
             }
         }
-        if !others.is_empty() || unnamed != named.len() - stamps.len() {
+        if !others.is_empty() || unnamed != hinted.len() {
             let learnt: Vec<String> = record
-                .stamps
-                .iter()
+                .stamps()
                 .filter(|(k, _)| !stamps.iter().any(|s| s.as_str().as_bytes() == *k))
                 .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
                 .collect();
-            self.hints.insert(key.clone(), learnt.into());
+            self.hints.insert(key, learnt.into());
         }
         if !others.is_empty() {
             // Stamps nobody named. Checking them after the entry was read is still exact:
@@ -507,7 +525,10 @@ impl Store for RedisStore {
             }
         }
         let at = record.payload_at;
-        Ok(Lookup::Hit(Bytes::from(entry).slice(at..)))
+        // The payload is the tail of the reply's own buffer: no copy, no second allocation.
+        let mut payload = Bytes::from(entry);
+        payload.advance(at);
+        Ok(Lookup::Hit(payload))
     }
 
     async fn claim(
@@ -691,7 +712,7 @@ mod tests {
     fn records_parse_like_the_lua_check() {
         let r = parse_record(b"2 a:g 17 a:t:x 3\n1 0 v\n{}").unwrap();
         assert_eq!(
-            r.stamps,
+            r.stamps().collect::<Vec<_>>(),
             vec![(&b"a:g"[..], &b"17"[..]), (&b"a:t:x"[..], &b"3"[..])]
         );
         assert_eq!(r.payload_at, 17);
