@@ -350,3 +350,56 @@ async fn a_node_that_does_not_answer_stops_only_what_needs_it() {
     c.nodes[paused].resume();
     assert!(released, "the placeholder is still there: {left:?}");
 }
+
+#[tokio::test]
+async fn entries_and_tags_follow_their_slots_to_another_node() {
+    let c = TestCluster::start();
+    let cache = builder(&c).build().unwrap();
+    let (key, tag) = spread_key(&c);
+    let (entry, version) = (format!("t:e:{{{key}}}"), format!("t:t:{tag}"));
+    let loads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let fetch = || {
+        let (loads, tag) = (loads.clone(), tag.clone());
+        cache.entry(&key).fetch_tagged(move || async move {
+            let n = loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            Ok::<_, Never>(aside::Tagged::found(n).tag(tag))
+        })
+    };
+    assert_eq!(fetch().await.unwrap().value, Some(1));
+    cache.invalidate_tag(&tag).await.unwrap();
+    assert_eq!(fetch().await.unwrap().value, Some(2));
+    let f = fetch().await.unwrap();
+    assert_eq!(
+        (f.value, f.status),
+        (Some(2), aside::Status::Hit),
+        "scripts ran on the first nodes"
+    );
+
+    // Reshard: the entry's slot and the tag's version move to nodes that never ran a script
+    // of this store, while the store's slot map still points at the old ones.
+    let other = |n: usize| (n + 1) % c.nodes.len();
+    let was = c.move_slot_of(&entry, other(c.node_of(&entry)));
+    assert_ne!(c.node_of(&entry), was);
+    c.move_slot_of(&version, other(c.node_of(&version)));
+
+    let f = fetch().await.unwrap();
+    assert_eq!(
+        (f.value, f.status),
+        (Some(2), aside::Status::Hit),
+        "the moved entry is found where it went"
+    );
+    assert_eq!(
+        cache.invalidate_tag(&tag).await.unwrap(),
+        Invalidation::Applied,
+        "the bump runs on the version's new node"
+    );
+    let f = fetch().await.unwrap();
+    assert_eq!((f.value, f.status), (Some(3), aside::Status::Miss));
+    let f = fetch().await.unwrap();
+    assert_eq!(
+        (f.value, f.status),
+        (Some(3), aside::Status::Hit),
+        "and the fill was stored on the entry's new node"
+    );
+    assert!(raw_get(&c, &entry).await.is_some());
+}

@@ -338,6 +338,47 @@ impl TestCluster {
         panic!("no node serves slot {slot}:\n{table}")
     }
 
+    /// Moves the slot of `key` to node `to` the way a resharding tool does: marks it
+    /// importing and migrating, copies its keys over with `MIGRATE`, then hands it to `to`
+    /// on every node. Returns the node it was on.
+    pub fn move_slot_of(&self, key: &str, to: usize) -> usize {
+        let (slot, from) = (self.slot(key).to_string(), self.node_of(key));
+        assert_ne!(from, to, "{key} is on node {to} already");
+        let (fp, tp) = (self.nodes[from].port, self.nodes[to].port);
+        let id = |port| self.cli(port, &["cluster", "myid"]).trim().to_owned();
+        let (from_id, to_id) = (id(fp), id(tp));
+        let ok = |out: String| assert!(out.trim() == "OK" || out.trim() == "NOKEY", "{out}");
+        ok(self.cli(tp, &["cluster", "setslot", &slot, "importing", &from_id]));
+        ok(self.cli(fp, &["cluster", "setslot", &slot, "migrating", &to_id]));
+        loop {
+            let keys = self.cli(fp, &["cluster", "getkeysinslot", &slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = tp.to_string();
+            let mut args = vec!["migrate", "127.0.0.1", &port, "", "0", "5000"];
+            args.extend(self.login_args());
+            args.push("keys");
+            args.extend(keys);
+            ok(self.cli(fp, &args));
+        }
+        for n in &self.nodes {
+            ok(self.cli(n.port, &["cluster", "setslot", &slot, "node", &to_id]));
+        }
+        from
+    }
+
+    /// What `MIGRATE` needs to log in to the target, if the nodes require it.
+    fn login_args(&self) -> Vec<&str> {
+        match self.login.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+            [] => vec![],
+            ["--user", user, "--pass", pass] => vec!["auth2", user, pass],
+            ["--pass", pass] | ["-a", pass] => vec!["auth", pass],
+            ref other => panic!("no MIGRATE login for {other:?}"),
+        }
+    }
+
     /// A cluster connection for inspecting what the engine wrote.
     pub async fn conn(&self) -> redis::cluster_async::ClusterConnection {
         redis::cluster::ClusterClient::new(self.urls())
