@@ -50,14 +50,26 @@ impl Hints {
         Some((h, &self.sets[h as usize & (self.sets.len() - 1)]))
     }
 
-    /// The stamps last learnt for `key`.
-    pub(crate) fn get(&self, key: &EntryKey) -> Option<Arc<[String]>> {
-        let (h, set) = self.slot(key)?;
+    /// Calls `f` with each stamp last learnt for `key`, under the set's read lock (so the
+    /// shared hint is not reference-counted on every read); returns how many there were.
+    pub(crate) fn each(&self, key: &EntryKey, mut f: impl FnMut(&str)) -> usize {
+        let Some((h, set)) = self.slot(key) else {
+            return 0;
+        };
         let set = set.read().unwrap_or_else(|p| p.into_inner());
-        set.iter()
-            .flatten()
-            .find(|(k, _)| *k == h)
-            .map(|(_, v)| v.clone())
+        match set.iter().flatten().find(|(k, _)| *k == h) {
+            Some((_, stamps)) => {
+                stamps.iter().for_each(|s| f(s));
+                stamps.len()
+            }
+            None => 0,
+        }
+    }
+
+    #[cfg(test)]
+    fn get(&self, key: &EntryKey) -> Option<Vec<String>> {
+        let mut out = Vec::new();
+        (self.each(key, |s| out.push(s.to_owned())) > 0).then_some(out)
     }
 
     /// Remembers the stamps learnt for `key`, replacing its previous hint, or another key's
@@ -95,7 +107,7 @@ mod tests {
         assert!(hints.get(&keys[0]).is_none());
         hints.insert(&keys[0], hint("a"));
         hints.insert(&keys[0], hint("b"));
-        assert_eq!(hints.get(&keys[0]).as_deref(), Some(&["b".to_owned()][..]));
+        assert_eq!(hints.get(&keys[0]), Some(vec!["b".to_owned()]));
         for (i, k) in keys.iter().enumerate() {
             hints.insert(k, hint(&i.to_string()));
         }

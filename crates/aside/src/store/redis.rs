@@ -452,18 +452,20 @@ impl Store for RedisStore {
 
     async fn get(&self, key: &EntryKey, stamps: &[TagKey]) -> Result<Lookup, StoreError> {
         // One MGET: the entry and the versions it is expected to carry, read atomically.
-        let hint = self.hints.get(key);
-        let hinted: &[String] = hint.as_deref().unwrap_or_default();
-        let named = stamps.len() + hinted.len();
-        let name = |i: usize| match i.checked_sub(stamps.len()) {
-            None => stamps[i].as_str(),
-            Some(j) => hinted[j].as_str(),
-        };
-        let mut cmd = redis::Cmd::with_capacity(named + 2, 0);
+        let mut cmd = redis::Cmd::with_capacity(stamps.len() + 6, 0);
         cmd.arg("MGET").arg(key.as_str());
-        for i in 0..named {
-            cmd.arg(name(i));
+        for s in stamps {
+            cmd.arg(s.as_str());
         }
+        let hinted = self.hints.each(key, |s| {
+            cmd.arg(s);
+        });
+        let named = stamps.len() + hinted;
+        // The i-th name asked for, as the command holds it (the reply follows its order).
+        let name = |i: usize| match cmd.args_iter().nth(i + 2) {
+            Some(redis::Arg::Simple(b)) => b,
+            _ => &[],
+        };
         let mut conn = self.conn.clone();
         let reply: Value = self.bounded(cmd.query_async(&mut conn)).await?;
         let mut vals = match reply {
@@ -488,7 +490,7 @@ impl Store for RedisStore {
         let mut others = Vec::new();
         let mut unnamed = 0;
         for (k, v) in record.stamps() {
-            let at = (0..named).position(|i| name(i).as_bytes() == k);
+            let at = (0..named).position(|i| name(i) == k);
             if at.is_none_or(|i| i >= stamps.len()) {
                 unnamed += 1;
             }
@@ -498,7 +500,7 @@ impl Store for RedisStore {
                 None => others.push((k, v)),
             }
         }
-        if !others.is_empty() || unnamed != hinted.len() {
+        if !others.is_empty() || unnamed != hinted {
             let learnt: Vec<String> = record
                 .stamps()
                 .filter(|(k, _)| !stamps.iter().any(|s| s.as_str().as_bytes() == *k))
