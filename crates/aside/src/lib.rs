@@ -67,6 +67,7 @@ pub mod store;
 
 mod backlog;
 mod breaker;
+mod deadline;
 pub mod envelope;
 mod flight;
 mod metrics;

@@ -345,7 +345,7 @@ impl ClusterStore {
         &self,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, fut)
+        crate::deadline::within(self.timeout, fut)
             .await
             .unwrap_or(Err(StoreError::Timeout(self.timeout)))
     }

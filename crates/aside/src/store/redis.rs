@@ -324,7 +324,7 @@ pub(crate) async fn bounded<T>(
     timeout: Duration,
     fut: impl Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, StoreError> {
-    match tokio::time::timeout(timeout, fut).await {
+    match crate::deadline::within(timeout, fut).await {
         Ok(r) => r.map_err(|e| backend_error(e, timeout)),
         Err(_) => Err(StoreError::Timeout(timeout)),
     }
