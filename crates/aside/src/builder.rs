@@ -262,7 +262,8 @@ impl<C: Codec> CacheBuilder<C> {
         self
     }
 
-    /// Upper bound of every Redis command (overrides the Redis configuration's).
+    /// Upper bound of every Redis command (overrides the Redis configuration's). A command
+    /// still waiting then fails within 5 ms of the bound.
     pub fn command_timeout(mut self, d: Duration) -> Self {
         self.command_timeout = Some(d);
         self
