@@ -343,20 +343,27 @@ async fn one_load_for_a_stampede(fx: Fx, instances: usize) {
 async fn loader_errors_are_shared_and_not_cached(fx: Fx) {
     #[derive(Debug)]
     struct DbDown;
-    let c = fx.cache();
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snap = Arc::new(recorder.snapshotter());
+    let c = metrics::with_local_recorder(&recorder, || fx.cache());
     let barrier = Arc::new(Barrier::new(20));
-    let arrived = Arc::new(AtomicUsize::new(0));
     let calls = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..20 {
-        let (c, barrier, arrived, calls) =
-            (c.clone(), barrier.clone(), arrived.clone(), calls.clone());
+        let (c, barrier, snap, calls) = (c.clone(), barrier.clone(), snap.clone(), calls.clone());
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            arrived.fetch_add(1, Ordering::SeqCst);
             c.get_or_load::<u8, _, _, _>("k", || async move {
                 calls.fetch_add(1, Ordering::SeqCst);
-                while arrived.load(Ordering::SeqCst) < 20 {
+                // Hold the load until every task has missed: a miss is counted right before
+                // the task joins the flight, with nothing to wait for in between, so none can
+                // arrive after the error. (A snapshot takes the counts since the last one.)
+                let mut misses = 0;
+                loop {
+                    misses += support::outage::counter(&snap, "aside_misses_total");
+                    if misses >= 20 {
+                        break;
+                    }
                     tokio::task::yield_now().await;
                 }
                 Err(DbDown)
