@@ -54,7 +54,9 @@
 //!   [`MemoryStore`](store::MemoryStore) and [`TieredStore`](store::TieredStore) (an L1 in
 //!   front of Redis).
 //! - `flight`: in-process single-flight. `breaker`: circuit breaker. `backlog`: invalidations
-//!   kept during an outage. `metrics`: metric names.
+//!   kept during an outage. `metrics`: metric names. `deadline`: the bounds of store calls,
+//!   enforced by one process-wide thread (`aside-deadlines`, started by the first Redis call
+//!   that has to wait, asleep whenever no call is pending) instead of a timer per call.
 //! - [`clock`]: injectable time.
 
 pub mod builder;
