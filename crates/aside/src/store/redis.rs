@@ -471,12 +471,13 @@ impl Store for RedisStore {
         let reply: Value = self.bounded(cmd.query_async(&mut conn)).await?;
         let mut vals = match reply {
             Value::Array(v) if v.len() == named + 1 => v,
-            other => return Err(StoreError::Protocol(format!("get: {other:?}"))),
+            // Not the reply itself: it may hold whole cached values.
+            _ => return Err(StoreError::Protocol("get: reply length".into())),
         };
         let entry = match std::mem::replace(&mut vals[0], Value::Nil) {
             Value::BulkString(b) => b,
             Value::Nil => return Ok(Lookup::Miss),
-            other => return Err(StoreError::Protocol(format!("get: {other:?}"))),
+            _ => return Err(StoreError::Protocol("get: entry is not a string".into())),
         };
         if is_lease(&entry) {
             return Ok(Lookup::Pending);
