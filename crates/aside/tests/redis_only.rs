@@ -397,6 +397,29 @@ async fn acl_users_authenticate_through_the_url() {
 }
 
 #[tokio::test]
+async fn a_read_the_server_refuses_fails_with_the_server_s_error() {
+    let r = TestRedis::start_with(&[
+        "--user", "default", "off", "--user", "app", "on", ">pw", "~*", "&*", "+@all", "-mget",
+    ]);
+    let c = Cache::builder()
+        .namespace("t")
+        .redis(format!("redis://app:pw@127.0.0.1:{}/", r.port))
+        .build()
+        .unwrap();
+    let e = c.get::<u8>("k").await.unwrap_err();
+    let mut chain = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        chain = format!("{chain}: {s}");
+        source = s.source();
+    }
+    assert!(
+        chain.contains("no permissions to run the 'mget' command"),
+        "the server's refusal, as it said it: {chain}"
+    );
+}
+
+#[tokio::test]
 async fn tls_through_rediss_urls() {
     let r = TestRedis::start_tls();
     let c = Cache::builder()

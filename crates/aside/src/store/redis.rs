@@ -453,7 +453,9 @@ impl Store for RedisStore {
 
     async fn get(&self, key: &EntryKey, stamps: &[TagKey]) -> Result<Lookup, StoreError> {
         // One MGET: the entry and the versions it is expected to carry, read atomically.
-        let mut cmd = redis::Cmd::with_capacity(stamps.len() + 6, 0);
+        // Room for the names asked for and a few learnt ones, so building it does not regrow.
+        let size = key.as_str().len() + stamps.iter().map(|s| s.as_str().len()).sum::<usize>();
+        let mut cmd = redis::Cmd::with_capacity(stamps.len() + 6, size + 160);
         cmd.arg("MGET").arg(key.as_str());
         for s in stamps {
             cmd.arg(s.as_str());
@@ -468,9 +470,11 @@ impl Store for RedisStore {
             _ => &[],
         };
         let mut conn = self.conn.clone();
-        let reply: Value = self.bounded(cmd.query_async(&mut conn)).await?;
+        // Sent as it is and the reply taken as it comes: no boxed future, no conversion.
+        let reply = self.bounded(conn.send_packed_command(&cmd)).await?;
         let mut vals = match reply {
             Value::Array(v) if v.len() == named + 1 => v,
+            Value::ServerError(e) => return Err(backend_error(e.into(), self.timeout)),
             // Not the reply itself: it may hold whole cached values.
             _ => return Err(StoreError::Protocol("get: reply length".into())),
         };
