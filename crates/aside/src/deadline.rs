@@ -104,13 +104,21 @@ struct Watchdog {
     thread: OnceLock<std::thread::Thread>,
 }
 
+/// Starts the watchdog thread if it is not running yet. Stores call this when they are
+/// built, so that an OS that refuses the thread fails the build, not a cache call.
+pub(crate) fn start() -> std::io::Result<()> {
+    watchdog().start(spawn_thread)
+}
+
+fn spawn_thread(run: Box<dyn FnOnce() + Send>) -> std::io::Result<std::thread::Thread> {
+    std::thread::Builder::new()
+        .name("aside-deadlines".into())
+        .spawn(run)
+        .map(|h| h.thread().clone())
+}
+
 fn watchdog() -> &'static Watchdog {
-    static WATCHDOG: Watchdog = Watchdog {
-        shards: [const { Mutex::new(Slab::new()) }; SHARDS],
-        // Asleep until the first call: that call starts the thread.
-        sleeping: AtomicBool::new(true),
-        thread: OnceLock::new(),
-    };
+    static WATCHDOG: Watchdog = Watchdog::new();
     &WATCHDOG
 }
 
@@ -124,6 +132,15 @@ fn my_shard() -> usize {
 }
 
 impl Watchdog {
+    const fn new() -> Self {
+        Watchdog {
+            shards: [const { Mutex::new(Slab::new()) }; SHARDS],
+            // Asleep until the first pending call wakes it.
+            sleeping: AtomicBool::new(true),
+            thread: OnceLock::new(),
+        }
+    }
+
     fn shard(&self, i: usize) -> MutexGuard<'_, Slab<Pending>> {
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -159,20 +176,36 @@ impl Watchdog {
         (0..SHARDS).all(|i| self.shard(i).is_empty())
     }
 
-    /// Starts the thread on first use, or wakes it from its sleep.
+    /// Starts the thread unless it runs already. `spawn` starts a thread running the given
+    /// function and hands back its handle (a parameter so that a refusal can be tested).
+    fn start(
+        &'static self,
+        spawn: impl FnOnce(Box<dyn FnOnce() + Send>) -> std::io::Result<std::thread::Thread>,
+    ) -> std::io::Result<()> {
+        if self.thread.get().is_some() {
+            return Ok(());
+        }
+        static STARTING: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = STARTING.lock().unwrap_or_else(|p| p.into_inner());
+        if self.thread.get().is_none() {
+            let thread = spawn(Box::new(move || self.run()))?;
+            let _ = self.thread.set(thread);
+        }
+        Ok(())
+    }
+
+    /// Wakes the thread from its sleep (starting it if no store has yet).
     fn wake_thread(&'static self) {
-        let mut started = false;
-        let thread = self.thread.get_or_init(|| {
-            started = true;
-            std::thread::Builder::new()
-                .name("aside-deadlines".into())
-                .spawn(move || self.run())
-                .map(|h| h.thread().clone())
-                // Without the thread no bound could fire: better to fail loudly at first use.
-                .unwrap_or_else(|e| panic!("cannot start the aside deadline thread: {e}"))
-        });
-        if !started {
-            thread.unpark();
+        match self.thread.get() {
+            Some(thread) => thread.unpark(),
+            None => {
+                if let Err(e) = self.start(spawn_thread) {
+                    // Stores start the thread when they are built, so this is not expected.
+                    // The call runs on unbounded; the next pending call tries again.
+                    tracing::error!(error = %e, "cannot start the aside deadline thread");
+                    self.sleeping.store(true, Ordering::SeqCst);
+                }
+            }
         }
     }
 
@@ -235,6 +268,19 @@ mod tests {
 
     fn pending_calls() -> usize {
         (0..SHARDS).map(|i| watchdog().shard(i).len()).sum()
+    }
+
+    #[test]
+    fn a_refused_thread_is_an_error_and_a_later_start_runs_one() {
+        let w: &'static Watchdog = Box::leak(Box::new(Watchdog::new()));
+        let e = w
+            .start(|_| Err(std::io::Error::other("no threads left")))
+            .unwrap_err();
+        assert_eq!(e.to_string(), "no threads left");
+        assert!(w.thread.get().is_none(), "nothing recorded as running");
+        w.start(spawn_thread).unwrap();
+        assert!(w.thread.get().is_some());
+        w.start(|_| panic!("a second thread was started")).unwrap();
     }
 
     #[tokio::test]

@@ -107,4 +107,7 @@ pub enum BuildError {
     /// The Redis URL could not be parsed (the URL itself is not repeated: it may hold a password).
     #[error("invalid redis url: {0}")]
     RedisUrl(String),
+    /// The thread that bounds store calls could not be started (the OS refused a thread).
+    #[error("cannot start the store-call deadline thread")]
+    DeadlineThread(#[source] std::io::Error),
 }

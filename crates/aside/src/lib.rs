@@ -55,8 +55,9 @@
 //!   front of Redis).
 //! - `flight`: in-process single-flight. `breaker`: circuit breaker. `backlog`: invalidations
 //!   kept during an outage. `metrics`: metric names. `deadline`: the bounds of store calls,
-//!   enforced by one process-wide thread (`aside-deadlines`, started by the first Redis call
-//!   that has to wait, asleep whenever no call is pending) instead of a timer per call.
+//!   enforced by one process-wide thread (`aside-deadlines`, started when the first Redis
+//!   store is built, so that a refused thread is a `BuildError`; asleep whenever no call is
+//!   pending) instead of a timer per call.
 //! - [`clock`]: injectable time.
 
 pub mod builder;

@@ -286,8 +286,9 @@ impl fmt::Debug for ClusterStore {
 }
 
 impl ClusterStore {
-    /// Builds the store without connecting. Fails only if the URLs cannot be used (none, one
-    /// that does not parse, or different credentials on different nodes).
+    /// Builds the store without connecting. Fails if the URLs cannot be used (none, one that
+    /// does not parse, or different credentials on different nodes), or if the thread that
+    /// bounds store calls cannot be started.
     pub fn new(config: &ClusterConfig) -> Result<Self, BuildError> {
         let urls: Vec<String> = config.urls.iter().map(|u| redact(u)).collect();
         let scrub = |e: redis::RedisError| {
@@ -300,6 +301,7 @@ impl ClusterStore {
         if config.urls.is_empty() {
             return Err(BuildError::RedisUrl("no cluster node given".into()));
         }
+        crate::deadline::start().map_err(BuildError::DeadlineThread)?;
         if config.urls.iter().any(|u| u.starts_with("rediss:")) {
             install_tls_provider();
         }

@@ -283,8 +283,10 @@ impl fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// Builds the store without connecting: the first command connects. Must be called
-    /// inside a Tokio runtime. Fails only if the URL cannot be parsed.
+    /// inside a Tokio runtime. Fails if the URL cannot be parsed, or if the thread that
+    /// bounds store calls cannot be started.
     pub fn new(config: &RedisConfig) -> Result<Self, crate::error::BuildError> {
+        crate::deadline::start().map_err(crate::error::BuildError::DeadlineThread)?;
         if config.url.starts_with("rediss:") {
             install_tls_provider();
         }
