@@ -8,7 +8,7 @@ use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{Service, TestCluster, TestPostgres, TestRedis, db_queries};
+use support::{Service, TestCluster, TestPostgres, TestRedis, db_queries, eventually};
 
 struct Stack {
     svc: Service,
@@ -246,31 +246,28 @@ async fn a_missing_id_costs_one_load_per_negative_ttl() {
     }
     // After the TTL, one more load: the "not found" is served stale once and refreshed in
     // the background (stale-while-revalidate is on by default).
-    let expired = loop {
-        let r = s.get("/products/ghost").await;
+    let last = std::sync::Mutex::new(String::new());
+    let (svc, seen) = (&s, &last);
+    let expired = eventually(Duration::from_secs(20), move || async move {
+        let r = svc.get("/products/ghost").await;
         assert_eq!(r.status, StatusCode::NOT_FOUND);
-        if r.x_cache != "hit" {
-            break r.x_cache == "stale";
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(expired, "the negative entry goes stale");
+        let done = r.x_cache != "hit";
+        *seen.lock().unwrap() = r.x_cache;
+        done
+    })
+    .await;
+    let after_hits = last.into_inner().unwrap();
+    assert!(
+        expired && after_hits == "stale",
+        "the negative entry goes stale (then: {after_hits:?})"
+    );
     // The refresh stores a fresh "not found": hits again, after exactly one more load.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let refreshed = loop {
+    let refreshed = eventually(Duration::from_secs(5), || async {
         let r = s.get("/products/ghost").await;
         assert_eq!(r.status, StatusCode::NOT_FOUND);
-        if r.x_cache == "hit" {
-            break true;
-        }
-        if std::time::Instant::now() > deadline {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+        r.x_cache == "hit"
+    })
+    .await;
     assert!(refreshed, "the background refresh stored a fresh entry");
     assert_eq!(s.queries().await - before, loads + 1, "one refresh");
 }

@@ -89,7 +89,7 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 #[path = "../../../aside/tests/support/mod.rs"]
 mod engine;
 #[allow(unused_imports)]
-pub use engine::{TestCluster, TestRedis};
+pub use engine::{TestCluster, TestRedis, eventually};
 
 /// The real `catalog` binary, started with `catalog serve --listen 127.0.0.1:0 ARGS` in a
 /// temporary directory; killed on `Drop`.
