@@ -34,7 +34,6 @@ pub mod service;
 use crate::config::Config;
 use crate::service::{Catalog, Ttls};
 use anyhow::Context;
-use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -60,8 +59,20 @@ impl AppState {
     }
 }
 
-/// The HTTP API.
-pub fn app(state: AppState) -> Router {
+/// The HTTP API: a [`tower::Service`] for requests (serve it with
+/// [`into_make_service`](axum::ServiceExt::into_make_service), or call it with
+/// [`tower::ServiceExt::oneshot`]).
+pub fn app(
+    state: AppState,
+) -> impl tower::Service<
+    axum::extract::Request,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ Sync
++ 'static {
     routes::router(state)
 }
 
@@ -180,7 +191,7 @@ pub async fn run(
     println!("listening on http://{addr}");
     let metrics = state.metrics.clone();
     let _upkeep = every(METRICS_UPKEEP, move || metrics.run_upkeep());
-    axum::serve(listener, app(state))
+    axum::serve(listener, axum::ServiceExt::into_make_service(app(state)))
         .with_graceful_shutdown(shutdown)
         .await
         .context("server failed")

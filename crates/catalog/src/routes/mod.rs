@@ -4,10 +4,13 @@
 use crate::AppState;
 use crate::error::ApiError;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderName;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
+use std::convert::Infallible;
+use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
@@ -24,7 +27,17 @@ pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 /// Every route, with the API's Error body for unknown routes (404), wrong methods (405),
 /// oversized bodies (413) and panics (500); each request is traced at debug level when the
 /// log filter enables it (`RUST_LOG=tower_http=debug`).
-pub fn router(state: AppState) -> Router {
+///
+/// The body limit and the panic guard wrap the router once, around routing, instead of being
+/// [`Router::layer`]s: a router layer wraps every route in a boxed service of its own, and
+/// each request would clone (allocate) the whole chain again.
+pub fn router(
+    state: AppState,
+) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
++ Clone
++ Send
++ Sync
++ 'static {
     let no_id = || async { ApiError::invalid("invalid_id", "the path has no id") };
     let router = Router::new()
         .route("/products", get(products::list).post(products::create))
@@ -40,18 +53,21 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::NotFound("no such route") })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT));
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
     // Request tracing costs a span and a wrapped body per request: only when it is wanted.
     let router = if tracing::enabled!(target: "tower_http::trace", tracing::Level::DEBUG) {
         router.layer(TraceLayer::new_for_http())
     } else {
         router
     };
-    router
-        .layer(CatchPanicLayer::custom(|_| {
-            tracing::error!("handler panicked");
-            ApiError::Internal.into_response()
-        }))
-        .with_state(state)
+    ServiceBuilder::new()
+        .map_response(|r: Response<_>| r.map(Body::new))
+        .layer(CatchPanicLayer::custom(panicked as fn(_) -> Response))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .service(router.with_state(state))
+}
+
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    ApiError::Internal.into_response()
 }
