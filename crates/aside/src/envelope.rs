@@ -74,15 +74,14 @@ pub fn freshness(bytes: &[u8]) -> Option<u64> {
 }
 
 /// Opens an envelope written under `schema`.
+///
+/// Read byte by byte (no `str` splitting or parsing): this runs on every cache hit.
 pub fn open(bytes: &[u8], schema: u32) -> Result<Opened<'_>, Refused> {
-    let nl = bytes
-        .iter()
-        .take(48)
-        .position(|&b| b == b'\n')
-        .ok_or(Refused::Corrupt)?;
-    let head = std::str::from_utf8(&bytes[..nl]).map_err(|_| Refused::Corrupt)?;
-    let mut parts = head.split(' ');
-    let (Some("1"), Some(s), Some(kind), fresh, None) = (
+    let nl = memchr::memchr(b'\n', &bytes[..bytes.len().min(48)]).ok_or(Refused::Corrupt)?;
+    let head = &bytes[..nl];
+    std::str::from_utf8(head).map_err(|_| Refused::Corrupt)?;
+    let mut parts = head.split(|&b| b == b' ');
+    let (Some(b"1"), Some(s), Some(kind), fresh, None) = (
         parts.next(),
         parts.next(),
         parts.next(),
@@ -91,30 +90,91 @@ pub fn open(bytes: &[u8], schema: u32) -> Result<Opened<'_>, Refused> {
     ) else {
         return Err(Refused::Corrupt);
     };
-    let s: u32 = s.parse().map_err(|_| Refused::Corrupt)?;
+    let s = decimal(s)
+        .and_then(|s| u32::try_from(s).ok())
+        .ok_or(Refused::Corrupt)?;
     if s != schema {
         return Err(Refused::Schema(s));
     }
     let fresh_until = match fresh {
         None => None,
-        Some(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
-            Some(t.parse().map_err(|_| Refused::Corrupt)?)
+        Some(t) if !t.is_empty() && t.iter().all(u8::is_ascii_digit) => {
+            Some(decimal(t).ok_or(Refused::Corrupt)?)
         }
         Some(_) => return Err(Refused::Corrupt),
     };
     let rest = &bytes[nl + 1..];
     let body = match kind {
-        "v" => Body::Value(rest),
-        "n" if rest.is_empty() => Body::Absent,
+        b"v" => Body::Value(rest),
+        b"n" if rest.is_empty() => Body::Absent,
         _ => return Err(Refused::Corrupt),
     };
     Ok(Opened { body, fresh_until })
+}
+
+/// A decimal number as `str::parse::<u64>` reads it: an optional `+`, then at least one
+/// ASCII digit, and no overflow.
+pub(crate) fn decimal(b: &[u8]) -> Option<u64> {
+    let digits = b.strip_prefix(b"+").unwrap_or(b);
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &c| {
+        if c.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(c - b'0'))
+        } else {
+            None
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The parser as it was written first, with `str` splitting and parsing: the byte parser
+    /// must answer exactly as it does.
+    mod reference {
+        use super::super::{Body, Opened, Refused};
+
+        pub fn open(bytes: &[u8], schema: u32) -> Result<Opened<'_>, Refused> {
+            let nl = bytes
+                .iter()
+                .take(48)
+                .position(|&b| b == b'\n')
+                .ok_or(Refused::Corrupt)?;
+            let head = std::str::from_utf8(&bytes[..nl]).map_err(|_| Refused::Corrupt)?;
+            let mut parts = head.split(' ');
+            let (Some("1"), Some(s), Some(kind), fresh, None) = (
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next(),
+            ) else {
+                return Err(Refused::Corrupt);
+            };
+            let s: u32 = s.parse().map_err(|_| Refused::Corrupt)?;
+            if s != schema {
+                return Err(Refused::Schema(s));
+            }
+            let fresh_until = match fresh {
+                None => None,
+                Some(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
+                    Some(t.parse().map_err(|_| Refused::Corrupt)?)
+                }
+                Some(_) => return Err(Refused::Corrupt),
+            };
+            let rest = &bytes[nl + 1..];
+            let body = match kind {
+                "v" => Body::Value(rest),
+                "n" if rest.is_empty() => Body::Absent,
+                _ => return Err(Refused::Corrupt),
+            };
+            Ok(Opened { body, fresh_until })
+        }
+    }
 
     fn body(b: &[u8], s: u32) -> Result<Body<'_>, Refused> {
         open(b, s).map(|o| o.body)
@@ -192,6 +252,28 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn opens_as_the_str_parser_did(
+            head in "(1|[1+0-9]{0,2})( (1|\\+1|[+0-9]{0,4})( (v|n|[vnx]{0,2})( [+0-9]{0,21}( [0-9])?)?)?)?",
+            schema in 0u32..3,
+            tail in prop::collection::vec(any::<u8>(), 0..4),
+        ) {
+            let mut b = head.into_bytes();
+            b.push(b'\n');
+            b.extend_from_slice(&tail);
+            prop_assert_eq!(open(&b, schema), reference::open(&b, schema));
+        }
+
+        #[test]
+        fn opens_any_bytes_as_the_str_parser_did(b in prop::collection::vec(any::<u8>(), 0..64), s in any::<u32>()) {
+            prop_assert_eq!(open(&b, s), reference::open(&b, s));
+        }
+
+        #[test]
+        fn reads_decimals_as_str_parse_does(s in "[+]?[0-9]{0,22}|.{0,4}") {
+            prop_assert_eq!(decimal(s.as_bytes()), s.parse::<u64>().ok());
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..64), s in any::<u32>()) {
             let _ = open(&b, s);

@@ -387,25 +387,49 @@ pub(crate) struct Record<'a> {
 impl<'a> Record<'a> {
     /// The stamp keys and the versions recorded with them.
     pub(crate) fn stamps(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + use<'a> {
-        let mut parts = self.line.split(|&b| b == b' ');
-        std::iter::from_fn(move || Some((parts.next()?, parts.next()?)))
+        let mut rest = Some(self.line);
+        std::iter::from_fn(move || {
+            let line = rest?;
+            let (key, after) = split_space(line)?;
+            let (version, next) = match split_space(after) {
+                Some((version, next)) => (version, Some(next)),
+                None => (after, None),
+            };
+            rest = next;
+            Some((key, version))
+        })
     }
 }
 
+/// `b` cut at its first space: what comes before, what comes after.
+fn split_space(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = memchr::memchr(b' ', b)?;
+    Some((&b[..at], &b[at + 1..]))
+}
+
 /// Parses a stored entry exactly as the Lua `check` does; `None` if it is not a record.
+/// Read byte by byte (no `str` splitting or parsing): this runs on every cache hit.
 pub(crate) fn parse_record(v: &[u8]) -> Option<Record<'_>> {
-    let nl = v.iter().position(|&b| b == b'\n')?;
-    let sp = v[..nl].iter().position(|&b| b == b' ')?;
-    let n: usize = std::str::from_utf8(&v[..sp]).ok()?.parse().ok()?;
-    let line = &v[sp + 1..nl];
-    let mut parts = line.split(|&b| b == b' ');
+    let nl = memchr::memchr(b'\n', v)?;
+    let (n, line) = split_space(&v[..nl])?;
+    let n = crate::envelope::decimal(n).and_then(|n| usize::try_from(n).ok())?;
+    // `<key> <version>` pairs, single spaces between: a key is not empty, a version is digits.
     let mut count = 0;
-    while let Some(k) = parts.next() {
-        let ver = parts.next()?;
-        if k.is_empty() || ver.is_empty() || !ver.iter().all(u8::is_ascii_digit) {
+    let mut rest = line;
+    loop {
+        let (key, after) = split_space(rest)?;
+        let (version, next) = match split_space(after) {
+            Some((version, next)) => (version, Some(next)),
+            None => (after, None),
+        };
+        if key.is_empty() || version.is_empty() || !version.iter().all(u8::is_ascii_digit) {
             return None;
         }
         count += 1;
+        match next {
+            Some(next) => rest = next,
+            None => break,
+        }
     }
     (count == n && n > 0).then_some(Record {
         line,
@@ -749,10 +773,77 @@ mod tests {
         );
     }
 
+    /// A record's stamps and where its payload starts.
+    type Parsed<'a> = (Vec<(&'a [u8], &'a [u8])>, usize);
+
+    /// The parser as it was written first, with `str` splitting and parsing: the byte parser
+    /// must answer exactly as it does.
+    fn reference_parse(v: &[u8]) -> Option<Parsed<'_>> {
+        let nl = v.iter().position(|&b| b == b'\n')?;
+        let sp = v[..nl].iter().position(|&b| b == b' ')?;
+        let n: usize = std::str::from_utf8(&v[..sp]).ok()?.parse().ok()?;
+        let line = &v[sp + 1..nl];
+        let mut parts = line.split(|&b| b == b' ');
+        let mut stamps = Vec::new();
+        while let Some(k) = parts.next() {
+            let ver = parts.next()?;
+            if k.is_empty() || ver.is_empty() || !ver.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            stamps.push((k, ver));
+        }
+        (stamps.len() == n && n > 0).then_some((stamps, nl + 1))
+    }
+
+    fn parsed(v: &[u8]) -> Option<Parsed<'_>> {
+        parse_record(v).map(|r| (r.stamps().collect(), r.payload_at))
+    }
+
+    /// Stamp lines that are mostly well formed, with every kind of flaw now and then.
+    fn stamp_lines() -> impl Strategy<Value = String> {
+        let count = prop_oneof![
+            6 => (0usize..4).prop_map(|n| n.to_string()),
+            1 => Just("+2".to_owned()),
+            1 => Just("x".to_owned()),
+            1 => Just(String::new()),
+        ];
+        let key = prop_oneof![3 => "[a-c:]{1,2}", 1 => Just(String::new())];
+        let version = prop_oneof![3 => "[0-9]{1,2}", 1 => "[0-9]?x", 1 => Just(String::new())];
+        let gap = prop_oneof![5 => Just(" "), 1 => Just("  ")];
+        let end =
+            prop_oneof![3 => "\n.{0,3}", 1 => Just(" \n".to_owned()), 1 => Just(String::new())];
+        (count, prop::collection::vec((gap, key, version), 0..4), end).prop_map(
+            |(count, pairs, end)| {
+                let mut v = count;
+                for (gap, key, version) in pairs {
+                    v.push_str(gap);
+                    v.push_str(&key);
+                    v.push(' ');
+                    v.push_str(&version);
+                }
+                v.push_str(&end);
+                v
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+        #[test]
+        fn parses_as_the_str_parser_did(v in stamp_lines()) {
+            prop_assert_eq!(parsed(v.as_bytes()), reference_parse(v.as_bytes()));
+        }
+    }
+
     proptest! {
         #[test]
         fn parsing_never_panics(v in prop::collection::vec(any::<u8>(), 0..64)) {
             let _ = parse_record(&v);
+        }
+
+        #[test]
+        fn parses_any_bytes_as_the_str_parser_did(v in prop::collection::vec(any::<u8>(), 0..64)) {
+            prop_assert_eq!(parsed(&v), reference_parse(&v));
         }
     }
 
