@@ -212,14 +212,22 @@ pub fn encode(user: &str) -> String {
 
 fn encode_into(user: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in user.as_bytes() {
-        if safe(b) {
-            out.push(b as char);
-        } else {
+    // Runs of safe bytes are copied whole (most keys are one run). A run is ASCII and follows
+    // an unsafe byte or the start, so it begins and ends on character boundaries.
+    let mut run = 0;
+    for (i, &b) in user.as_bytes().iter().enumerate() {
+        if !safe(b) {
+            if let Some(safe_run) = user.get(run..i) {
+                out.push_str(safe_run);
+            }
             out.push('%');
             out.push(HEX[(b >> 4) as usize] as char);
             out.push(HEX[(b & 15) as usize] as char);
+            run = i + 1;
         }
+    }
+    if let Some(safe_run) = user.get(run..) {
+        out.push_str(safe_run);
     }
 }
 
