@@ -803,6 +803,8 @@ async fn metrics_expose_db_queries_and_cache_counters() {
         "aside_loads_total{",
         "aside_stale_total{",
         "aside_backend_errors_total{",
+        // Latencies are histograms, with buckets, not summaries.
+        "aside_backend_seconds_bucket{",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(name)),
