@@ -4,6 +4,7 @@
 
 mod support;
 
+use aside::store::RedisConfig;
 use aside::{Cache, CacheBuilder, Invalidation, LoadError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -490,7 +491,14 @@ async fn loader_errors_release_the_lease() {
 #[tokio::test]
 async fn reads_of_entries_with_learnt_tags_take_one_round_trip() {
     let r = TestRedis::start();
-    let c = cache(&r);
+    // Versions not held in process: every read is an MGET of the entry and its versions.
+    let c = builder(&r)
+        .redis_config(RedisConfig {
+            tracked_versions: 0,
+            ..RedisConfig::new(r.url())
+        })
+        .build()
+        .unwrap();
     let load = || async { Ok::<_, Never>(aside::Tagged::found(1u8).tag("owner:7")) };
     c.entry("doc:1").fetch_tagged(load).await.unwrap();
     assert_eq!(c.get::<u8>("doc:1").await.unwrap(), Some(1)); // learns the tag
@@ -518,5 +526,192 @@ async fn reads_of_entries_with_learnt_tags_take_one_round_trip() {
         c.get::<u8>("doc:1").await.unwrap(),
         None,
         "and the learnt tag is still checked"
+    );
+}
+
+/// Whether a client of `r` has key tracking on (the store's version connection).
+async fn tracking_on(r: &TestRedis) -> bool {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut r.conn().await)
+        .await
+        .unwrap();
+    list.lines().any(|l| {
+        l.split(' ')
+            .any(|f| f.strip_prefix("flags=").is_some_and(|f| f.contains('t')))
+    })
+}
+
+async fn reset_stats(r: &TestRedis) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut r.conn().await)
+        .await
+        .unwrap();
+}
+
+async fn command_stats(r: &TestRedis) -> String {
+    redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut r.conn().await)
+        .await
+        .unwrap()
+}
+
+/// Reads `key` until the tracking connection is up and a read went through it.
+async fn warm_tracking(r: &TestRedis, c: &Cache, key: &str) {
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            c.get::<u8>(key).await.is_ok() && tracking_on(r).await
+        })
+        .await,
+        "the tracking connection comes up"
+    );
+    // One read through it fetches (and holds) the versions the entry carries.
+    c.get::<u8>(key).await.unwrap();
+}
+
+#[tokio::test]
+async fn hot_reads_are_one_get_and_see_invalidations_from_other_instances() {
+    let r = TestRedis::start();
+    let c = cache(&r);
+    let other = cache(&r);
+    let load = || async { Ok::<_, Never>(aside::Tagged::found(1u8).tag("owner:7")) };
+    c.entry("doc:1").fetch_tagged(load).await.unwrap();
+    warm_tracking(&r, &c, "doc:1").await;
+    reset_stats(&r).await;
+    for _ in 0..3 {
+        assert_eq!(c.get::<u8>("doc:1").await.unwrap(), Some(1));
+    }
+    let stats = command_stats(&r).await;
+    assert!(
+        stats.contains("cmdstat_get:calls=3,") && !stats.contains("cmdstat_mget"),
+        "one GET per read, versions held in process:\n{stats}"
+    );
+    // Another instance bumps the learnt tag: Redis tells this one, which drops the version.
+    other.invalidate_tag("owner:7").await.unwrap();
+    assert_eq!(
+        c.get::<u8>("doc:1").await.unwrap(),
+        None,
+        "tag bumped elsewhere"
+    );
+
+    // The same for a prefix, and for the whole namespace.
+    c.set("doc:2", &2u8).await.unwrap();
+    c.get::<u8>("doc:2").await.unwrap();
+    assert_eq!(c.get::<u8>("doc:2").await.unwrap(), Some(2));
+    other.invalidate_prefix("doc:").await.unwrap();
+    assert_eq!(
+        c.get::<u8>("doc:2").await.unwrap(),
+        None,
+        "prefix bumped elsewhere"
+    );
+    c.set("doc:3", &3u8).await.unwrap();
+    c.get::<u8>("doc:3").await.unwrap();
+    assert_eq!(c.get::<u8>("doc:3").await.unwrap(), Some(3));
+    assert_eq!(other.invalidate_all().await, Invalidation::Applied);
+    assert_eq!(
+        c.get::<u8>("doc:3").await.unwrap(),
+        None,
+        "epoch bumped elsewhere"
+    );
+}
+
+#[tokio::test]
+async fn a_read_after_the_tracking_connection_is_lost_is_never_stale() {
+    let r = TestRedis::start();
+    let c = cache(&r);
+    let other = cache(&r);
+    c.set("k", &1u8).await.unwrap();
+    warm_tracking(&r, &c, "k").await;
+    assert_eq!(c.get::<u8>("k").await.unwrap(), Some(1));
+    // Drop the tracking connection, then bump what the entry carries: no message can say so.
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut r.conn().await)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = list
+        .lines()
+        .filter(|l| l.contains("flags=t"))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .collect();
+    assert_eq!(ids.len(), 1, "{list}");
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(ids[0])
+        .query_async(&mut r.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(other.invalidate_all().await, Invalidation::Applied);
+    // The read may fail while the connection is found dead, but never returns the old value.
+    assert!(
+        !matches!(c.get::<u8>("k").await, Ok(Some(_))),
+        "stale after a lost connection"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            c.get::<u8>("k").await.is_ok_and(|v| v.is_none()) && tracking_on(&r).await
+        })
+        .await,
+        "tracking comes back"
+    );
+    c.set("k", &2u8).await.unwrap();
+    warm_tracking(&r, &c, "k").await;
+    reset_stats(&r).await;
+    assert_eq!(c.get::<u8>("k").await.unwrap(), Some(2));
+    assert!(!command_stats(&r).await.contains("cmdstat_mget"));
+}
+
+#[tokio::test]
+async fn reads_go_on_with_mget_when_the_server_refuses_tracking() {
+    let r = TestRedis::start_with(&[
+        "--user", "default", "off", "--user", "app", "on", ">pw", "~*", "&*", "+@all", "-client",
+    ]);
+    let url = format!("redis://app:pw@127.0.0.1:{}/", r.port);
+    let c = Cache::builder().namespace("t").redis(&url).build().unwrap();
+    let admin = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let stats = || {
+        let mut admin = admin.clone();
+        async move {
+            redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async::<String>(&mut admin)
+                .await
+                .unwrap()
+        }
+    };
+    c.set("k", &1u8).await.unwrap();
+    // The first read starts the tracking connection, which the server refuses.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            c.get::<u8>("k").await.unwrap() == Some(1)
+                && stats().await.contains("cmdstat_client|tracking:calls=0,")
+        })
+        .await,
+        "tracking is asked for, and refused:\n{}",
+        stats().await
+    );
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut admin.clone())
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        assert_eq!(c.get::<u8>("k").await.unwrap(), Some(1));
+    }
+    let s = stats().await;
+    assert!(
+        s.contains("cmdstat_mget:calls=20,"),
+        "every read an MGET:\n{s}"
+    );
+    assert!(
+        !s.contains("cmdstat_client|tracking"),
+        "and tracking not asked again:\n{s}"
     );
 }

@@ -33,6 +33,7 @@ mod hints;
 pub mod memory;
 pub mod redis;
 pub mod tiered;
+mod versions;
 
 pub use cluster::{ClusterConfig, ClusterStore};
 pub use memory::MemoryStore;

@@ -9,8 +9,10 @@
 //! ```
 //!
 //! The stamp line lists the version keys the entry depends on and the versions they had; a
-//! read returns the payload only while each of those keys still holds that version (one Lua
-//! call, one round trip). A lease placeholder is the string `L <token>`; the refresh lease of a
+//! read returns the payload only while each of those keys still holds that version. A read
+//! is one `GET` of the entry, compared with the versions held in process and kept exact by
+//! client tracking (see [`super::versions`]); where tracking is off or refused, one `MGET` of
+//! the entry and its version keys. A lease placeholder is the string `L <token>`; the refresh lease of a
 //! stale entry is the same string under the entry's refresh key (`ns:r:<key>`).
 //!
 //! Version keys hold decimal integers. They are created with the server's time in
@@ -22,6 +24,7 @@
 //! store can be built while Redis is down, and reconnects by itself.
 
 use super::hints::Hints;
+use super::versions::{Check, Tracker};
 use super::{Claim, Kind, Lease, Lookup, Store};
 use crate::error::StoreError;
 use crate::key::{EntryKey, TagKey};
@@ -47,6 +50,11 @@ pub struct RedisConfig {
     /// How many keys' learnt tags to remember, so their reads stay one round trip
     /// (default 100,000, rounded up to a power of two; 0 keeps none).
     pub stamp_hints: u64,
+    /// How many version keys to keep in process, kept exact by Redis client tracking, so
+    /// that a read is one `GET` instead of an `MGET` of the entry and its version keys
+    /// (default 65,536; 0 keeps none). Needs RESP3 and `CLIENT TRACKING` (Redis 6 or later,
+    /// and the `client` command for an ACL user); without them reads use `MGET`.
+    pub tracked_versions: u64,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -55,6 +63,8 @@ impl fmt::Debug for RedisConfig {
             .field("url", &redact(&self.url))
             .field("command_timeout", &self.command_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("stamp_hints", &self.stamp_hints)
+            .field("tracked_versions", &self.tracked_versions)
             .finish()
     }
 }
@@ -67,6 +77,7 @@ impl RedisConfig {
             command_timeout: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(1),
             stamp_hints: 100_000,
+            tracked_versions: 65_536,
         }
     }
 }
@@ -270,6 +281,9 @@ pub struct RedisStore {
     /// a loaded value): read in the same `MGET` next time. Only a hint: a wrong or missing
     /// one costs a second round trip, never a wrong answer.
     hints: Arc<Hints>,
+    /// Versions kept in process and the connection that keeps them exact (none when
+    /// `tracked_versions` is 0).
+    tracker: Option<Arc<Tracker>>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -302,6 +316,10 @@ impl RedisStore {
             .set_connection_timeout(Some(config.connect_timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
+        let tracker = (config.tracked_versions > 0)
+            .then(|| Tracker::new(&client, config.tracked_versions, config.connect_timeout))
+            .flatten()
+            .map(Arc::new);
         let conn = ConnectionManager::new_lazy_with_config(client, mgr)
             .map_err(|e| crate::error::BuildError::RedisUrl(e.to_string()))?;
         Ok(Self {
@@ -311,6 +329,7 @@ impl RedisStore {
             tokens: Arc::new(AtomicU64::new(token_seed())),
             url: redact(&config.url),
             hints: Arc::new(Hints::new(config.stamp_hints)),
+            tracker,
         })
     }
 
@@ -319,6 +338,80 @@ impl RedisStore {
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
         bounded(self.timeout, fut).await
+    }
+}
+
+impl RedisStore {
+    /// A read over the tracking connection: one `GET` of the entry, its stamps compared with
+    /// the versions held in process (exact when the reply arrives, see [`super::versions`]);
+    /// the versions not held are read then, with tracking, and kept.
+    async fn get_tracked(
+        &self,
+        t: &Tracker,
+        mut conn: redis::aio::MultiplexedConnection,
+        key: &EntryKey,
+    ) -> Result<Lookup, StoreError> {
+        let mut cmd = redis::Cmd::with_capacity(2, key.as_str().len() + 3);
+        cmd.arg("GET").arg(key.as_str());
+        let entry = match self.bounded(conn.send_packed_command(&cmd)).await? {
+            Value::BulkString(b) => b,
+            // Not a string (as `MGET` would say): nothing cached there.
+            Value::Nil => return Ok(Lookup::Miss),
+            Value::ServerError(e) if e.code() == "WRONGTYPE" => return Ok(Lookup::Miss),
+            Value::ServerError(e) => return Err(backend_error(e.into(), self.timeout)),
+            _ => return Err(StoreError::Protocol("get: entry is not a string".into())),
+        };
+        if is_lease(&entry) {
+            return Ok(Lookup::Pending);
+        }
+        let Some(record) = parse_record(&entry) else {
+            return Ok(Lookup::Corrupt);
+        };
+        let held = &t.versions;
+        let mut unknown = Vec::new();
+        for (k, v) in record.stamps() {
+            match held.check(k, v) {
+                Check::Same => {}
+                Check::Changed => return Ok(Lookup::Miss),
+                Check::Unknown => unknown.push((k, v)),
+            }
+        }
+        if !unknown.is_empty() {
+            // Read after the entry, and still exact: versions never return to an earlier
+            // value, so a match now means no bump happened since the entry was written.
+            let generations: Vec<u64> = unknown.iter().map(|(k, _)| held.generation(k)).collect();
+            let mut mget = redis::cmd("MGET");
+            for (k, _) in &unknown {
+                mget.arg(*k);
+            }
+            let mut pipe = redis::pipe();
+            pipe.cmd("CLIENT")
+                .arg("CACHING")
+                .arg("YES")
+                .ignore()
+                .add_command(mget);
+            let (now,): (Vec<Value>,) = self.bounded(pipe.query_async(&mut conn)).await?;
+            if now.len() != unknown.len() {
+                return Err(StoreError::Protocol("get: version count".into()));
+            }
+            let mut current = true;
+            for (((k, v), n), g) in unknown.iter().zip(now).zip(generations) {
+                match n {
+                    Value::BulkString(n) => {
+                        current &= n == *v;
+                        held.insert(k, Bytes::from(n), g);
+                    }
+                    _ => current = false,
+                }
+            }
+            if !current {
+                return Ok(Lookup::Miss);
+            }
+        }
+        let at = record.payload_at;
+        let mut payload = Bytes::from(entry);
+        payload.advance(at);
+        Ok(Lookup::Hit(payload))
     }
 }
 
@@ -478,6 +571,11 @@ impl Store for RedisStore {
     }
 
     async fn get(&self, key: &EntryKey, stamps: &[TagKey]) -> Result<Lookup, StoreError> {
+        if let Some(t) = &self.tracker
+            && let Some(conn) = t.conn()
+        {
+            return self.get_tracked(t, conn, key).await;
+        }
         // One MGET: the entry and the versions it is expected to carry, read atomically.
         // Room for the names asked for and a few learnt ones, so building it does not regrow.
         let size = key.as_str().len() + stamps.iter().map(|s| s.as_str().len()).sum::<usize>();
