@@ -11,13 +11,26 @@
 //! The stamp line lists the version keys the entry depends on and the versions they had; a
 //! read returns the payload only while each of those keys still holds that version. A read
 //! is one `GET` of the entry, compared with the versions held in process and kept exact by
-//! client tracking (see [`super::versions`]); where tracking is off or refused, one `MGET` of
-//! the entry and its version keys. A lease placeholder is the string `L <token>`; the refresh lease of a
+//! client tracking (below); where tracking is off or refused, one `MGET` of the entry and its
+//! version keys. A lease placeholder is the string `L <token>`; the refresh lease of a
 //! stale entry is the same string under the entry's refresh key (`ns:r:<key>`).
 //!
 //! Version keys hold decimal integers. They are created with the server's time in
 //! microseconds and bumped to `max(current + 1, now)`, so a version key that expired and was
 //! created again never repeats an old version.
+//!
+//! # Versions held in process
+//! Reads go over a dedicated RESP3 connection with `CLIENT TRACKING ON OPTIN`, and version
+//! keys are fetched with `CLIENT CACHING YES` in front of the `MGET`: from then on Redis sends
+//! an invalidation message on that connection whenever one of them changes (bumped by any
+//! instance, expired, evicted, flushed). Redis writes the message into the connection's
+//! stream before the reply of any command it runs after the change, and the store applies it
+//! before it takes later replies. So once the reply of a `GET` is in, every change made before
+//! Redis ran that `GET` has removed its key from the process: a version still held is the one
+//! the key had when the entry was read, and the comparison is the one an `MGET` would make.
+//! A version fetched while a message about its key was on the way is not kept, and a lost
+//! connection forgets everything held (the messages it would have carried are lost too).
+//! Entries are never held in process by this store (that is the L1's job).
 //!
 //! Every call is bounded by the command timeout, whatever the state of the TCP connection
 //! (a paused server never answers; the timeout decides). The connection is made lazily: a
