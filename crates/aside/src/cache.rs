@@ -310,7 +310,11 @@ impl<C: Codec> Cache<C> {
         stale_while_revalidate: Duration,
     ) -> Result<Option<T>> {
         let k = self.inner.ns.entry(key)?;
-        let stamps = self.inner.ns.stamps_for(key, tags)?;
+        let stamps = if tags.is_empty() && !self.inner.store.reads_need_stamps() {
+            Vec::new()
+        } else {
+            self.inner.ns.stamps_for(key, tags)?
+        };
         let m = &self.inner.metrics;
         match self.read(&k, &stamps).await.map_err(Error::Backend)? {
             Lookup::Hit(p) => match self.decode::<T>(&k, &p).await {
@@ -952,7 +956,14 @@ impl<'a, C: Codec> Entry<'a, C> {
         let m = &inner.metrics;
         let t = self.ttls()?;
         let k = inner.ns.entry(self.key)?;
-        let stamps = inner.ns.stamps_for(self.key, &self.tags)?;
+        // Built before the read when the store reads with them or tags are named (which
+        // validates them), else only when a miss or a refresh needs them.
+        let lazy = self.tags.is_empty() && !inner.store.reads_need_stamps();
+        let mut stamps = if lazy {
+            Vec::new()
+        } else {
+            inner.ns.stamps_for(self.key, &self.tags)?
+        };
         // An expired entry still within stale-if-error: served if the loader fails.
         let mut fallback = None;
         // The freshness of an expired entry to be refreshed in place.
@@ -970,6 +981,9 @@ impl<'a, C: Codec> Entry<'a, C> {
                         Age::Stale => {
                             m.stale.increment(1);
                             let until = fresh_until.unwrap_or_default();
+                            if lazy {
+                                stamps = inner.ns.stamps_for(self.key, &self.tags)?;
+                            }
                             cache.revalidate::<T, M, E, F, Fut>(k, until, stamps, t, loader);
                             return Ok(stale(d));
                         }
@@ -984,6 +998,9 @@ impl<'a, C: Codec> Entry<'a, C> {
             _ => {}
         }
         m.misses.increment(1);
+        if lazy {
+            stamps = inner.ns.stamps_for(self.key, &self.tags)?;
+        }
 
         let mut loader = Some(loader);
         for _ in 0..4 {

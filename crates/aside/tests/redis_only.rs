@@ -714,4 +714,62 @@ async fn reads_go_on_with_mget_when_the_server_refuses_tracking() {
         !s.contains("cmdstat_client|tracking"),
         "and tracking not asked again:\n{s}"
     );
+    // Reads name no stamps then (the store could hold versions when it was built), and are
+    // exact all the same: the stamps the entry carries are learnt and read with it.
+    c.set("doc:1", &2u8).await.unwrap();
+    assert_eq!(c.get::<u8>("doc:1").await.unwrap(), Some(2));
+    assert_eq!(
+        c.invalidate_prefix("doc:").await.unwrap(),
+        Invalidation::Applied
+    );
+    assert_eq!(c.get::<u8>("doc:1").await.unwrap(), None, "prefix bumped");
+    assert_eq!(c.invalidate_all().await, Invalidation::Applied);
+    assert_eq!(c.get::<u8>("k").await.unwrap(), None, "epoch bumped");
+}
+
+#[tokio::test]
+async fn a_tracked_read_the_server_refuses_fails_with_the_server_s_error() {
+    let r = TestRedis::start_with(&[
+        "--user", "default", "off", "--user", "app", "on", ">pw", "~*", "&*", "+@all", "-get",
+    ]);
+    let c = Cache::builder()
+        .namespace("t")
+        .redis(format!("redis://app:pw@127.0.0.1:{}/", r.port))
+        .build()
+        .unwrap();
+    // Reads are MGETs (allowed) until the tracking connection is up, then GETs (refused).
+    let refused = |e: &aside::Error| {
+        let mut chain = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            chain = format!("{chain}: {s}");
+            source = s.source();
+        }
+        chain.contains("no permissions to run the 'get' command")
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            c.get::<u8>("k").await.is_err_and(|e| refused(&e))
+        })
+        .await,
+        "the server's refusal, as it said it"
+    );
+}
+
+#[tokio::test]
+async fn a_key_of_another_type_under_an_entry_s_name_reads_as_a_miss() {
+    let r = TestRedis::start();
+    let c = cache(&r);
+    c.set("other", &1u8).await.unwrap();
+    warm_tracking(&r, &c, "other").await;
+    let _: i64 = redis::cmd("HSET")
+        .arg("t:e:k")
+        .arg("f")
+        .arg("v")
+        .query_async(&mut r.conn().await)
+        .await
+        .unwrap();
+    reset_stats(&r).await;
+    assert_eq!(c.get::<u8>("k").await.unwrap(), None);
+    assert!(command_stats(&r).await.contains("cmdstat_get:calls=1,"));
 }

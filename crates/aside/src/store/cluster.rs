@@ -500,6 +500,10 @@ impl Store for ClusterStore {
         Kind::Redis
     }
 
+    fn reads_need_stamps(&self) -> bool {
+        false
+    }
+
     async fn get(&self, key: &EntryKey, _stamps: &[TagKey]) -> Result<Lookup, StoreError> {
         let (entry_key, _) = key.hash_tagged();
         self.bounded(async {

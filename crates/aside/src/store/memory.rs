@@ -203,6 +203,10 @@ impl Store for MemoryStore {
         Kind::Memory
     }
 
+    fn reads_need_stamps(&self) -> bool {
+        false
+    }
+
     async fn get(&self, key: &EntryKey, _stamps: &[TagKey]) -> Result<Lookup, StoreError> {
         let Some(slot) = self.entries.get(key) else {
             return Ok(Lookup::Miss);

@@ -101,6 +101,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// is checked against those too.
     async fn get(&self, key: &EntryKey, stamps: &[TagKey]) -> Result<Lookup, StoreError>;
 
+    /// Whether [`get`](Store::get) needs the stamps named to answer exactly. A store that
+    /// checks whatever stamps an entry carries by itself returns `false`, and its reads are
+    /// then made with none named (saving the caller from building them). Defaults to `true`.
+    fn reads_need_stamps(&self) -> bool {
+        true
+    }
+
     /// On a miss: returns the entry if one became valid meanwhile, `Pending` if another loader
     /// holds the lease, or grants a lease of `lease` duration and returns the current versions
     /// of `stamps` (creating the missing ones and keeping each alive for at least `keep`) and

@@ -355,6 +355,95 @@ impl RedisStore {
 }
 
 impl RedisStore {
+    /// A read without versions held: one `MGET` of the entry and the versions it is expected
+    /// to carry, read atomically.
+    async fn get_mget(&self, key: &EntryKey, stamps: &[TagKey]) -> Result<Lookup, StoreError> {
+        // Room for the names asked for and a few learnt ones, so building it does not regrow.
+        let size = key.as_str().len() + stamps.iter().map(|s| s.as_str().len()).sum::<usize>();
+        let mut cmd = redis::Cmd::with_capacity(stamps.len() + 6, size + 160);
+        cmd.arg("MGET").arg(key.as_str());
+        for s in stamps {
+            cmd.arg(s.as_str());
+        }
+        let hinted = self.hints.each(key, |s| {
+            cmd.arg(s);
+        });
+        let named = stamps.len() + hinted;
+        // The i-th name asked for, as the command holds it (the reply follows its order).
+        let name = |i: usize| match cmd.args_iter().nth(i + 2) {
+            Some(redis::Arg::Simple(b)) => b,
+            _ => &[],
+        };
+        let mut conn = self.conn.clone();
+        // Sent as it is and the reply taken as it comes: no boxed future, no conversion.
+        let reply = self.bounded(conn.send_packed_command(&cmd)).await?;
+        let mut vals = match reply {
+            Value::Array(v) if v.len() == named + 1 => v,
+            Value::ServerError(e) => return Err(backend_error(e.into(), self.timeout)),
+            // Not the reply itself: it may hold whole cached values.
+            _ => return Err(StoreError::Protocol("get: reply length".into())),
+        };
+        let entry = match std::mem::replace(&mut vals[0], Value::Nil) {
+            Value::BulkString(b) => b,
+            Value::Nil => return Ok(Lookup::Miss),
+            _ => return Err(StoreError::Protocol("get: entry is not a string".into())),
+        };
+        if is_lease(&entry) {
+            return Ok(Lookup::Pending);
+        }
+        let Some(record) = parse_record(&entry) else {
+            return Ok(Lookup::Corrupt);
+        };
+        let version = |i: usize| match &vals[i + 1] {
+            Value::BulkString(b) => Some(b.as_slice()),
+            _ => None,
+        };
+        let mut others = Vec::new();
+        let mut unnamed = 0;
+        for (k, v) in record.stamps() {
+            let at = (0..named).position(|i| name(i) == k);
+            if at.is_none_or(|i| i >= stamps.len()) {
+                unnamed += 1;
+            }
+            match at {
+                Some(i) if version(i) == Some(v) => {}
+                Some(_) => return Ok(Lookup::Miss),
+                None => others.push((k, v)),
+            }
+        }
+        if !others.is_empty() || unnamed != hinted {
+            let learnt: Vec<String> = record
+                .stamps()
+                .filter(|(k, _)| !stamps.iter().any(|s| s.as_str().as_bytes() == *k))
+                .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+                .collect();
+            self.hints.insert(key, learnt.into());
+        }
+        if !others.is_empty() {
+            // Stamps nobody named. Checking them after the entry was read is still exact:
+            // versions never return to an earlier value, so a match now means no bump
+            // happened since the entry was written.
+            let mut cmd = redis::cmd("MGET");
+            for (k, _) in &others {
+                cmd.arg(*k);
+            }
+            let now: Vec<Option<Vec<u8>>> = self.bounded(cmd.query_async(&mut conn)).await?;
+            if now.len() != others.len()
+                || others
+                    .iter()
+                    .zip(&now)
+                    .any(|((_, v), n)| n.as_deref() != Some(*v))
+            {
+                return Ok(Lookup::Miss);
+            }
+        }
+        let at = record.payload_at;
+        // The payload is the tail of the reply's own buffer: no copy, no second allocation.
+        let mut payload = Bytes::from(entry);
+        payload.advance(at);
+        Ok(Lookup::Hit(payload))
+    }
+
     /// A read over the tracking connection: one `GET` of the entry, its stamps compared with
     /// the versions held in process (exact when the reply arrives, see [`super::versions`]);
     /// the versions not held are read then, with tracking, and kept.
@@ -389,42 +478,52 @@ impl RedisStore {
                 Check::Unknown => unknown.push((k, v)),
             }
         }
-        if !unknown.is_empty() {
-            // Read after the entry, and still exact: versions never return to an earlier
-            // value, so a match now means no bump happened since the entry was written.
-            let generations: Vec<u64> = unknown.iter().map(|(k, _)| held.generation(k)).collect();
-            let mut mget = redis::cmd("MGET");
-            for (k, _) in &unknown {
-                mget.arg(*k);
-            }
-            let mut pipe = redis::pipe();
-            pipe.cmd("CLIENT")
-                .arg("CACHING")
-                .arg("YES")
-                .ignore()
-                .add_command(mget);
-            let (now,): (Vec<Value>,) = self.bounded(pipe.query_async(&mut conn)).await?;
-            if now.len() != unknown.len() {
-                return Err(StoreError::Protocol("get: version count".into()));
-            }
-            let mut current = true;
-            for (((k, v), n), g) in unknown.iter().zip(now).zip(generations) {
-                match n {
-                    Value::BulkString(n) => {
-                        current &= n == *v;
-                        held.insert(k, Bytes::from(n), g);
-                    }
-                    _ => current = false,
-                }
-            }
-            if !current {
-                return Ok(Lookup::Miss);
-            }
+        // Read after the entry, and still exact: versions never return to an earlier value,
+        // so a match now means no bump happened since the entry was written. Boxed: rare.
+        if !unknown.is_empty() && !Box::pin(self.fetch_versions(t, conn, &unknown)).await? {
+            return Ok(Lookup::Miss);
         }
         let at = record.payload_at;
         let mut payload = Bytes::from(entry);
         payload.advance(at);
         Ok(Lookup::Hit(payload))
+    }
+
+    /// Reads `unknown` versions over the tracking connection, with tracking, and keeps them;
+    /// says whether each is still the one the entry carries.
+    async fn fetch_versions(
+        &self,
+        t: &Tracker,
+        mut conn: redis::aio::MultiplexedConnection,
+        unknown: &[(&[u8], &[u8])],
+    ) -> Result<bool, StoreError> {
+        let held = &t.versions;
+        let generations: Vec<u64> = unknown.iter().map(|(k, _)| held.generation(k)).collect();
+        let mut mget = redis::cmd("MGET");
+        for (k, _) in unknown {
+            mget.arg(*k);
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("CLIENT")
+            .arg("CACHING")
+            .arg("YES")
+            .ignore()
+            .add_command(mget);
+        let (now,): (Vec<Value>,) = self.bounded(pipe.query_async(&mut conn)).await?;
+        if now.len() != unknown.len() {
+            return Err(StoreError::Protocol("get: version count".into()));
+        }
+        let mut current = true;
+        for (((k, v), n), g) in unknown.iter().zip(now).zip(generations) {
+            match n {
+                Value::BulkString(n) => {
+                    current &= n == *v;
+                    held.insert(k, Bytes::from(n), g);
+                }
+                _ => current = false,
+            }
+        }
+        Ok(current)
     }
 }
 
@@ -583,97 +682,20 @@ impl Store for RedisStore {
         Kind::Redis
     }
 
+    /// With versions held in process, a read checks the stamps the entry carries; without,
+    /// the stamps named go into the read's `MGET`.
+    fn reads_need_stamps(&self) -> bool {
+        self.tracker.is_none()
+    }
+
     async fn get(&self, key: &EntryKey, stamps: &[TagKey]) -> Result<Lookup, StoreError> {
         if let Some(t) = &self.tracker
             && let Some(conn) = t.conn()
         {
             return self.get_tracked(t, conn, key).await;
         }
-        // One MGET: the entry and the versions it is expected to carry, read atomically.
-        // Room for the names asked for and a few learnt ones, so building it does not regrow.
-        let size = key.as_str().len() + stamps.iter().map(|s| s.as_str().len()).sum::<usize>();
-        let mut cmd = redis::Cmd::with_capacity(stamps.len() + 6, size + 160);
-        cmd.arg("MGET").arg(key.as_str());
-        for s in stamps {
-            cmd.arg(s.as_str());
-        }
-        let hinted = self.hints.each(key, |s| {
-            cmd.arg(s);
-        });
-        let named = stamps.len() + hinted;
-        // The i-th name asked for, as the command holds it (the reply follows its order).
-        let name = |i: usize| match cmd.args_iter().nth(i + 2) {
-            Some(redis::Arg::Simple(b)) => b,
-            _ => &[],
-        };
-        let mut conn = self.conn.clone();
-        // Sent as it is and the reply taken as it comes: no boxed future, no conversion.
-        let reply = self.bounded(conn.send_packed_command(&cmd)).await?;
-        let mut vals = match reply {
-            Value::Array(v) if v.len() == named + 1 => v,
-            Value::ServerError(e) => return Err(backend_error(e.into(), self.timeout)),
-            // Not the reply itself: it may hold whole cached values.
-            _ => return Err(StoreError::Protocol("get: reply length".into())),
-        };
-        let entry = match std::mem::replace(&mut vals[0], Value::Nil) {
-            Value::BulkString(b) => b,
-            Value::Nil => return Ok(Lookup::Miss),
-            _ => return Err(StoreError::Protocol("get: entry is not a string".into())),
-        };
-        if is_lease(&entry) {
-            return Ok(Lookup::Pending);
-        }
-        let Some(record) = parse_record(&entry) else {
-            return Ok(Lookup::Corrupt);
-        };
-        let version = |i: usize| match &vals[i + 1] {
-            Value::BulkString(b) => Some(b.as_slice()),
-            _ => None,
-        };
-        let mut others = Vec::new();
-        let mut unnamed = 0;
-        for (k, v) in record.stamps() {
-            let at = (0..named).position(|i| name(i) == k);
-            if at.is_none_or(|i| i >= stamps.len()) {
-                unnamed += 1;
-            }
-            match at {
-                Some(i) if version(i) == Some(v) => {}
-                Some(_) => return Ok(Lookup::Miss),
-                None => others.push((k, v)),
-            }
-        }
-        if !others.is_empty() || unnamed != hinted {
-            let learnt: Vec<String> = record
-                .stamps()
-                .filter(|(k, _)| !stamps.iter().any(|s| s.as_str().as_bytes() == *k))
-                .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
-                .collect();
-            self.hints.insert(key, learnt.into());
-        }
-        if !others.is_empty() {
-            // Stamps nobody named. Checking them after the entry was read is still exact:
-            // versions never return to an earlier value, so a match now means no bump
-            // happened since the entry was written.
-            let mut cmd = redis::cmd("MGET");
-            for (k, _) in &others {
-                cmd.arg(*k);
-            }
-            let now: Vec<Option<Vec<u8>>> = self.bounded(cmd.query_async(&mut conn)).await?;
-            if now.len() != others.len()
-                || others
-                    .iter()
-                    .zip(&now)
-                    .any(|((_, v), n)| n.as_deref() != Some(*v))
-            {
-                return Ok(Lookup::Miss);
-            }
-        }
-        let at = record.payload_at;
-        // The payload is the tail of the reply's own buffer: no copy, no second allocation.
-        let mut payload = Bytes::from(entry);
-        payload.advance(at);
-        Ok(Lookup::Hit(payload))
+        // Boxed: the hot read above stays a small future to move around.
+        Box::pin(self.get_mget(key, stamps)).await
     }
 
     async fn claim(
