@@ -1,5 +1,6 @@
 //! Model-based test: random sequences of sets, deletes, tag and prefix invalidations against
-//! a `HashMap` model, on the in-process store and on Redis.
+//! a `HashMap` model, on the in-process store and on Redis, where one instance writes and
+//! another reads (so every read depends on what Redis told the reader about the writes).
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -37,7 +38,9 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-async fn run(cache: Cache, ops: Vec<Op>) -> Result<(), TestCaseError> {
+/// Runs `ops`: writes and invalidations through `cache`, reads through `reader`, each after
+/// the previous call returned.
+async fn run(cache: Cache, reader: Cache, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut model: HashMap<&str, (i64, BTreeSet<usize>)> = HashMap::new();
     for op in ops {
         match op {
@@ -47,7 +50,7 @@ async fn run(cache: Cache, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 model.insert(KEYS[k], (v, tags.into_iter().collect()));
             }
             Op::Get(k) => {
-                let got = cache.get::<i64>(KEYS[k]).await.unwrap();
+                let got = reader.get::<i64>(KEYS[k]).await.unwrap();
                 prop_assert_eq!(got, model.get(KEYS[k]).map(|e| e.0), "get {}", KEYS[k]);
             }
             Op::Del(ks) => {
@@ -68,7 +71,7 @@ async fn run(cache: Cache, ops: Vec<Op>) -> Result<(), TestCaseError> {
     }
     for k in KEYS {
         prop_assert_eq!(
-            cache.get::<i64>(k).await.unwrap(),
+            reader.get::<i64>(k).await.unwrap(),
             model.get(k).map(|e| e.0),
             "final {}",
             k
@@ -81,7 +84,8 @@ proptest! {
     #[test]
     fn memory_store_matches_the_model(ops in prop::collection::vec(op(), 1..40)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(run(Cache::builder().build().unwrap(), ops))?;
+        let cache = Cache::builder().build().unwrap();
+        rt.block_on(run(cache.clone(), cache, ops))?;
     }
 }
 
@@ -99,12 +103,59 @@ fn redis_store_matches_the_model() {
         .run(&prop::collection::vec(op(), 1..40), |ops| {
             rt.block_on(async {
                 let ns = format!("m{}", NS.fetch_add(1, Ordering::Relaxed));
-                let cache = Cache::builder()
-                    .namespace(ns)
-                    .redis(redis.url())
-                    .build()
-                    .unwrap();
-                run(cache, ops).await
+                let cache = |ns: &str| {
+                    Cache::builder()
+                        .namespace(ns)
+                        .redis(redis.url())
+                        .build()
+                        .unwrap()
+                };
+                run(cache(&ns), cache(&ns), ops).await
+            })
+        })
+        .unwrap();
+}
+
+/// The same with long-lived instances, so the reader's versions are held in process (its
+/// tracking connection is up) and every invalidation reaches it as a message from Redis.
+#[test]
+fn redis_store_with_versions_held_matches_the_model() {
+    let redis = support::TestRedis::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (writer, reader) = rt.block_on(async {
+        let cache = || {
+            Cache::builder()
+                .namespace("held")
+                .redis(redis.url())
+                .build()
+                .unwrap()
+        };
+        let (writer, reader) = (cache(), cache());
+        let tracking = || async {
+            reader.get::<i64>("a").await.unwrap();
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut redis.conn().await)
+                .await
+                .unwrap();
+            list.contains("flags=t")
+        };
+        assert!(
+            support::eventually(std::time::Duration::from_secs(5), tracking).await,
+            "the reader's tracking connection comes up"
+        );
+        (writer, reader)
+    });
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(48));
+    runner
+        .run(&prop::collection::vec(op(), 1..40), |ops| {
+            rt.block_on(async {
+                // Each case starts from nothing valid.
+                writer.invalidate_all().await;
+                run(writer.clone(), reader.clone(), ops).await
             })
         })
         .unwrap();
