@@ -433,6 +433,18 @@ async fn tls_through_rediss_urls() {
         c.get::<String>("k").await.unwrap().as_deref(),
         Some("over tls")
     );
+    // The tracking connection speaks TLS too: reads become one GET.
+    warm_tracking(&r, &c, "k").await;
+    reset_stats(&r).await;
+    assert_eq!(
+        c.get::<String>("k").await.unwrap().as_deref(),
+        Some("over tls")
+    );
+    let stats = command_stats(&r).await;
+    assert!(
+        stats.contains("cmdstat_get:calls=1,") && !stats.contains("cmdstat_mget"),
+        "{stats}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -562,13 +574,13 @@ async fn command_stats(r: &TestRedis) -> String {
 async fn warm_tracking(r: &TestRedis, c: &Cache, key: &str) {
     assert!(
         eventually(Duration::from_secs(5), || async {
-            c.get::<u8>(key).await.is_ok() && tracking_on(r).await
+            c.get::<serde_json::Value>(key).await.is_ok() && tracking_on(r).await
         })
         .await,
         "the tracking connection comes up"
     );
     // One read through it fetches (and holds) the versions the entry carries.
-    c.get::<u8>(key).await.unwrap();
+    c.get::<serde_json::Value>(key).await.unwrap();
 }
 
 #[tokio::test]
