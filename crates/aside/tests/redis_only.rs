@@ -541,6 +541,20 @@ async fn reads_of_entries_with_learnt_tags_take_one_round_trip() {
     );
 }
 
+/// The counters of `snap` added since it was last looked at, by name (one snapshot).
+fn counters(snap: &metrics_util::debugging::Snapshotter) -> impl Fn(&str) -> u64 + use<> {
+    let all: Vec<(String, u64)> = snap
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(k, _, _, v)| match v {
+            metrics_util::debugging::DebugValue::Counter(n) => Some((k.key().name().to_owned(), n)),
+            _ => None,
+        })
+        .collect();
+    move |name| all.iter().filter(|(k, _)| k == name).map(|(_, n)| n).sum()
+}
+
 /// Whether a client of `r` has key tracking on (the store's version connection).
 async fn tracking_on(r: &TestRedis) -> bool {
     let list: String = redis::cmd("CLIENT")
@@ -586,7 +600,9 @@ async fn warm_tracking(r: &TestRedis, c: &Cache, key: &str) {
 #[tokio::test]
 async fn hot_reads_are_one_get_and_see_invalidations_from_other_instances() {
     let r = TestRedis::start();
-    let c = cache(&r);
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let c = metrics::with_local_recorder(&recorder, || cache(&r));
     let other = cache(&r);
     let load = || async { Ok::<_, Never>(aside::Tagged::found(1u8).tag("owner:7")) };
     c.entry("doc:1").fetch_tagged(load).await.unwrap();
@@ -600,12 +616,22 @@ async fn hot_reads_are_one_get_and_see_invalidations_from_other_instances() {
         stats.contains("cmdstat_get:calls=3,") && !stats.contains("cmdstat_mget"),
         "one GET per read, versions held in process:\n{stats}"
     );
+    // The versions of the epoch, the `doc:` prefix and the learnt tag, read once.
+    let counts = counters(&snap);
+    assert_eq!(counts("aside_versions_fetched_total"), 3);
+    assert_eq!(counts("aside_versions_connections_total"), 1);
+    assert_eq!(counts("aside_versions_dropped_total"), 0);
     // Another instance bumps the learnt tag: Redis tells this one, which drops the version.
     other.invalidate_tag("owner:7").await.unwrap();
     assert_eq!(
         c.get::<u8>("doc:1").await.unwrap(),
         None,
         "tag bumped elsewhere"
+    );
+    assert_eq!(
+        counters(&snap)("aside_versions_dropped_total"),
+        1,
+        "since the last look"
     );
 
     // The same for a prefix, and for the whole namespace.

@@ -498,6 +498,7 @@ impl RedisStore {
         unknown: &[(&[u8], &[u8])],
     ) -> Result<bool, StoreError> {
         let held = &t.versions;
+        t.fetched.increment(unknown.len() as u64);
         let generations: Vec<u64> = unknown.iter().map(|(k, _)| held.generation(k)).collect();
         let mut mget = redis::cmd("MGET");
         for (k, _) in unknown {

@@ -29,6 +29,7 @@
 
 use bytes::Bytes;
 use hashbrown::HashTable;
+use metrics::{Counter, counter};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, Value};
 use std::hash::BuildHasher;
@@ -156,10 +157,11 @@ impl Versions {
 }
 
 /// Applies one message of the tracking connection.
-fn on_push(versions: &Versions, alive: &AtomicBool, push: PushInfo) {
+fn on_push(versions: &Versions, alive: &AtomicBool, dropped: &Counter, push: PushInfo) {
     match push.kind {
         PushKind::Invalidate => match push.data.first() {
             Some(Value::Array(keys)) => {
+                dropped.increment(keys.len() as u64);
                 for k in keys {
                     match k {
                         Value::BulkString(k) => versions.remove(k),
@@ -194,6 +196,12 @@ enum State {
 pub(crate) struct Tracker {
     client: Client,
     pub(crate) versions: Arc<Versions>,
+    /// Version keys read because they were not held (`aside_versions_fetched_total`).
+    pub(crate) fetched: Counter,
+    /// Held versions Redis said changed (`aside_versions_dropped_total`).
+    dropped: Counter,
+    /// Tracking connections made (`aside_versions_connections_total`).
+    connections: Counter,
     state: Mutex<State>,
     connect_timeout: Duration,
 }
@@ -213,6 +221,9 @@ impl Tracker {
         Some(Self {
             client,
             versions: Arc::new(Versions::new(capacity)),
+            fetched: counter!("aside_versions_fetched_total"),
+            dropped: counter!("aside_versions_dropped_total"),
+            connections: counter!("aside_versions_connections_total"),
             state: Mutex::new(State::Idle {
                 retry_at: Instant::now(),
             }),
@@ -253,12 +264,13 @@ impl Tracker {
 
     async fn connect(&self) {
         let alive = Arc::new(AtomicBool::new(true));
-        let (versions, flag) = (self.versions.clone(), alive.clone());
+        let (versions, flag, dropped) =
+            (self.versions.clone(), alive.clone(), self.dropped.clone());
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(None)
             .set_push_sender(move |push: PushInfo| {
-                on_push(&versions, &flag, push);
+                on_push(&versions, &flag, &dropped, push);
                 Ok::<(), redis::aio::SendError>(())
             });
         let attempt = async {
@@ -280,6 +292,7 @@ impl Tracker {
             Ok(Ok(c)) => {
                 // Nothing held may predate this connection's messages.
                 self.versions.clear();
+                self.connections.increment(1);
                 debug!("version tracking connection up");
                 State::Ready(c, alive)
             }
@@ -367,20 +380,26 @@ mod tests {
     fn messages_remove_what_they_name_and_a_disconnection_everything() {
         let v = Versions::new(1000);
         let alive = AtomicBool::new(true);
+        let dropped = Counter::noop();
         for k in ["a:g", "a:p:x:", "a:t:y"] {
             let g = v.generation(k.as_bytes());
             v.insert(k.as_bytes(), b("1"), g);
         }
         let keys = vec![Value::Array(vec![Value::BulkString(b"a:g".to_vec())])];
-        on_push(&v, &alive, push(PushKind::Invalidate, keys));
+        on_push(&v, &alive, &dropped, push(PushKind::Invalidate, keys));
         assert_eq!(v.check(b"a:g", b"1"), Check::Unknown);
         assert_eq!(v.check(b"a:p:x:", b"1"), Check::Same);
         // A flush names no key.
-        on_push(&v, &alive, push(PushKind::Invalidate, vec![Value::Nil]));
+        on_push(
+            &v,
+            &alive,
+            &dropped,
+            push(PushKind::Invalidate, vec![Value::Nil]),
+        );
         assert_eq!(v.len(), 0);
         let g = v.generation(b"a:t:y");
         v.insert(b"a:t:y", b("1"), g);
-        on_push(&v, &alive, push(PushKind::Disconnection, vec![]));
+        on_push(&v, &alive, &dropped, push(PushKind::Disconnection, vec![]));
         assert_eq!(v.len(), 0);
         assert!(!alive.load(Ordering::SeqCst));
     }
