@@ -811,3 +811,61 @@ async fn a_key_of_another_type_under_an_entry_s_name_reads_as_a_miss() {
     assert_eq!(c.get::<u8>("k").await.unwrap(), None);
     assert!(command_stats(&r).await.contains("cmdstat_get:calls=1,"));
 }
+
+/// Readers on one instance, a writer on another that stores `i` tagged `t`, then invalidates
+/// `t`, for i = 1, 2, ...: a read that starts after the invalidation of `i` returned never
+/// sees `i` or older, however the invalidation messages and the reads' replies interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_never_see_a_value_invalidated_before_they_began() {
+    use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+    let r = TestRedis::start();
+    let writer = cache(&r);
+    let reader = cache(&r);
+    writer.entry("k").tags(["t"]).set(&0i64).await.unwrap();
+    warm_tracking(&r, &reader, "k").await;
+    let invalidated = Arc::new(AtomicI64::new(-1));
+    let done = Arc::new(AtomicBool::new(false));
+    let (reads, hits) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut readers = Vec::new();
+    for _ in 0..8 {
+        let (reader, invalidated, done) = (reader.clone(), invalidated.clone(), done.clone());
+        let (reads, hits) = (reads.clone(), hits.clone());
+        readers.push(tokio::spawn(async move {
+            while !done.load(Ordering::SeqCst) {
+                let before = invalidated.load(Ordering::SeqCst);
+                if let Some(v) = reader.entry("k").tags(["t"]).get::<i64>().await.unwrap() {
+                    assert!(v > before, "read {v} after {before} was invalidated");
+                    hits.fetch_add(1, Ordering::SeqCst);
+                }
+                reads.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    // Until the readers made `n` more reads (so each state below is read, hit or not).
+    let reads_made = |n: u64| {
+        let reads = reads.clone();
+        async move {
+            let target = reads.load(Ordering::SeqCst) + n;
+            while reads.load(Ordering::SeqCst) < target {
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    for i in 1..=200i64 {
+        writer.entry("k").tags(["t"]).set(&i).await.unwrap();
+        // At most 8 reads were under way: at least 8 of these began after the write, and hit.
+        reads_made(16).await;
+        writer.invalidate_tag("t").await.unwrap();
+        invalidated.store(i, Ordering::SeqCst);
+        reads_made(8).await;
+    }
+    done.store(true, Ordering::SeqCst);
+    for h in readers {
+        h.await.unwrap();
+    }
+    let (reads, hits) = (reads.load(Ordering::SeqCst), hits.load(Ordering::SeqCst));
+    assert!(
+        hits >= 8 * 200 && hits < reads,
+        "{hits} hits in {reads} reads"
+    );
+}
