@@ -397,6 +397,17 @@ async fn acl_users_authenticate_through_the_url() {
     );
 }
 
+/// An error and its sources, as one line.
+fn error_chain(e: &aside::Error) -> String {
+    let mut chain = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        chain = format!("{chain}: {s}");
+        source = s.source();
+    }
+    chain
+}
+
 #[tokio::test]
 async fn a_read_the_server_refuses_fails_with_the_server_s_error() {
     let r = TestRedis::start_with(&[
@@ -407,13 +418,7 @@ async fn a_read_the_server_refuses_fails_with_the_server_s_error() {
         .redis(format!("redis://app:pw@127.0.0.1:{}/", r.port))
         .build()
         .unwrap();
-    let e = c.get::<u8>("k").await.unwrap_err();
-    let mut chain = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        chain = format!("{chain}: {s}");
-        source = s.source();
-    }
+    let chain = error_chain(&c.get::<u8>("k").await.unwrap_err());
     assert!(
         chain.contains("no permissions to run the 'mget' command"),
         "the server's refusal, as it said it: {chain}"
@@ -776,15 +781,8 @@ async fn a_tracked_read_the_server_refuses_fails_with_the_server_s_error() {
         .build()
         .unwrap();
     // Reads are MGETs (allowed) until the tracking connection is up, then GETs (refused).
-    let refused = |e: &aside::Error| {
-        let mut chain = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            chain = format!("{chain}: {s}");
-            source = s.source();
-        }
-        chain.contains("no permissions to run the 'get' command")
-    };
+    let refused =
+        |e: &aside::Error| error_chain(e).contains("no permissions to run the 'get' command");
     assert!(
         eventually(Duration::from_secs(5), || async {
             c.get::<u8>("k").await.is_err_and(|e| refused(&e))

@@ -438,10 +438,7 @@ impl RedisStore {
             }
         }
         let at = record.payload_at;
-        // The payload is the tail of the reply's own buffer: no copy, no second allocation.
-        let mut payload = Bytes::from(entry);
-        payload.advance(at);
-        Ok(Lookup::Hit(payload))
+        Ok(Lookup::Hit(payload_of(entry, at)))
     }
 
     /// A read over the tracking connection: one `GET` of the entry, its stamps compared with
@@ -484,9 +481,7 @@ impl RedisStore {
             return Ok(Lookup::Miss);
         }
         let at = record.payload_at;
-        let mut payload = Bytes::from(entry);
-        payload.advance(at);
-        Ok(Lookup::Hit(payload))
+        Ok(Lookup::Hit(payload_of(entry, at)))
     }
 
     /// Reads `unknown` versions over the tracking connection, with tracking, and keeps them;
@@ -574,6 +569,14 @@ pub(crate) fn lease_key(key: &EntryKey, lease: &Lease) -> String {
     } else {
         key.as_str().to_owned()
     }
+}
+
+/// The payload of a record read whole: the tail of the reply's own buffer (no copy, no second
+/// allocation).
+fn payload_of(entry: Vec<u8>, at: usize) -> Bytes {
+    let mut payload = Bytes::from(entry);
+    payload.advance(at);
+    payload
 }
 
 /// Whether a stored value is a lease placeholder (`L <token>`).
