@@ -1002,131 +1002,136 @@ impl<'a, C: Codec> Entry<'a, C> {
             stamps = inner.ns.stamps_for(self.key, &self.tags)?;
         }
 
-        let mut loader = Some(loader);
-        for _ in 0..4 {
-            let leader = match inner.flights.join(&k) {
-                Role::Leader(l) => l,
-                Role::Follower(rx) => match flight::wait(rx).await {
-                    Some(Shared::Value(p)) => match cache.decode_as::<T, M>(&k, &p).await {
-                        Some((d, _)) => return Ok(loaded(d)),
-                        None => continue,
+        // The miss path is a future of its own, boxed: a hit's future (which callers box and
+        // move around) stays small.
+        Box::pin(async move {
+            let mut loader = Some(loader);
+            for _ in 0..4 {
+                let leader = match inner.flights.join(&k) {
+                    Role::Leader(l) => l,
+                    Role::Follower(rx) => match flight::wait(rx).await {
+                        Some(Shared::Value(p)) => match cache.decode_as::<T, M>(&k, &p).await {
+                            Some((d, _)) => return Ok(loaded(d)),
+                            None => continue,
+                        },
+                        Some(Shared::Absent) => return Ok(loaded(Decoded::Absent)),
+                        Some(Shared::Failed(e)) => {
+                            if let Some(d) = fallback.take() {
+                                m.stale.increment(1);
+                                return Ok(stale(d));
+                            }
+                            match e.downcast::<E>() {
+                                Ok(e) => return Err(LoadError::Loader(e)),
+                                Err(_) => continue,
+                            }
+                        }
+                        Some(Shared::Unshared) | None => continue,
                     },
-                    Some(Shared::Absent) => return Ok(loaded(Decoded::Absent)),
-                    Some(Shared::Failed(e)) => {
-                        if let Some(d) = fallback.take() {
+                };
+                let keep = t.keep(inner.settings.lease);
+                // Like every read, a claim waits until pending invalidations are applied.
+                let ready = cache.ready().await;
+                if let Some(until) = expired.take()
+                    && ready.is_ok()
+                {
+                    // Refresh in place, the expired entry staying readable meanwhile; if another
+                    // process is refreshing it (or it is gone), claim as on a miss below.
+                    let clock = inner.ns.clock();
+                    let refresh = inner.store.claim_refresh(
+                        &k,
+                        until,
+                        &stamps,
+                        &clock,
+                        inner.settings.lease,
+                        keep,
+                    );
+                    if let Ok(Some(lease)) = cache.call(Op::Claim, refresh).await
+                        && let Some(loader) = loader.take()
+                    {
+                        return cache
+                            .load::<T, M, E, F, Fut>(leader, &k, Some(lease), t, loader, fallback)
+                            .await;
+                    }
+                }
+                let claim = match ready {
+                    Ok(()) => {
+                        cache
+                            .call(
+                                Op::Claim,
+                                inner.store.claim(
+                                    &k,
+                                    &stamps,
+                                    &inner.ns.clock(),
+                                    inner.settings.lease,
+                                    keep,
+                                ),
+                            )
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                // An entry found while claiming (filled meanwhile, or by the lease holder we
+                // waited for) is shared with this flight's followers as is.
+                let (found, lease) = match claim {
+                    Ok(Claim::Hit(p)) => (Some((p, Status::Hit)), None),
+                    Ok(Claim::Pending) => match cache.wait_for_fill(&k, &stamps).await {
+                        Waited::Filled(p) => (Some((p, Status::Miss)), None),
+                        Waited::Vacant => continue,
+                        Waited::TimedOut => (None, None),
+                    },
+                    Ok(Claim::Granted(lease)) => (None, Some(lease)),
+                    Err(_) => (None, None),
+                };
+                if let Some((p, status)) = found {
+                    let Some((d, fresh_until)) = cache.decode_as::<T, M>(&k, &p).await else {
+                        continue;
+                    };
+                    leader.finish(match &d {
+                        Decoded::Value(_) => Shared::Value(p),
+                        Decoded::Absent => Shared::Absent,
+                    });
+                    // Still past its freshness: another process holds its refresh lease.
+                    let status = match cache.age(fresh_until, Duration::ZERO, Duration::ZERO) {
+                        Age::Fresh => status,
+                        _ => {
+                            m.stale.increment(1);
+                            Status::Stale
+                        }
+                    };
+                    return Ok(Fetched { status, ..hit(d) });
+                }
+                let Some(loader) = loader.take() else { break };
+                return cache
+                    .load::<T, M, E, F, Fut>(leader, &k, lease, t, loader, fallback)
+                    .await;
+            }
+            // Retries exhausted (entries kept turning out undecodable, or leaders kept vanishing):
+            // load without the store.
+            match loader.take() {
+                Some(loader) => {
+                    let value = match (run(cache, loader).await, fallback) {
+                        (Ok(v), _) => v.value,
+                        (Err(LoadError::Loader(_)), Some(d)) => {
                             m.stale.increment(1);
                             return Ok(stale(d));
                         }
-                        match e.downcast::<E>() {
-                            Ok(e) => return Err(LoadError::Loader(e)),
-                            Err(_) => continue,
-                        }
-                    }
-                    Some(Shared::Unshared) | None => continue,
-                },
-            };
-            let keep = t.keep(inner.settings.lease);
-            // Like every read, a claim waits until pending invalidations are applied.
-            let ready = cache.ready().await;
-            if let Some(until) = expired.take()
-                && ready.is_ok()
-            {
-                // Refresh in place, the expired entry staying readable meanwhile; if another
-                // process is refreshing it (or it is gone), claim as on a miss below.
-                let clock = inner.ns.clock();
-                let refresh = inner.store.claim_refresh(
-                    &k,
-                    until,
-                    &stamps,
-                    &clock,
-                    inner.settings.lease,
-                    keep,
-                );
-                if let Ok(Some(lease)) = cache.call(Op::Claim, refresh).await
-                    && let Some(loader) = loader.take()
-                {
-                    return cache
-                        .load::<T, M, E, F, Fut>(leader, &k, Some(lease), t, loader, fallback)
-                        .await;
+                        (Err(e), _) => return Err(e),
+                    };
+                    let value = match value {
+                        Some(v) => Some(cache.output::<T, M>(v).map_err(LoadError::Cache)?),
+                        None => None,
+                    };
+                    Ok(Fetched {
+                        value,
+                        status: Status::Miss,
+                    })
                 }
+                None => Err(LoadError::Cache(Error::Backend(StoreError::Protocol(
+                    "load could not be completed".into(),
+                )))),
             }
-            let claim = match ready {
-                Ok(()) => {
-                    cache
-                        .call(
-                            Op::Claim,
-                            inner.store.claim(
-                                &k,
-                                &stamps,
-                                &inner.ns.clock(),
-                                inner.settings.lease,
-                                keep,
-                            ),
-                        )
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            // An entry found while claiming (filled meanwhile, or by the lease holder we
-            // waited for) is shared with this flight's followers as is.
-            let (found, lease) = match claim {
-                Ok(Claim::Hit(p)) => (Some((p, Status::Hit)), None),
-                Ok(Claim::Pending) => match cache.wait_for_fill(&k, &stamps).await {
-                    Waited::Filled(p) => (Some((p, Status::Miss)), None),
-                    Waited::Vacant => continue,
-                    Waited::TimedOut => (None, None),
-                },
-                Ok(Claim::Granted(lease)) => (None, Some(lease)),
-                Err(_) => (None, None),
-            };
-            if let Some((p, status)) = found {
-                let Some((d, fresh_until)) = cache.decode_as::<T, M>(&k, &p).await else {
-                    continue;
-                };
-                leader.finish(match &d {
-                    Decoded::Value(_) => Shared::Value(p),
-                    Decoded::Absent => Shared::Absent,
-                });
-                // Still past its freshness: another process holds its refresh lease.
-                let status = match cache.age(fresh_until, Duration::ZERO, Duration::ZERO) {
-                    Age::Fresh => status,
-                    _ => {
-                        m.stale.increment(1);
-                        Status::Stale
-                    }
-                };
-                return Ok(Fetched { status, ..hit(d) });
-            }
-            let Some(loader) = loader.take() else { break };
-            return cache
-                .load::<T, M, E, F, Fut>(leader, &k, lease, t, loader, fallback)
-                .await;
-        }
-        // Retries exhausted (entries kept turning out undecodable, or leaders kept vanishing):
-        // load without the store.
-        match loader.take() {
-            Some(loader) => {
-                let value = match (run(cache, loader).await, fallback) {
-                    (Ok(v), _) => v.value,
-                    (Err(LoadError::Loader(_)), Some(d)) => {
-                        m.stale.increment(1);
-                        return Ok(stale(d));
-                    }
-                    (Err(e), _) => return Err(e),
-                };
-                let value = match value {
-                    Some(v) => Some(cache.output::<T, M>(v).map_err(LoadError::Cache)?),
-                    None => None,
-                };
-                Ok(Fetched {
-                    value,
-                    status: Status::Miss,
-                })
-            }
-            None => Err(LoadError::Cache(Error::Backend(StoreError::Protocol(
-                "load could not be completed".into(),
-            )))),
-        }
+        })
+        .await
     }
 }
 
