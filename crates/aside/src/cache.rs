@@ -793,9 +793,11 @@ impl<'a, C: Codec> Entry<'a, C> {
         })
     }
 
-    /// Reads the entry like [`Cache::get`]. Naming the entry's tags lets the store check them
-    /// in the same round trip as the read (Redis: one `MGET`); an entry carrying tags that
-    /// were not named is still checked, in a second round trip.
+    /// Reads the entry like [`Cache::get`], naming the tags it carries. An entry is checked
+    /// against every tag it carries, named or not; naming them matters only where the store
+    /// reads versions with the entry: with Redis when its versions are not held in process
+    /// (one `MGET` of the entry and the named versions, and a second round trip for tags not
+    /// named).
     pub async fn get<T: DeserializeOwned>(self) -> Result<Option<T>> {
         let t = self.ttls()?;
         self.cache
