@@ -408,16 +408,20 @@ fn error_chain(e: &aside::Error) -> String {
     chain
 }
 
+/// A server whose only user, `app`, may run everything but `denied`, and a cache logged in
+/// as `app` (with its URL).
+fn acl_cache(denied: &str) -> (TestRedis, Cache, String) {
+    let r = TestRedis::start_with(&[
+        "--user", "default", "off", "--user", "app", "on", ">pw", "~*", "&*", "+@all", denied,
+    ]);
+    let url = format!("redis://app:pw@127.0.0.1:{}/", r.port);
+    let c = Cache::builder().namespace("t").redis(&url).build().unwrap();
+    (r, c, url)
+}
+
 #[tokio::test]
 async fn a_read_the_server_refuses_fails_with_the_server_s_error() {
-    let r = TestRedis::start_with(&[
-        "--user", "default", "off", "--user", "app", "on", ">pw", "~*", "&*", "+@all", "-mget",
-    ]);
-    let c = Cache::builder()
-        .namespace("t")
-        .redis(format!("redis://app:pw@127.0.0.1:{}/", r.port))
-        .build()
-        .unwrap();
+    let (_r, c, _) = acl_cache("-mget");
     let chain = error_chain(&c.get::<u8>("k").await.unwrap_err());
     assert!(
         chain.contains("no permissions to run the 'mget' command"),
@@ -709,11 +713,7 @@ async fn a_read_after_the_tracking_connection_is_lost_is_never_stale() {
 
 #[tokio::test]
 async fn reads_go_on_with_mget_when_the_server_refuses_tracking() {
-    let r = TestRedis::start_with(&[
-        "--user", "default", "off", "--user", "app", "on", ">pw", "~*", "&*", "+@all", "-client",
-    ]);
-    let url = format!("redis://app:pw@127.0.0.1:{}/", r.port);
-    let c = Cache::builder().namespace("t").redis(&url).build().unwrap();
+    let (_r, c, url) = acl_cache("-client");
     let admin = redis::Client::open(url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -772,14 +772,7 @@ async fn reads_go_on_with_mget_when_the_server_refuses_tracking() {
 
 #[tokio::test]
 async fn a_tracked_read_the_server_refuses_fails_with_the_server_s_error() {
-    let r = TestRedis::start_with(&[
-        "--user", "default", "off", "--user", "app", "on", ">pw", "~*", "&*", "+@all", "-get",
-    ]);
-    let c = Cache::builder()
-        .namespace("t")
-        .redis(format!("redis://app:pw@127.0.0.1:{}/", r.port))
-        .build()
-        .unwrap();
+    let (_r, c, _) = acl_cache("-get");
     // Reads are MGETs (allowed) until the tracking connection is up, then GETs (refused).
     let refused =
         |e: &aside::Error| error_chain(e).contains("no permissions to run the 'get' command");

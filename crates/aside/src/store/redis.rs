@@ -65,8 +65,8 @@ pub struct RedisConfig {
     pub stamp_hints: u64,
     /// How many version keys to keep in process, kept exact by Redis client tracking, so
     /// that a read is one `GET` instead of an `MGET` of the entry and its version keys
-    /// (default 65,536; 0 keeps none). Needs RESP3 and `CLIENT TRACKING` (Redis 6 or later,
-    /// and the `client` command for an ACL user); without them reads use `MGET`.
+    /// (default 65,536; 0 keeps none). Needs RESP3 and `CLIENT TRACKING` (Redis 6 or later;
+    /// an ACL user needs `+client|tracking +client|caching`); without them reads use `MGET`.
     pub tracked_versions: u64,
 }
 
@@ -388,11 +388,9 @@ impl RedisStore {
             Value::Nil => return Ok(Lookup::Miss),
             _ => return Err(StoreError::Protocol("get: entry is not a string".into())),
         };
-        if is_lease(&entry) {
-            return Ok(Lookup::Pending);
-        }
-        let Some(record) = parse_record(&entry) else {
-            return Ok(Lookup::Corrupt);
+        let record = match record_of(&entry) {
+            Ok(r) => r,
+            Err(not) => return Ok(not),
         };
         let version = |i: usize| match &vals[i + 1] {
             Value::BulkString(b) => Some(b.as_slice()),
@@ -460,11 +458,9 @@ impl RedisStore {
             Value::ServerError(e) => return Err(backend_error(e.into(), self.timeout)),
             _ => return Err(StoreError::Protocol("get: entry is not a string".into())),
         };
-        if is_lease(&entry) {
-            return Ok(Lookup::Pending);
-        }
-        let Some(record) = parse_record(&entry) else {
-            return Ok(Lookup::Corrupt);
+        let record = match record_of(&entry) {
+            Ok(r) => r,
+            Err(not) => return Ok(not),
         };
         let held = &t.versions;
         let mut unknown = Vec::new();
@@ -577,6 +573,15 @@ fn payload_of(entry: Vec<u8>, at: usize) -> Bytes {
     let mut payload = Bytes::from(entry);
     payload.advance(at);
     payload
+}
+
+/// The record an entry read whole holds; else what the read answers: `Pending` for a lease
+/// placeholder, `Corrupt` for bytes that are no record.
+fn record_of(entry: &[u8]) -> Result<Record<'_>, Lookup> {
+    if is_lease(entry) {
+        return Err(Lookup::Pending);
+    }
+    parse_record(entry).ok_or(Lookup::Corrupt)
 }
 
 /// Whether a stored value is a lease placeholder (`L <token>`).
