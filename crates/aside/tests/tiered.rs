@@ -234,10 +234,9 @@ impl Store for Held {
         key: &aside::key::EntryKey,
         stamps: &[aside::key::TagKey],
         clock: &aside::key::TagKey,
-        lease: Duration,
-        keep: Duration,
+        terms: aside::store::ClaimTerms,
     ) -> Result<aside::store::Claim, aside::StoreError> {
-        self.inner.claim(key, stamps, clock, lease, keep).await
+        self.inner.claim(key, stamps, clock, terms).await
     }
     async fn claim_refresh(
         &self,
@@ -245,23 +244,21 @@ impl Store for Held {
         fresh_until: u64,
         stamps: &[aside::key::TagKey],
         clock: &aside::key::TagKey,
-        lease: Duration,
-        keep: Duration,
+        terms: aside::store::ClaimTerms,
     ) -> Result<Option<aside::store::Lease>, aside::StoreError> {
         self.inner
-            .claim_refresh(key, fresh_until, stamps, clock, lease, keep)
+            .claim_refresh(key, fresh_until, stamps, clock, terms)
             .await
     }
     async fn fill(
         &self,
         key: &aside::key::EntryKey,
         lease: &aside::store::Lease,
-        late: &[aside::key::TagKey],
+        learnt: &[aside::key::TagKey],
         payload: bytes::Bytes,
-        ttl: Duration,
-        keep: Duration,
+        life: aside::store::Lifetime,
     ) -> Result<bool, aside::StoreError> {
-        self.inner.fill(key, lease, late, payload, ttl, keep).await
+        self.inner.fill(key, lease, learnt, payload, life).await
     }
     async fn release(
         &self,
@@ -275,9 +272,9 @@ impl Store for Held {
         key: &aside::key::EntryKey,
         stamps: &[aside::key::TagKey],
         payload: bytes::Bytes,
-        ttl: Duration,
+        life: aside::store::Lifetime,
     ) -> Result<(), aside::StoreError> {
-        self.inner.set(key, stamps, payload, ttl).await
+        self.inner.set(key, stamps, payload, life).await
     }
     async fn delete(&self, keys: &[aside::key::EntryKey]) -> Result<(), aside::StoreError> {
         self.inner.delete(keys).await

@@ -50,11 +50,10 @@
 //! without connecting; the first call connects (and each call after a failed attempt tries
 //! again), so a cache can be built while the cluster is down.
 
-use super::redis::{
-    BUMP, CHECK, RELEASE, backend_error, encode_record, install_tls_provider, int, is_lease, ms,
-    parse_record, redact, token_seed,
-};
-use super::{Claim, Kind, Lease, Lookup, Store};
+use super::client::{self, backend_error, int, ms, redact};
+use super::lua::{cluster, standalone, with_prelude};
+use super::record::{self, encode_record, parse_record, record_of, version_of};
+use super::{Claim, ClaimTerms, Kind, Lease, Lifetime, Lookup, Stamp, Store};
 use crate::error::{BuildError, StoreError};
 use crate::key::{EntryKey, TagKey};
 use async_trait::async_trait;
@@ -114,58 +113,6 @@ impl ClusterConfig {
     }
 }
 
-// KEYS: entry. ARGV: token, lease ms, the stamp line of an entry found invalid (or '').
-// Writes the placeholder unless the key holds a lease or a record other than the one found
-// invalid; returns 1 (granted), 2 (another lease) or that record (for the caller to check).
-const CLAIM: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if v then
-  if lease(v) then return 2 end
-  if check(v, true) then
-    local nl = string.find(v, '\n', 1, true)
-    if string.sub(v, 1, nl - 1) ~= ARGV[3] then return v end
-  end
-end
-redis.call('SET', KEYS[1], 'L ' .. ARGV[1], 'PX', ARGV[2])
-return 1
-"#;
-
-// KEYS: entry, its refresh key. ARGV: token, lease ms, fresh until.
-// Takes the refresh lease of a well-formed entry that is still the one the caller saw, and
-// returns its stamp line (for the caller to check); 0 if there is no such entry, 2 if another
-// refresh lease is held.
-const CLAIM_REFRESH: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if not v or lease(v) then return 0 end
-local p = check(v, true)
-if not p or string.match(p, '^1 %d+ [vn] (%d+)\n') ~= ARGV[3] then return 0 end
-if not redis.call('SET', KEYS[2], 'L ' .. ARGV[1], 'NX', 'PX', ARGV[2]) then return 2 end
-return string.sub(v, 1, string.find(v, '\n', 1, true))
-"#;
-
-// KEYS: version keys of one slot. ARGV: keep ms.
-const VERSIONS: &str = r#"
-local out = {}
-for i = 1, #KEYS do out[i] = version(KEYS[i], ARGV[1]) end
-return out
-"#;
-
-// KEYS: entry, the lease's key (the entry itself, or its refresh key). ARGV: token, ttl ms,
-// record.
-const FILL: &str = r#"
-if redis.call('GET', KEYS[2]) ~= 'L ' .. ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2])
-if KEYS[2] ~= KEYS[1] then redis.call('DEL', KEYS[2]) end
-return 1
-"#;
-
-// KEYS: entry, its refresh key. ARGV: ttl ms, record. A write voids any refresh in flight.
-const PUT: &str = r#"
-redis.call('DEL', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
-return 1
-"#;
-
 /// A script for the keys of one slot, run with `EVALSHA` and loaded on the node of that slot
 /// when the node does not know it yet. (redis-rs's `Script` loads it on every node at once,
 /// so one node that does not answer would keep the others from running it.)
@@ -188,7 +135,7 @@ impl Lua {
     }
 
     fn checked(body: &str) -> Self {
-        Self::new(format!("{CHECK}{body}"))
+        Self::new(with_prelude(body))
     }
 
     /// A run on `keys`, which must share a slot.
@@ -240,13 +187,13 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Self {
-            claim: Lua::checked(CLAIM),
-            claim_refresh: Lua::checked(CLAIM_REFRESH),
-            versions: Lua::checked(VERSIONS),
-            fill: Lua::new(FILL.into()),
-            put: Lua::new(PUT.into()),
-            release: Lua::new(RELEASE.into()),
-            bump: Lua::new(BUMP.into()),
+            claim: Lua::checked(cluster::CLAIM),
+            claim_refresh: Lua::checked(cluster::CLAIM_REFRESH),
+            versions: Lua::checked(cluster::VERSIONS),
+            fill: Lua::new(cluster::FILL.into()),
+            put: Lua::new(cluster::PUT.into()),
+            release: Lua::new(standalone::RELEASE.into()),
+            bump: Lua::new(standalone::BUMP.into()),
         }
     }
 }
@@ -291,19 +238,13 @@ impl ClusterStore {
     /// bounds store calls cannot be started.
     pub fn new(config: &ClusterConfig) -> Result<Self, BuildError> {
         let urls: Vec<String> = config.urls.iter().map(|u| redact(u)).collect();
-        let scrub = |e: redis::RedisError| {
-            let mut msg = e.to_string();
-            for (url, shown) in config.urls.iter().zip(&urls) {
-                msg = msg.replace(url.as_str(), shown);
-            }
-            BuildError::RedisUrl(msg)
-        };
+        let scrub = |e: redis::RedisError| client::url_error(&e, &config.urls);
         if config.urls.is_empty() {
             return Err(BuildError::RedisUrl("no cluster node given".into()));
         }
         crate::deadline::start().map_err(BuildError::DeadlineThread)?;
         if config.urls.iter().any(|u| u.starts_with("rediss:")) {
-            install_tls_provider();
+            client::install_tls_provider();
         }
         let client = ClusterClientBuilder::new(config.urls.iter().map(String::as_str))
             .connection_timeout(config.connect_timeout)
@@ -321,7 +262,7 @@ impl ClusterStore {
             conn: Arc::new(OnceCell::new()),
             scripts: Arc::new(Scripts::new()),
             timeout: config.command_timeout,
-            tokens: Arc::new(AtomicU64::new(token_seed())),
+            tokens: Arc::new(AtomicU64::new(record::token_seed())),
             urls,
         })
     }
@@ -347,9 +288,7 @@ impl ClusterStore {
         &self,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        crate::deadline::within(self.timeout, fut)
-            .await
-            .unwrap_or(Err(StoreError::Timeout(self.timeout)))
+        client::bounded(self.timeout, fut).await
     }
 
     /// The values of `keys` now (one `MGET`, which redis-rs sends to every slot at once).
@@ -389,18 +328,18 @@ impl ClusterStore {
             .all(|((_, v), n)| n.as_deref() == Some(*v)))
     }
 
-    /// The versions of `keys`, each created if missing and kept alive for at least `keep`:
-    /// one script per slot, every slot at once.
+    /// The versions of `keys`, each created if missing and kept alive for at least
+    /// `version_ttl`: one script per slot, every slot at once.
     async fn versions(
         &self,
         conn: &ClusterConnection,
         keys: &[&str],
-        keep: Duration,
+        version_ttl: Duration,
     ) -> Result<Vec<i64>, StoreError> {
         let groups = by_slot(keys);
         let replies = try_join_all(groups.iter().map(|group| {
             let call = self.scripts.versions.on(group.iter().map(|&i| keys[i]));
-            call.arg(ms(keep)).run::<Vec<Value>>(conn)
+            call.arg(ms(version_ttl)).run::<Vec<Value>>(conn)
         }))
         .await
         .map_err(|e| self.error(e))?;
@@ -417,10 +356,14 @@ impl ClusterStore {
     }
 
     /// The tag clock now (0 if it was never advanced).
-    async fn clock(&self, conn: &ClusterConnection, clock: &TagKey) -> Result<i64, StoreError> {
+    async fn clock(&self, conn: &ClusterConnection, clock: &TagKey) -> Result<Stamp, StoreError> {
         let v = self.mget(conn, &[clock.as_str().as_bytes()]).await?;
-        version_of(v.first().and_then(Option::as_deref))
-            .ok_or_else(|| StoreError::Protocol("clock: value".into()))
+        let version = version_of(v.first().and_then(Option::as_deref))
+            .ok_or_else(|| StoreError::Protocol("clock: value".into()))?;
+        Ok(Stamp {
+            key: clock.clone(),
+            version,
+        })
     }
 
     /// The versions of a lease's stamps and the tag clock, read after the lease was taken.
@@ -429,15 +372,23 @@ impl ClusterStore {
         conn: &ClusterConnection,
         stamps: &[TagKey],
         clock: &TagKey,
-        keep: Duration,
-    ) -> Result<(Vec<(TagKey, i64)>, (TagKey, i64)), StoreError> {
+        version_ttl: Duration,
+    ) -> Result<(Vec<Stamp>, Stamp), StoreError> {
         let keys: Vec<&str> = stamps.iter().map(TagKey::as_str).collect();
-        let (vers, at) =
-            try_join(self.versions(conn, &keys, keep), self.clock(conn, clock)).await?;
-        Ok((
-            stamps.iter().cloned().zip(vers).collect(),
-            (clock.clone(), at),
-        ))
+        let (vers, clock) = try_join(
+            self.versions(conn, &keys, version_ttl),
+            self.clock(conn, clock),
+        )
+        .await?;
+        let stamps = stamps
+            .iter()
+            .zip(vers)
+            .map(|(key, version)| Stamp {
+                key: key.clone(),
+                version,
+            })
+            .collect();
+        Ok((stamps, clock))
     }
 
     /// Gives back, in the background, a lease taken by a call that failed after taking it
@@ -470,14 +421,6 @@ impl ClusterStore {
             .await
             .map_err(|e| self.error(e))?;
         Ok(())
-    }
-}
-
-/// A version as stored (absent: 0, like the standalone scripts' `or '0'`).
-fn version_of(v: Option<&[u8]>) -> Option<i64> {
-    match v {
-        None => Some(0),
-        Some(b) => std::str::from_utf8(b).ok()?.parse().ok(),
     }
 }
 
@@ -516,11 +459,9 @@ impl Store for ClusterStore {
             let Some(entry) = entry else {
                 return Ok(Lookup::Miss);
             };
-            if is_lease(&entry) {
-                return Ok(Lookup::Pending);
-            }
-            let Some(record) = parse_record(&entry) else {
-                return Ok(Lookup::Corrupt);
+            let record = match record_of(&entry) {
+                Ok(r) => r,
+                Err(not) => return Ok(not),
             };
             // The stamps the entry carries, read after it: a match now means no bump since it
             // was written (versions never return to an earlier value).
@@ -531,7 +472,7 @@ impl Store for ClusterStore {
                 return Ok(Lookup::Miss);
             }
             let at = record.payload_at;
-            Ok(Lookup::Hit(Bytes::from(entry).slice(at..)))
+            Ok(Lookup::Hit(record::payload_of(entry, at)))
         })
         .await
     }
@@ -541,8 +482,7 @@ impl Store for ClusterStore {
         key: &EntryKey,
         stamps: &[TagKey],
         clock: &TagKey,
-        lease: Duration,
-        keep: Duration,
+        terms: ClaimTerms,
     ) -> Result<Claim, StoreError> {
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
         let (entry_key, _) = key.hash_tagged();
@@ -557,7 +497,7 @@ impl Store for ClusterStore {
                     let call = self.scripts.claim.on([entry_key.as_str()]);
                     match call
                         .arg(token)
-                        .arg(ms(lease))
+                        .arg(ms(terms.lease))
                         .arg(&invalid)
                         .run::<Value>(&conn)
                         .await
@@ -566,8 +506,9 @@ impl Store for ClusterStore {
                         Value::Int(1) => {
                             taken.store(true, Ordering::Relaxed);
                             // The placeholder is in place: only now read the versions.
-                            let (stamps, clock) =
-                                self.lease_for(&conn, stamps, clock, keep).await?;
+                            let (stamps, clock) = self
+                                .lease_for(&conn, stamps, clock, terms.version_ttl)
+                                .await?;
                             return Ok(Claim::Granted(Lease {
                                 token,
                                 refresh: false,
@@ -588,7 +529,7 @@ impl Store for ClusterStore {
                                 return Ok(Claim::Hit(Bytes::from(v).slice(at..)));
                             }
                             // Invalid for good: replace it if it is still the one read.
-                            invalid = v[..record.payload_at - 1].to_vec();
+                            invalid = record.head(&v).to_vec();
                         }
                         other => return Err(StoreError::Protocol(format!("claim: {other:?}"))),
                     }
@@ -608,8 +549,7 @@ impl Store for ClusterStore {
         fresh_until: u64,
         stamps: &[TagKey],
         clock: &TagKey,
-        lease: Duration,
-        keep: Duration,
+        terms: ClaimTerms,
     ) -> Result<Option<Lease>, StoreError> {
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
         let (entry_key, refresh_key) = key.hash_tagged();
@@ -620,7 +560,7 @@ impl Store for ClusterStore {
                 let call = self.scripts.claim_refresh.on([&*entry_key, &*refresh_key]);
                 let head = match call
                     .arg(token)
-                    .arg(ms(lease))
+                    .arg(ms(terms.lease))
                     .arg(fresh_until)
                     .run::<Value>(&conn)
                     .await
@@ -639,7 +579,7 @@ impl Store for ClusterStore {
                 // The refresh lease is held: check the entry and read the versions, all at once.
                 let (valid, (stamps, clock)) = try_join(
                     self.current(&conn, &record.stamps().collect::<Vec<_>>()),
-                    self.lease_for(&conn, stamps, clock, keep),
+                    self.lease_for(&conn, stamps, clock, terms.version_ttl),
                 )
                 .await?;
                 if !valid {
@@ -664,10 +604,9 @@ impl Store for ClusterStore {
         &self,
         key: &EntryKey,
         lease: &Lease,
-        late: &[TagKey],
+        learnt: &[TagKey],
         payload: Bytes,
-        ttl: Duration,
-        keep: Duration,
+        life: Lifetime,
     ) -> Result<bool, StoreError> {
         let (entry_key, refresh_key) = key.hash_tagged();
         let held = if lease.refresh {
@@ -678,28 +617,28 @@ impl Store for ClusterStore {
         self.bounded(async {
             let conn = self.conn().await?;
             // Tags known only now: their versions first, the clock after (see the module docs).
-            let late_keys: Vec<&str> = late.iter().map(TagKey::as_str).collect();
-            let late_vers = if late.is_empty() {
+            let learnt_keys: Vec<&str> = learnt.iter().map(TagKey::as_str).collect();
+            let learnt_vers = if learnt.is_empty() {
                 Vec::new()
             } else {
-                self.versions(&conn, &late_keys, keep).await?
+                self.versions(&conn, &learnt_keys, life.version_ttl).await?
             };
             let mut keys: Vec<&[u8]> = lease
                 .stamps
                 .iter()
-                .map(|(k, _)| k.as_str().as_bytes())
+                .map(|s| s.key.as_str().as_bytes())
                 .collect();
-            if !late.is_empty() {
-                keys.push(lease.clock.0.as_str().as_bytes());
+            if !learnt.is_empty() {
+                keys.push(lease.clock.key.as_str().as_bytes());
             }
             let now = self.mget(&conn, &keys).await?;
             let stamps_current = lease
                 .stamps
                 .iter()
                 .zip(&now)
-                .all(|((_, v), n)| n.is_some() && version_of(n.as_deref()) == Some(*v));
-            let clock_still = late.is_empty()
-                || version_of(now[keys.len() - 1].as_deref()) == Some(lease.clock.1);
+                .all(|(s, n)| n.is_some() && version_of(n.as_deref()) == Some(s.version));
+            let clock_still = learnt.is_empty()
+                || version_of(now[keys.len() - 1].as_deref()) == Some(lease.clock.version);
             if !stamps_current || !clock_still {
                 self.release_key(&conn, &held, lease.token).await?;
                 return Ok(false);
@@ -707,13 +646,13 @@ impl Store for ClusterStore {
             let stamps: Vec<(&str, i64)> = lease
                 .stamps
                 .iter()
-                .map(|(k, v)| (k.as_str(), *v))
-                .chain(late_keys.iter().copied().zip(late_vers))
+                .map(|s| (s.key.as_str(), s.version))
+                .chain(learnt_keys.iter().copied().zip(learnt_vers))
                 .collect();
             let call = self.scripts.fill.on([&*entry_key, &*held]);
             let n: i64 = call
                 .arg(lease.token)
-                .arg(ms(ttl))
+                .arg(ms(life.ttl))
                 .arg(encode_record(&stamps, &payload))
                 .run(&conn)
                 .await
@@ -742,18 +681,17 @@ impl Store for ClusterStore {
         key: &EntryKey,
         stamps: &[TagKey],
         payload: Bytes,
-        ttl: Duration,
+        life: Lifetime,
     ) -> Result<(), StoreError> {
         let (entry_key, refresh_key) = key.hash_tagged();
         self.bounded(async {
             let conn = self.conn().await?;
             let keys: Vec<&str> = stamps.iter().map(TagKey::as_str).collect();
-            // Version keys outlive the entry by a margin, so the entry never outlives its stamps.
-            let vers = self.versions(&conn, &keys, ttl * 2).await?;
+            let vers = self.versions(&conn, &keys, life.version_ttl).await?;
             let stamps: Vec<(&str, i64)> = keys.iter().copied().zip(vers).collect();
             let call = self.scripts.put.on([&*entry_key, &*refresh_key]);
             let _: i64 = call
-                .arg(ms(ttl))
+                .arg(ms(life.ttl))
                 .arg(encode_record(&stamps, &payload))
                 .run(&conn)
                 .await
@@ -830,13 +768,6 @@ mod tests {
         assert!(groups.contains(&vec![1, 3]), "{groups:?}");
         assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 4);
         assert_eq!(groups[0][0], 0);
-    }
-
-    #[test]
-    fn missing_versions_read_as_zero() {
-        assert_eq!(version_of(None), Some(0));
-        assert_eq!(version_of(Some(b"17")), Some(17));
-        assert_eq!(version_of(Some(b"x")), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! (`and_compute_with`), the in-process counterpart of a Lua script: moka serializes compute
 //! calls with each other, not with plain `insert` or `invalidate`, so those are not used.
 
-use super::{Claim, Kind, Lease, Lookup, Store};
+use super::{Claim, ClaimTerms, Kind, Lease, Lifetime, Lookup, Stamp, Store};
 use crate::clock::{Clock, SystemClock};
 use crate::error::StoreError;
 use crate::key::{EntryKey, TagKey};
@@ -24,10 +24,11 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+/// What an entry key holds: an entry, or the placeholder of the loader filling it.
 #[derive(Debug)]
-enum Slot {
+enum Stored {
     Entry {
-        stamps: Vec<(TagKey, i64)>,
+        stamps: Vec<Stamp>,
         payload: Bytes,
         expires: Duration,
         ttl: Duration,
@@ -41,29 +42,29 @@ enum Slot {
     },
 }
 
-impl Slot {
+impl Stored {
     fn expires(&self) -> Duration {
         match self {
-            Slot::Entry { expires, .. } | Slot::Lease { expires, .. } => *expires,
+            Stored::Entry { expires, .. } | Stored::Lease { expires, .. } => *expires,
         }
     }
     fn ttl(&self) -> Duration {
         match self {
-            Slot::Entry { ttl, .. } | Slot::Lease { ttl, .. } => *ttl,
+            Stored::Entry { ttl, .. } | Stored::Lease { ttl, .. } => *ttl,
         }
     }
 }
 
 struct ByTtl;
 
-impl moka::Expiry<EntryKey, Arc<Slot>> for ByTtl {
-    fn expire_after_create(&self, _: &EntryKey, v: &Arc<Slot>, _: Instant) -> Option<Duration> {
+impl moka::Expiry<EntryKey, Arc<Stored>> for ByTtl {
+    fn expire_after_create(&self, _: &EntryKey, v: &Arc<Stored>, _: Instant) -> Option<Duration> {
         Some(v.ttl())
     }
     fn expire_after_update(
         &self,
         _: &EntryKey,
-        v: &Arc<Slot>,
+        v: &Arc<Stored>,
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
@@ -74,7 +75,7 @@ impl moka::Expiry<EntryKey, Arc<Slot>> for ByTtl {
 /// A [`Store`] in this process's memory.
 #[derive(Clone, Debug)]
 pub struct MemoryStore {
-    entries: moka::sync::Cache<EntryKey, Arc<Slot>>,
+    entries: moka::sync::Cache<EntryKey, Arc<Stored>>,
     versions: Arc<RwLock<HashMap<TagKey, i64>>>,
     version_capacity: usize,
     clock: Arc<dyn Clock>,
@@ -137,25 +138,25 @@ impl MemoryStore {
     }
 
     /// The same entry with another refresh lease (or none); moka's timer keeps its expiry.
-    fn with_refresh(slot: &Slot, refresh: Option<(u64, Duration)>, now: Duration) -> Slot {
-        match slot {
-            Slot::Entry {
+    fn with_refresh(stored: &Stored, refresh: Option<(u64, Duration)>, now: Duration) -> Stored {
+        match stored {
+            Stored::Entry {
                 stamps,
                 payload,
                 expires,
                 ..
-            } => Slot::Entry {
+            } => Stored::Entry {
                 stamps: stamps.clone(),
                 payload: payload.clone(),
                 expires: *expires,
                 ttl: expires.saturating_sub(now).max(Duration::from_millis(1)),
                 refresh,
             },
-            Slot::Lease {
+            Stored::Lease {
                 token,
                 expires,
                 ttl,
-            } => Slot::Lease {
+            } => Stored::Lease {
                 token: *token,
                 expires: *expires,
                 ttl: *ttl,
@@ -163,33 +164,53 @@ impl MemoryStore {
         }
     }
 
-    fn current(&self, stamps: &[(TagKey, i64)]) -> bool {
+    fn current(&self, stamps: &[Stamp]) -> bool {
         let versions = self.read_versions();
-        stamps.iter().all(|(k, v)| versions.get(k) == Some(v))
+        stamps
+            .iter()
+            .all(|s| versions.get(&s.key) == Some(&s.version))
     }
 
-    /// The payload of a slot if it is a live, valid entry; `Err(true)` for a live lease.
-    fn judge(&self, slot: &Slot, now: Duration) -> Result<Bytes, bool> {
-        if slot.expires() <= now {
+    /// `keys` with their versions now (created if missing).
+    fn stamp(&self, keys: &[TagKey]) -> Vec<Stamp> {
+        keys.iter()
+            .map(|k| Stamp {
+                key: k.clone(),
+                version: self.version(k),
+            })
+            .collect()
+    }
+
+    /// The tag clock now.
+    fn clock_now(&self, clock: &TagKey) -> Stamp {
+        Stamp {
+            key: clock.clone(),
+            version: self.tag_clock.load(Ordering::SeqCst),
+        }
+    }
+
+    /// The payload of what is stored if it is a live, valid entry; `Err(true)` for a live lease.
+    fn judge(&self, stored: &Stored, now: Duration) -> Result<Bytes, bool> {
+        if stored.expires() <= now {
             return Err(false);
         }
-        match slot {
-            Slot::Lease { .. } => Err(true),
-            Slot::Entry {
+        match stored {
+            Stored::Lease { .. } => Err(true),
+            Stored::Entry {
                 stamps, payload, ..
             } if self.current(stamps) => Ok(payload.clone()),
-            Slot::Entry { .. } => Err(false),
+            Stored::Entry { .. } => Err(false),
         }
     }
 }
 
-/// Whether `slot` is still held by `lease`: its placeholder, or its live refresh lease.
-fn holds(slot: Option<&Slot>, lease: &Lease, now: Duration) -> bool {
-    match slot {
-        Some(Slot::Lease { token, expires, .. }) => {
+/// Whether `stored` is still held by `lease`: its placeholder, or its live refresh lease.
+fn holds(stored: Option<&Stored>, lease: &Lease, now: Duration) -> bool {
+    match stored {
+        Some(Stored::Lease { token, expires, .. }) => {
             !lease.refresh && *token == lease.token && *expires > now
         }
-        Some(Slot::Entry {
+        Some(Stored::Entry {
             refresh: Some((token, until)),
             ..
         }) => lease.refresh && *token == lease.token && *until > now,
@@ -208,10 +229,10 @@ impl Store for MemoryStore {
     }
 
     async fn get(&self, key: &EntryKey, _stamps: &[TagKey]) -> Result<Lookup, StoreError> {
-        let Some(slot) = self.entries.get(key) else {
+        let Some(stored) = self.entries.get(key) else {
             return Ok(Lookup::Miss);
         };
-        Ok(match self.judge(&slot, self.clock.now()) {
+        Ok(match self.judge(&stored, self.clock.now()) {
             Ok(p) => Lookup::Hit(p),
             Err(true) => Lookup::Pending,
             Err(false) => Lookup::Miss,
@@ -223,8 +244,7 @@ impl Store for MemoryStore {
         key: &EntryKey,
         stamps: &[TagKey],
         clock: &TagKey,
-        lease: Duration,
-        _keep: Duration,
+        terms: ClaimTerms,
     ) -> Result<Claim, StoreError> {
         let now = self.clock.now();
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
@@ -243,21 +263,16 @@ impl Store for MemoryStore {
                     Err(false) => {}
                 }
             }
-            let stamps = stamps
-                .iter()
-                .map(|k| (k.clone(), self.version(k)))
-                .collect();
-            let clock = (clock.clone(), self.tag_clock.load(Ordering::SeqCst));
             out = Some(Claim::Granted(Lease {
                 token,
                 refresh: false,
-                stamps,
-                clock,
+                stamps: self.stamp(stamps),
+                clock: self.clock_now(clock),
             }));
-            Op::Put(Arc::new(Slot::Lease {
+            Op::Put(Arc::new(Stored::Lease {
                 token,
-                expires: now + lease,
-                ttl: lease,
+                expires: now + terms.lease,
+                ttl: terms.lease,
             }))
         });
         out.ok_or_else(|| StoreError::Protocol("claim: no outcome".into()))
@@ -269,19 +284,18 @@ impl Store for MemoryStore {
         fresh_until: u64,
         stamps: &[TagKey],
         clock: &TagKey,
-        lease: Duration,
-        _keep: Duration,
+        terms: ClaimTerms,
     ) -> Result<Option<Lease>, StoreError> {
         let now = self.clock.now();
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
         let mut out = None;
         self.entries.entry_by_ref(key).and_compute_with(|cur| {
             let Some(cur) = cur else { return Op::Nop };
-            let slot = &**cur.value();
-            let free = matches!(slot, Slot::Entry { refresh, .. }
+            let stored = &**cur.value();
+            let free = matches!(stored, Stored::Entry { refresh, .. }
                 if refresh.is_none_or(|(_, until)| until <= now));
             let seen = self
-                .judge(slot, now)
+                .judge(stored, now)
                 .is_ok_and(|p| crate::envelope::freshness(&p) == Some(fresh_until));
             if !free || !seen {
                 return Op::Nop;
@@ -289,15 +303,12 @@ impl Store for MemoryStore {
             out = Some(Lease {
                 token,
                 refresh: true,
-                stamps: stamps
-                    .iter()
-                    .map(|k| (k.clone(), self.version(k)))
-                    .collect(),
-                clock: (clock.clone(), self.tag_clock.load(Ordering::SeqCst)),
+                stamps: self.stamp(stamps),
+                clock: self.clock_now(clock),
             });
             Op::Put(Arc::new(Self::with_refresh(
-                slot,
-                Some((token, now + lease)),
+                stored,
+                Some((token, now + terms.lease)),
                 now,
             )))
         });
@@ -308,20 +319,19 @@ impl Store for MemoryStore {
         &self,
         key: &EntryKey,
         lease: &Lease,
-        late: &[TagKey],
+        learnt: &[TagKey],
         payload: Bytes,
-        ttl: Duration,
-        _keep: Duration,
+        life: Lifetime,
     ) -> Result<bool, StoreError> {
         let now = self.clock.now();
         let mut written = false;
         self.entries.entry_by_ref(key).and_compute_with(|cur| {
-            let slot = cur.as_ref().map(|c| &**c.value());
-            if !holds(slot, lease, now) {
+            let stored = cur.as_ref().map(|c| &**c.value());
+            if !holds(stored, lease, now) {
                 return Op::Nop;
             }
             // A refused refresh gives its lease back; a refused fill removes its placeholder.
-            let refuse = || match slot {
+            let refuse = || match stored {
                 Some(s) if lease.refresh => Op::Put(Arc::new(Self::with_refresh(s, None, now))),
                 _ => Op::Remove,
             };
@@ -329,21 +339,21 @@ impl Store for MemoryStore {
                 return Op::Remove;
             }
             let mut stamps = lease.stamps.clone();
-            if !late.is_empty() {
+            if !learnt.is_empty() {
                 // Tags known only now: no tag may have been invalidated since the claim. The
                 // versions are read before the clock is checked, and `bump` advances the clock
                 // before any version, so a bump racing with this fill is always seen.
-                stamps.extend(late.iter().map(|k| (k.clone(), self.version(k))));
-                if self.tag_clock.load(Ordering::SeqCst) != lease.clock.1 {
+                stamps.extend(self.stamp(learnt));
+                if self.tag_clock.load(Ordering::SeqCst) != lease.clock.version {
                     return refuse();
                 }
             }
             written = true;
-            Op::Put(Arc::new(Slot::Entry {
+            Op::Put(Arc::new(Stored::Entry {
                 stamps,
                 payload,
-                expires: now + ttl,
-                ttl,
+                expires: now + life.ttl,
+                ttl: life.ttl,
                 refresh: None,
             }))
         });
@@ -353,12 +363,12 @@ impl Store for MemoryStore {
     async fn release(&self, key: &EntryKey, lease: &Lease) -> Result<(), StoreError> {
         let now = self.clock.now();
         self.entries.entry_by_ref(key).and_compute_with(|cur| {
-            let slot = cur.as_ref().map(|c| &**c.value());
-            match slot {
-                Some(s) if holds(slot, lease, now) && lease.refresh => {
+            let stored = cur.as_ref().map(|c| &**c.value());
+            match stored {
+                Some(s) if holds(stored, lease, now) && lease.refresh => {
                     Op::Put(Arc::new(Self::with_refresh(s, None, now)))
                 }
-                Some(Slot::Lease { token, .. }) if *token == lease.token => Op::Remove,
+                Some(Stored::Lease { token, .. }) if *token == lease.token => Op::Remove,
                 _ => Op::Nop,
             }
         });
@@ -370,23 +380,19 @@ impl Store for MemoryStore {
         key: &EntryKey,
         stamps: &[TagKey],
         payload: Bytes,
-        ttl: Duration,
+        life: Lifetime,
     ) -> Result<(), StoreError> {
-        let stamps = stamps
-            .iter()
-            .map(|k| (k.clone(), self.version(k)))
-            .collect();
-        let slot = Slot::Entry {
-            stamps,
+        let stored = Stored::Entry {
+            stamps: self.stamp(stamps),
             payload,
-            expires: self.clock.now() + ttl,
-            ttl,
+            expires: self.clock.now() + life.ttl,
+            ttl: life.ttl,
             refresh: None,
         };
-        let slot = Arc::new(slot);
+        let stored = Arc::new(stored);
         self.entries
             .entry_by_ref(key)
-            .and_compute_with(|_| Op::Put(slot));
+            .and_compute_with(|_| Op::Put(stored));
         Ok(())
     }
 

@@ -14,6 +14,10 @@
 //! out a token; [`Store::fill`] writes only while that placeholder is still there and every
 //! stamp still current. Any delete of the key, or a bump of one of its stamps, voids the lease.
 //!
+//! Version keys outlive the entries stamped with them: every call that reads or creates
+//! versions keeps them alive for a [`version_ttl`] computed by the engine from the entry's TTL
+//! (see [`version_ttl`] for the rule).
+//!
 //! A stale entry (kept past its freshness, see [`crate::envelope`]) is refreshed in place:
 //! [`Store::claim_refresh`] hands out a *refresh* lease while the entry stays readable, and a
 //! fill with it writes only while that lease is held (any delete or write of the key voids it)
@@ -28,12 +32,17 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::time::Duration;
 
+mod client;
 pub mod cluster;
 mod hints;
+mod lua;
 pub mod memory;
+mod record;
 pub mod redis;
 pub mod tiered;
 mod versions;
+
+pub use client::redact;
 
 pub use cluster::{ClusterConfig, ClusterStore};
 pub use memory::MemoryStore;
@@ -64,6 +73,15 @@ pub enum Claim {
     Granted(Lease),
 }
 
+/// A version key and the version it held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    /// The version key.
+    pub key: TagKey,
+    /// Its version then (0: it did not exist).
+    pub version: i64,
+}
+
 /// A lease to fill one entry: the token in the placeholder (or, for a refresh, in the
 /// entry's refresh lease), the stamp versions read when it was granted, and the namespace's
 /// tag clock then (for tags learnt from the loaded value).
@@ -75,9 +93,51 @@ pub struct Lease {
     /// while it is held.
     pub refresh: bool,
     /// The stamp keys and their versions when the lease was granted.
-    pub stamps: Vec<(TagKey, i64)>,
-    /// The tag clock key and its value when the lease was granted.
-    pub clock: (TagKey, i64),
+    pub stamps: Vec<Stamp>,
+    /// The tag clock and its value when the lease was granted.
+    pub clock: Stamp,
+}
+
+/// How long what a claim sets up lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClaimTerms {
+    /// How long the lease holds if it is neither filled nor released.
+    pub lease: Duration,
+    /// How long, at least, the version keys of the stamps are kept alive from now.
+    pub version_ttl: Duration,
+}
+
+/// How long what a write stores lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lifetime {
+    /// How long the store keeps the entry.
+    pub ttl: Duration,
+    /// How long, at least, the version keys the entry is stamped with are kept alive from now.
+    pub version_ttl: Duration,
+}
+
+impl Lifetime {
+    /// The lifetime of an entry kept for `ttl` and written at most `delay` after the versions
+    /// of its stamps were read (see [`version_ttl`]).
+    pub fn new(ttl: Duration, delay: Duration) -> Self {
+        Self {
+            ttl,
+            version_ttl: version_ttl(ttl, delay),
+        }
+    }
+}
+
+/// How long the version keys of an entry kept for `entry_ttl` must live when they are read or
+/// created up to `delay` before the entry is written: twice the entry's TTL, plus the delay.
+///
+/// This is the one place the rule "version keys outlive the entries stamped with them" is
+/// computed. A version key that died before its entries would only cost misses (a missing
+/// version never matches a stamp, and a re-created one never repeats an old version), but
+/// every such miss is a load: each read or creation of a version key therefore extends its
+/// life to at least this, which covers the `delay` until the entry is written and its whole
+/// TTL after, with as much again to spare.
+pub fn version_ttl(entry_ttl: Duration, delay: Duration) -> Duration {
+    entry_ttl * 2 + delay
 }
 
 /// What a store reports about itself.
@@ -109,19 +169,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     }
 
     /// On a miss: returns the entry if one became valid meanwhile, `Pending` if another loader
-    /// holds the lease, or grants a lease of `lease` duration and returns the current versions
-    /// of `stamps` (creating the missing ones and keeping each alive for at least `keep`) and
-    /// of the tag `clock`.
+    /// holds the lease, or grants a lease for `terms.lease` and returns the current versions
+    /// of `stamps` (creating the missing ones and keeping each alive for at least
+    /// `terms.version_ttl`) and of the tag `clock`.
     async fn claim(
         &self,
         key: &EntryKey,
         stamps: &[TagKey],
         clock: &TagKey,
-        lease: Duration,
-        keep: Duration,
+        terms: ClaimTerms,
     ) -> Result<Claim, StoreError>;
 
-    /// For an entry that is valid but stale: grants a refresh lease of `lease` duration, with
+    /// For an entry that is valid but stale: grants a refresh lease for `terms.lease`, with
     /// the current versions of `stamps` and of the tag `clock` (as [`claim`](Store::claim)),
     /// leaving the entry readable meanwhile. Only the entry the caller saw is refreshed: its
     /// envelope must still say it is fresh until `fresh_until` (see [`crate::envelope`]).
@@ -133,35 +192,34 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         fresh_until: u64,
         stamps: &[TagKey],
         clock: &TagKey,
-        lease: Duration,
-        keep: Duration,
+        terms: ClaimTerms,
     ) -> Result<Option<Lease>, StoreError>;
 
-    /// Writes `payload` for `ttl` if the lease is still held and its stamps still current.
-    /// `late` are tags learnt from the loaded value: the entry is stamped with their current
-    /// versions, and written only if the tag clock has not moved since the claim (no
-    /// invalidation of any tag happened during the load). Returns whether it was written.
+    /// Writes `payload` for `life.ttl` if the lease is still held and its stamps still
+    /// current. `learnt` are tags learnt from the loaded value: the entry is stamped with
+    /// their current versions, and written only if the tag clock has not moved since the
+    /// claim (no invalidation of any tag happened during the load). Returns whether it was
+    /// written.
     async fn fill(
         &self,
         key: &EntryKey,
         lease: &Lease,
-        late: &[TagKey],
+        learnt: &[TagKey],
         payload: Bytes,
-        ttl: Duration,
-        keep: Duration,
+        life: Lifetime,
     ) -> Result<bool, StoreError>;
 
     /// Gives a lease back without filling (the loader failed), if it is still held.
     async fn release(&self, key: &EntryKey, lease: &Lease) -> Result<(), StoreError>;
 
-    /// Writes `payload` for `ttl` unconditionally, stamped with the current versions of
+    /// Writes `payload` for `life.ttl` unconditionally, stamped with the current versions of
     /// `stamps`; voids any lease on the key.
     async fn set(
         &self,
         key: &EntryKey,
         stamps: &[TagKey],
         payload: Bytes,
-        ttl: Duration,
+        life: Lifetime,
     ) -> Result<(), StoreError>;
 
     /// Deletes entries (and voids their leases, refresh leases included).

@@ -1,50 +1,30 @@
-//! The Redis store: redis-rs `ConnectionManager` and a handful of Lua scripts.
+//! The Redis store: redis-rs `ConnectionManager` and a handful of Lua scripts (`lua/`).
 //!
-//! An entry is stored as one string: a stamp line, then the engine's payload:
-//!
-//! ```text
-//! 3 app:g 1764150000123456 app:p:product: 1764150000123457 app:t:category:c1 1764150000123460
-//! 1 0 v
-//! {"id":"p1","name":"Product 1",...}
-//! ```
-//!
-//! The stamp line lists the version keys the entry depends on and the versions they had; a
-//! read returns the payload only while each of those keys still holds that version. A read
+//! Entries, leases and versions are written as [`record`](super::record) describes. A read
 //! is one `GET` of the entry, compared with the versions held in process and kept exact by
-//! client tracking (below); where tracking is off or refused, one `MGET` of the entry and its
-//! version keys. A lease placeholder is the string `L <token>`; the refresh lease of a
-//! stale entry is the same string under the entry's refresh key (`ns:r:<key>`).
+//! client tracking (see [`versions`](super::versions)); where tracking is off or refused, one
+//! `MGET` of the entry and its version keys, read atomically.
 //!
-//! Version keys hold decimal integers. They are created with the server's time in
-//! microseconds and bumped to `max(current + 1, now)`, so a version key that expired and was
-//! created again never repeats an old version.
+//! Every other operation is one Lua script, which sees the entry and its version keys at
+//! once: the claim writes the placeholder and reads the versions, the fill compares the
+//! lease and the versions and writes, the bump moves versions and the tag clock.
 //!
-//! # Versions held in process
-//! Reads go over a dedicated RESP3 connection with `CLIENT TRACKING ON OPTIN`, and version
-//! keys are fetched with `CLIENT CACHING YES` in front of the `MGET`: from then on Redis sends
-//! an invalidation message on that connection whenever one of them changes (bumped by any
-//! instance, expired, evicted, flushed). Redis writes the message into the connection's
-//! stream before the reply of any command it runs after the change, and the store applies it
-//! before it takes later replies. So once the reply of a `GET` is in, every change made before
-//! Redis ran that `GET` has removed its key from the process: a version still held is the one
-//! the key had when the entry was read, and the comparison is the one an `MGET` would make.
-//! A version fetched while a message about its key was on the way is not kept, and a lost
-//! connection forgets everything held (the messages it would have carried are lost too).
-//! Entries are never held in process by this store (that is the L1's job).
-//!
-//! Every call is bounded by the command timeout, whatever the state of the TCP connection
-//! (a paused server never answers; the timeout decides). The connection is made lazily: a
-//! store can be built while Redis is down, and reconnects by itself.
+//! Every call is bounded by the command timeout (see [`client`](super::client)). The
+//! connection is made lazily: a store can be built while Redis is down, and reconnects by
+//! itself.
 
+use super::client::{self, backend_error, bounded, int, ms, redact};
 use super::hints::Hints;
+use super::lua::{standalone, with_prelude};
+use super::record::{self, payload_of, record_of};
 use super::versions::{Check, Tracker};
-use super::{Claim, Kind, Lease, Lookup, Store};
+use super::{Claim, ClaimTerms, Kind, Lease, Lifetime, Lookup, Stamp, Store};
 use crate::error::StoreError;
 use crate::key::{EntryKey, TagKey};
 use async_trait::async_trait;
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use redis::aio::ConnectionManager;
-use redis::{Client, Script, Value};
+use redis::{Script, Value};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,166 +75,6 @@ impl RedisConfig {
     }
 }
 
-/// Hides the password of a connection URL: `redis://user:***@host:6379`.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let cred = &url[s + 3..at];
-            let user = cred.split(':').next().unwrap_or("");
-            format!("{}://{}:***@{}", &url[..s], user, &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
-/// Lua helpers shared by every script: `lease(v)`, `check(v, shape_only)` and
-/// `version(key, keep_ms)`.
-pub(crate) const CHECK: &str = r#"
-local function lease(v)
-  return string.byte(v, 1) == 76 and string.match(v, '^L %d+$') ~= nil
-end
--- The payload of a valid record; else nil and 0 (stale stamps) or 3 (not a record). With
--- shape_only, the stamps are not read: only whether v is a well-formed record.
-local function check(v, shape_only)
-  local nl = string.find(v, '\n', 1, true)
-  if not nl then return nil, 3 end
-  local head = string.sub(v, 1, nl - 1)
-  local i = string.find(head, ' ', 1, true)
-  if not i then return nil, 3 end
-  local n = tonumber(string.sub(head, 1, i - 1))
-  if not n then return nil, 3 end
-  local count, stale = 0, false
-  while i do
-    local j = string.find(head, ' ', i + 1, true)
-    if not j then return nil, 3 end
-    local e = string.find(head, ' ', j + 1, true)
-    local ver = string.sub(head, j + 1, (e or (#head + 1)) - 1)
-    if not string.match(ver, '^%d+$') then return nil, 3 end
-    count = count + 1
-    if not stale and not shape_only and redis.call('GET', string.sub(head, i + 1, j - 1)) ~= ver then
-      stale = true
-    end
-    i = e
-  end
-  if count ~= n then return nil, 3 end
-  if stale then return nil, 0 end
-  return string.sub(v, nl + 1)
-end
-local function version(k, keep)
-  local v = redis.call('GET', k)
-  if not v then
-    local t = redis.call('TIME')
-    v = t[1] .. string.sub('000000' .. t[2], -6)
-    redis.call('SET', k, v, 'PX', keep)
-  else
-    local pt = redis.call('PTTL', k)
-    if pt >= 0 and pt < tonumber(keep) then redis.call('PEXPIRE', k, keep) end
-  end
-  return v
-end
-"#;
-
-const CLAIM: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if v then
-  if lease(v) then return 2 end
-  local p = check(v)
-  if p then return p end
-end
-redis.call('SET', KEYS[1], 'L ' .. ARGV[1], 'PX', ARGV[2])
-local out = { redis.call('GET', KEYS[2]) or '0' }
-for i = 3, #KEYS do out[#out + 1] = version(KEYS[i], ARGV[3]) end
-return out
-"#;
-
-// KEYS: entry, its refresh key, clock, stamps. ARGV: token, lease ms, keep ms, fresh until.
-const CLAIM_REFRESH: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if not v or lease(v) then return 0 end
-local p = check(v)
-if not p or string.match(p, '^1 %d+ [vn] (%d+)\n') ~= ARGV[4] then return 0 end
-if not redis.call('SET', KEYS[2], 'L ' .. ARGV[1], 'NX', 'PX', ARGV[2]) then return 2 end
-local out = { redis.call('GET', KEYS[3]) or '0' }
-for i = 4, #KEYS do out[#out + 1] = version(KEYS[i], ARGV[3]) end
-return out
-"#;
-
-// KEYS: entry, the lease's key (the entry itself, or its refresh key), clock, the lease's n
-// stamps, then tags learnt from the loaded value.
-// ARGV: token, ttl ms, payload, keep ms, clock at claim, n, the n versions.
-const FILL: &str = r#"
-if redis.call('GET', KEYS[2]) ~= 'L ' .. ARGV[1] then return 0 end
-local n = tonumber(ARGV[6])
-local h = {}
-for i = 1, n do
-  local k, v = KEYS[3 + i], ARGV[6 + i]
-  if redis.call('GET', k) ~= v then
-    redis.call('DEL', KEYS[2])
-    return 0
-  end
-  h[#h + 1] = k
-  h[#h + 1] = v
-end
-if #KEYS > 3 + n then
-  -- Tags known only now: no tag may have been invalidated since the claim.
-  if (redis.call('GET', KEYS[3]) or '0') ~= ARGV[5] then
-    redis.call('DEL', KEYS[2])
-    return 0
-  end
-  for i = 4 + n, #KEYS do
-    h[#h + 1] = KEYS[i]
-    h[#h + 1] = version(KEYS[i], ARGV[4])
-  end
-end
-redis.call('SET', KEYS[1], tostring(#h / 2) .. ' ' .. table.concat(h, ' ') .. '\n' .. ARGV[3], 'PX', ARGV[2])
-if KEYS[2] ~= KEYS[1] then redis.call('DEL', KEYS[2]) end
-return 1
-"#;
-
-/// KEYS: the lease's key. ARGV: its token. Deletes the key if it still holds the lease.
-pub(crate) const RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == 'L ' .. ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 1
-"#;
-
-// KEYS: entry, its refresh key, stamps. A write voids any refresh in flight.
-const SET: &str = r#"
-redis.call('DEL', KEYS[2])
-local h = { tostring(#KEYS - 2) }
-for i = 3, #KEYS do
-  h[#h + 1] = KEYS[i]
-  h[#h + 1] = version(KEYS[i], ARGV[2])
-end
-redis.call('SET', KEYS[1], table.concat(h, ' ') .. '\n' .. ARGV[3], 'PX', ARGV[1])
-return 1
-"#;
-
-/// KEYS: the namespace's tag clock if ARGV[1] is `1`, then the version keys to bump.
-pub(crate) const BUMP: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1] .. string.sub('000000' .. t[2], -6))
-local first = 1
-if ARGV[1] == '1' then
-  first = 2
-  if redis.call('INCR', KEYS[1]) == 1 then
-    -- A new (or evicted) clock starts from the time, so it never repeats an earlier value.
-    redis.call('SET', KEYS[1], string.format('%.0f', now))
-  end
-end
-for i = first, #KEYS do
-  local v = redis.call('GET', KEYS[i])
-  if v then
-    local n = tonumber(v)
-    if n == nil or n + 1 < now then
-      redis.call('SET', KEYS[i], string.format('%.0f', now), 'KEEPTTL')
-    else
-      redis.call('INCR', KEYS[i])
-    end
-  end
-end
-return 1
-"#;
-
 struct Scripts {
     claim: Script,
     claim_refresh: Script,
@@ -264,20 +84,16 @@ struct Scripts {
     bump: Script,
 }
 
-/// A script whose body uses the [`CHECK`] helpers.
-pub(crate) fn with_check(body: &str) -> Script {
-    Script::new(&format!("{CHECK}{body}"))
-}
-
 impl Scripts {
     fn new() -> Self {
+        let checked = |body: &str| Script::new(&with_prelude(body));
         Self {
-            claim: with_check(CLAIM),
-            claim_refresh: with_check(CLAIM_REFRESH),
-            fill: with_check(FILL),
-            release: Script::new(RELEASE),
-            set: with_check(SET),
-            bump: Script::new(BUMP),
+            claim: checked(standalone::CLAIM),
+            claim_refresh: checked(standalone::CLAIM_REFRESH),
+            fill: checked(standalone::FILL),
+            release: Script::new(standalone::RELEASE),
+            set: checked(standalone::SET),
+            bump: Script::new(standalone::BUMP),
         }
     }
 }
@@ -314,32 +130,17 @@ impl RedisStore {
     /// bounds store calls cannot be started.
     pub fn new(config: &RedisConfig) -> Result<Self, crate::error::BuildError> {
         crate::deadline::start().map_err(crate::error::BuildError::DeadlineThread)?;
-        if config.url.starts_with("rediss:") {
-            install_tls_provider();
-        }
-        let client = Client::open(config.url.as_str()).map_err(|e| {
-            crate::error::BuildError::RedisUrl(
-                e.to_string().replace(&config.url, &redact(&config.url)),
-            )
-        })?;
-        let mgr = redis::aio::ConnectionManagerConfig::new()
-            // The store's own timeout bounds every call (connecting included); a second,
-            // per-request timer inside redis-rs would only cost a timer registration per call.
-            .set_response_timeout(None)
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
+        let client = client::open(&config.url)?;
         let tracker = (config.tracked_versions > 0)
             .then(|| Tracker::new(&client, config.tracked_versions, config.connect_timeout))
             .flatten()
             .map(Arc::new);
-        let conn = ConnectionManager::new_lazy_with_config(client, mgr)
-            .map_err(|e| crate::error::BuildError::RedisUrl(e.to_string()))?;
+        let conn = client::manager(client, config.connect_timeout)?;
         Ok(Self {
             conn,
             scripts: Arc::new(Scripts::new()),
             timeout: config.command_timeout,
-            tokens: Arc::new(AtomicU64::new(token_seed())),
+            tokens: Arc::new(AtomicU64::new(record::token_seed())),
             url: redact(&config.url),
             hints: Arc::new(Hints::new(config.stamp_hints)),
             tracker,
@@ -519,150 +320,13 @@ impl RedisStore {
     }
 }
 
-/// A Redis call bounded by `timeout`, whatever the state of its connection.
-pub(crate) async fn bounded<T>(
-    timeout: Duration,
-    fut: impl Future<Output = redis::RedisResult<T>>,
-) -> Result<T, StoreError> {
-    match crate::deadline::within(timeout, fut).await {
-        Ok(r) => r.map_err(|e| backend_error(e, timeout)),
-        Err(_) => Err(StoreError::Timeout(timeout)),
-    }
-}
-
-/// rustls needs a process-wide crypto provider; installs ring's unless one is set.
-pub(crate) fn install_tls_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// Where a store's lease tokens start: distinct across processes sharing one Redis.
-pub(crate) fn token_seed() -> u64 {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u64;
-    seed ^ u64::from(std::process::id()) << 32
-}
-
-/// A Redis error as a store error: a timeout inside redis-rs is a timeout like ours.
-pub(crate) fn backend_error(e: redis::RedisError, timeout: Duration) -> StoreError {
-    if e.is_timeout() {
-        StoreError::Timeout(timeout)
-    } else {
-        StoreError::Backend(Arc::new(e))
-    }
-}
-
-/// A duration in whole milliseconds for `PX`, at least 1.
-pub(crate) fn ms(d: Duration) -> u64 {
-    (d.as_millis() as u64).max(1)
-}
-
 /// The key holding a lease's token: the entry itself, or its refresh key.
-pub(crate) fn lease_key(key: &EntryKey, lease: &Lease) -> String {
+fn lease_key(key: &EntryKey, lease: &Lease) -> String {
     if lease.refresh {
         key.refresh_key()
     } else {
         key.as_str().to_owned()
     }
-}
-
-/// The payload of a record read whole: the tail of the reply's own buffer (no copy, no second
-/// allocation).
-fn payload_of(entry: Vec<u8>, at: usize) -> Bytes {
-    let mut payload = Bytes::from(entry);
-    payload.advance(at);
-    payload
-}
-
-/// The record an entry read whole holds; else what the read answers: `Pending` for a lease
-/// placeholder, `Corrupt` for bytes that are no record.
-fn record_of(entry: &[u8]) -> Result<Record<'_>, Lookup> {
-    if is_lease(entry) {
-        return Err(Lookup::Pending);
-    }
-    parse_record(entry).ok_or(Lookup::Corrupt)
-}
-
-/// Whether a stored value is a lease placeholder (`L <token>`).
-pub(crate) fn is_lease(v: &[u8]) -> bool {
-    v.len() > 2 && v.starts_with(b"L ") && v[2..].iter().all(u8::is_ascii_digit)
-}
-
-/// A parsed stamp line: `<n> <key> <version> ...\n`, then the payload.
-#[derive(Debug, PartialEq)]
-pub(crate) struct Record<'a> {
-    /// The stamp line after its count: `<key> <version> ...`.
-    line: &'a [u8],
-    /// Where the payload starts.
-    pub(crate) payload_at: usize,
-}
-
-impl<'a> Record<'a> {
-    /// The stamp keys and the versions recorded with them.
-    pub(crate) fn stamps(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + use<'a> {
-        let mut rest = Some(self.line);
-        std::iter::from_fn(move || {
-            let line = rest?;
-            let (key, after) = split_space(line)?;
-            let (version, next) = match split_space(after) {
-                Some((version, next)) => (version, Some(next)),
-                None => (after, None),
-            };
-            rest = next;
-            Some((key, version))
-        })
-    }
-}
-
-/// `b` cut at its first space: what comes before, what comes after.
-fn split_space(b: &[u8]) -> Option<(&[u8], &[u8])> {
-    let at = memchr::memchr(b' ', b)?;
-    Some((&b[..at], &b[at + 1..]))
-}
-
-/// Parses a stored entry exactly as the Lua `check` does; `None` if it is not a record.
-/// Read byte by byte (no `str` splitting or parsing): this runs on every cache hit.
-pub(crate) fn parse_record(v: &[u8]) -> Option<Record<'_>> {
-    let nl = memchr::memchr(b'\n', v)?;
-    let (n, line) = split_space(&v[..nl])?;
-    let n = crate::envelope::decimal(n).and_then(|n| usize::try_from(n).ok())?;
-    // `<key> <version>` pairs, single spaces between: a key is not empty, a version is digits.
-    let mut count = 0;
-    let mut rest = line;
-    loop {
-        let (key, after) = split_space(rest)?;
-        let (version, next) = match split_space(after) {
-            Some((version, next)) => (version, Some(next)),
-            None => (after, None),
-        };
-        if key.is_empty() || version.is_empty() || !version.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        count += 1;
-        match next {
-            Some(next) => rest = next,
-            None => break,
-        }
-    }
-    (count == n && n > 0).then_some(Record {
-        line,
-        payload_at: nl + 1,
-    })
-}
-
-/// Writes a record: the stamp line (`<n> <key> <version> ...`), a newline, the payload. The
-/// Lua scripts write the same bytes.
-pub(crate) fn encode_record(stamps: &[(&str, i64)], payload: &[u8]) -> Vec<u8> {
-    use std::fmt::Write as _;
-    let mut head = stamps.len().to_string();
-    for (k, v) in stamps {
-        let _ = write!(head, " {k} {v}");
-    }
-    head.push('\n');
-    let mut out = head.into_bytes();
-    out.extend_from_slice(payload);
-    out
 }
 
 fn payload_or(v: Value, what: &str) -> Result<Option<Lookup>, StoreError> {
@@ -676,13 +340,38 @@ fn payload_or(v: Value, what: &str) -> Result<Option<Lookup>, StoreError> {
     }
 }
 
-/// An integer reply, or a decimal string reply.
-pub(crate) fn int(v: &Value) -> Option<i64> {
-    match v {
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        Value::Int(i) => Some(*i),
-        _ => None,
+/// The lease a claim script granted: its reply is the tag clock, then a version per stamp.
+fn granted(
+    vers: &[Value],
+    token: u64,
+    refresh: bool,
+    stamps: &[TagKey],
+    clock: &TagKey,
+    what: &str,
+) -> Result<Lease, StoreError> {
+    let parsed = vers.iter().map(int).collect::<Option<Vec<_>>>();
+    let Some((clock_at, vers)) = parsed.as_deref().and_then(|v| v.split_first()) else {
+        return Err(StoreError::Protocol(format!("{what}: version")));
+    };
+    if vers.len() != stamps.len() {
+        return Err(StoreError::Protocol(format!("{what}: stamp count")));
     }
+    Ok(Lease {
+        token,
+        refresh,
+        stamps: stamps
+            .iter()
+            .zip(vers)
+            .map(|(key, &version)| Stamp {
+                key: key.clone(),
+                version,
+            })
+            .collect(),
+        clock: Stamp {
+            key: clock.clone(),
+            version: *clock_at,
+        },
+    })
 }
 
 #[async_trait]
@@ -712,8 +401,7 @@ impl Store for RedisStore {
         key: &EntryKey,
         stamps: &[TagKey],
         clock: &TagKey,
-        lease: Duration,
-        keep: Duration,
+        terms: ClaimTerms,
     ) -> Result<Claim, StoreError> {
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
         let mut conn = self.conn.clone();
@@ -722,22 +410,13 @@ impl Store for RedisStore {
         for s in stamps {
             inv.key(s.as_str());
         }
-        inv.arg(token).arg(ms(lease)).arg(ms(keep));
+        inv.arg(token)
+            .arg(ms(terms.lease))
+            .arg(ms(terms.version_ttl));
         let v: Value = self.bounded(inv.invoke_async(&mut conn)).await?;
         if let Value::Array(vers) = &v {
-            let parsed = vers.iter().map(int).collect::<Option<Vec<_>>>();
-            let Some((clock_at, vers)) = parsed.as_deref().and_then(|v| v.split_first()) else {
-                return Err(StoreError::Protocol("claim: version".into()));
-            };
-            if vers.len() != stamps.len() {
-                return Err(StoreError::Protocol("claim: stamp count".into()));
-            }
-            return Ok(Claim::Granted(Lease {
-                token,
-                refresh: false,
-                stamps: stamps.iter().cloned().zip(vers.iter().copied()).collect(),
-                clock: (clock.clone(), *clock_at),
-            }));
+            let lease = granted(vers, token, false, stamps, clock, "claim")?;
+            return Ok(Claim::Granted(lease));
         }
         match payload_or(v, "claim")? {
             Some(Lookup::Hit(b)) => Ok(Claim::Hit(b)),
@@ -752,8 +431,7 @@ impl Store for RedisStore {
         fresh_until: u64,
         stamps: &[TagKey],
         clock: &TagKey,
-        lease: Duration,
-        keep: Duration,
+        terms: ClaimTerms,
     ) -> Result<Option<Lease>, StoreError> {
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
         let mut conn = self.conn.clone();
@@ -762,22 +440,13 @@ impl Store for RedisStore {
         for s in stamps {
             inv.key(s.as_str());
         }
-        inv.arg(token).arg(ms(lease)).arg(ms(keep)).arg(fresh_until);
+        inv.arg(token)
+            .arg(ms(terms.lease))
+            .arg(ms(terms.version_ttl))
+            .arg(fresh_until);
         match self.bounded(inv.invoke_async(&mut conn)).await? {
             Value::Array(vers) => {
-                let parsed = vers.iter().map(int).collect::<Option<Vec<_>>>();
-                let Some((clock_at, vers)) = parsed.as_deref().and_then(|v| v.split_first()) else {
-                    return Err(StoreError::Protocol("claim_refresh: version".into()));
-                };
-                if vers.len() != stamps.len() {
-                    return Err(StoreError::Protocol("claim_refresh: stamp count".into()));
-                }
-                Ok(Some(Lease {
-                    token,
-                    refresh: true,
-                    stamps: stamps.iter().cloned().zip(vers.iter().copied()).collect(),
-                    clock: (clock.clone(), *clock_at),
-                }))
+                granted(&vers, token, true, stamps, clock, "claim_refresh").map(Some)
             }
             Value::Int(0 | 2) => Ok(None),
             other => Err(StoreError::Protocol(format!("claim_refresh: {other:?}"))),
@@ -788,29 +457,28 @@ impl Store for RedisStore {
         &self,
         key: &EntryKey,
         lease: &Lease,
-        late: &[TagKey],
+        learnt: &[TagKey],
         payload: Bytes,
-        ttl: Duration,
-        keep: Duration,
+        life: Lifetime,
     ) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
         let mut inv = self.scripts.fill.key(key.as_str());
         inv.key(lease_key(key, lease));
-        inv.key(lease.clock.0.as_str());
-        for (k, _) in &lease.stamps {
-            inv.key(k.as_str());
+        inv.key(lease.clock.key.as_str());
+        for s in &lease.stamps {
+            inv.key(s.key.as_str());
         }
-        for k in late {
+        for k in learnt {
             inv.key(k.as_str());
         }
         inv.arg(lease.token)
-            .arg(ms(ttl))
+            .arg(ms(life.ttl))
             .arg(payload.as_ref())
-            .arg(ms(keep))
-            .arg(lease.clock.1)
+            .arg(ms(life.version_ttl))
+            .arg(lease.clock.version)
             .arg(lease.stamps.len());
-        for (_, v) in &lease.stamps {
-            inv.arg(*v);
+        for s in &lease.stamps {
+            inv.arg(s.version);
         }
         let n: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
         Ok(n == 1)
@@ -829,7 +497,7 @@ impl Store for RedisStore {
         key: &EntryKey,
         stamps: &[TagKey],
         payload: Bytes,
-        ttl: Duration,
+        life: Lifetime,
     ) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let mut inv = self.scripts.set.key(key.as_str());
@@ -837,8 +505,9 @@ impl Store for RedisStore {
         for s in stamps {
             inv.key(s.as_str());
         }
-        // Version keys outlive the entry by a margin, so the entry never outlives its stamps.
-        inv.arg(ms(ttl)).arg(ms(ttl * 2)).arg(payload.as_ref());
+        inv.arg(ms(life.ttl))
+            .arg(ms(life.version_ttl))
+            .arg(payload.as_ref());
         let _: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
         Ok(())
     }
@@ -876,126 +545,5 @@ impl Store for RedisStore {
             .bounded(redis::cmd("PING").query_async(&mut conn))
             .await?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn records_parse_like_the_lua_check() {
-        let r = parse_record(b"2 a:g 17 a:t:x 3\n1 0 v\n{}").unwrap();
-        assert_eq!(
-            r.stamps().collect::<Vec<_>>(),
-            vec![(&b"a:g"[..], &b"17"[..]), (&b"a:t:x"[..], &b"3"[..])]
-        );
-        assert_eq!(r.payload_at, 17);
-        for bad in [
-            &b"1 0 v\n1"[..],
-            b"2 a:g 1\n",
-            b"1 a:g 1 a:t 2\n",
-            b"0\n",
-            b"no newline",
-            b"x a 1\n",
-            b"1 a 1x\n",
-        ] {
-            assert_eq!(
-                parse_record(bad),
-                None,
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-        let rec = encode_record(&[("a:g", 17), ("a:t:x", 3)], b"1 0 v\n{}");
-        assert_eq!(rec, b"2 a:g 17 a:t:x 3\n1 0 v\n{}");
-        assert!(
-            is_lease(b"L 42") && !is_lease(b"L ") && !is_lease(b"L 4x") && !is_lease(b"1 a 1\n")
-        );
-    }
-
-    /// A record's stamps and where its payload starts.
-    type Parsed<'a> = (Vec<(&'a [u8], &'a [u8])>, usize);
-
-    /// The parser as it was written first, with `str` splitting and parsing: the byte parser
-    /// must answer exactly as it does.
-    fn reference_parse(v: &[u8]) -> Option<Parsed<'_>> {
-        let nl = v.iter().position(|&b| b == b'\n')?;
-        let sp = v[..nl].iter().position(|&b| b == b' ')?;
-        let n: usize = std::str::from_utf8(&v[..sp]).ok()?.parse().ok()?;
-        let line = &v[sp + 1..nl];
-        let mut parts = line.split(|&b| b == b' ');
-        let mut stamps = Vec::new();
-        while let Some(k) = parts.next() {
-            let ver = parts.next()?;
-            if k.is_empty() || ver.is_empty() || !ver.iter().all(u8::is_ascii_digit) {
-                return None;
-            }
-            stamps.push((k, ver));
-        }
-        (stamps.len() == n && n > 0).then_some((stamps, nl + 1))
-    }
-
-    fn parsed(v: &[u8]) -> Option<Parsed<'_>> {
-        parse_record(v).map(|r| (r.stamps().collect(), r.payload_at))
-    }
-
-    /// Stamp lines that are mostly well formed, with every kind of flaw now and then.
-    fn stamp_lines() -> impl Strategy<Value = String> {
-        let count = prop_oneof![
-            6 => (0usize..4).prop_map(|n| n.to_string()),
-            1 => Just("+2".to_owned()),
-            1 => Just("x".to_owned()),
-            1 => Just(String::new()),
-        ];
-        let key = prop_oneof![3 => "[a-c:]{1,2}", 1 => Just(String::new())];
-        let version = prop_oneof![3 => "[0-9]{1,2}", 1 => "[0-9]?x", 1 => Just(String::new())];
-        let gap = prop_oneof![5 => Just(" "), 1 => Just("  ")];
-        let end =
-            prop_oneof![3 => "\n.{0,3}", 1 => Just(" \n".to_owned()), 1 => Just(String::new())];
-        (count, prop::collection::vec((gap, key, version), 0..4), end).prop_map(
-            |(count, pairs, end)| {
-                let mut v = count;
-                for (gap, key, version) in pairs {
-                    v.push_str(gap);
-                    v.push_str(&key);
-                    v.push(' ');
-                    v.push_str(&version);
-                }
-                v.push_str(&end);
-                v
-            },
-        )
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(4096))]
-        #[test]
-        fn parses_as_the_str_parser_did(v in stamp_lines()) {
-            prop_assert_eq!(parsed(v.as_bytes()), reference_parse(v.as_bytes()));
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn parsing_never_panics(v in prop::collection::vec(any::<u8>(), 0..64)) {
-            let _ = parse_record(&v);
-        }
-
-        #[test]
-        fn parses_any_bytes_as_the_str_parser_did(v in prop::collection::vec(any::<u8>(), 0..64)) {
-            prop_assert_eq!(parsed(&v), reference_parse(&v));
-        }
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("redis://u:secret@h:6379/0"),
-            "redis://u:***@h:6379/0"
-        );
-        assert_eq!(redact("rediss://:secret@h"), "rediss://:***@h");
-        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
     }
 }

@@ -9,18 +9,9 @@
 //! - and it has not outlived the L2 entry it was read from (its remaining TTL, read with it)
 //!   nor the L1's own TTL.
 //!
-//! "Nothing it depends on was invalidated" is checked without scanning: the L1 keeps a fixed
-//! table of generation counters, and every entry key, prefix and epoch version key maps to one
-//! of them by hash. An invalidation (local, or received) increments the counters of what it
-//! names; a copy records the counters of its key and stamps as they were *before* its L2 read
-//! began, and is valid only while they are unchanged. A read that began before an invalidation
-//! can therefore never leave the old value behind in the L1, whatever the order in which the
-//! invalidation and the read's reply arrive. Two names sharing a counter only cost a miss.
-//!
-//! Tags are the exception: an entry may carry tags learnt from its value that the reader does
-//! not name (and the L2 does not report), so every tag of a namespace shares one counter: an
-//! invalidation of any tag voids the namespace's L1 copies (the L2 entries stay, so the next
-//! reads are one Redis round trip each). Deletes, writes, prefix invalidations are precise.
+//! "Nothing it depends on was invalidated" is checked without scanning, by a table of
+//! generation counters ([`generations`]); tags are coarser than keys and prefixes there: an
+//! invalidation of any tag voids the namespace's L1 copies (the L2 entries stay).
 //!
 //! # Writes and invalidations
 //! `set`, `delete` and `bump` go to the L2 first, then void the local copies, then publish a
@@ -31,8 +22,8 @@
 //! `release`) are the L2's alone: the L1 never holds a placeholder.
 //!
 //! # The bound
-//! A background task holds the subscription and sends a `PING` on it every quarter of the
-//! bound (default 100 ms). Redis answers a `PING` after every message published before it, so
+//! A background task ([`subscriber`]) holds the subscription and sends a `PING` on it every
+//! quarter of the bound (default 100 ms). Redis answers a `PING` after every message published before it, so
 //! a reply to a ping sent at `t` proves that every invalidation acknowledged before `t` has
 //! been received and applied; the L1 then serves until `t + bound`. If the replies stop (Redis
 //! paused, connection lost, network partition), the L1 stops serving within the bound and
@@ -48,24 +39,24 @@
 //! reading from its L1): a write made through a plain [`RedisStore`] is not announced, and
 //! L1 copies elsewhere then live until their TTL.
 
-use super::{Claim, Kind, Lease, Lookup, RedisConfig, RedisStore, Store};
+mod generations;
+mod subscriber;
+
+use super::client::{self, bounded};
+use super::{Claim, ClaimTerms, Kind, Lease, Lifetime, Lookup, RedisConfig, RedisStore, Store};
 use crate::error::{BuildError, StoreError};
 use crate::key::{self, EntryKey, Namespace, TagKey};
 use crate::metrics::L1Metrics;
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
+use generations::{Generations, Snapshot};
 use redis::aio::ConnectionManager;
-use redis::{Client, Value};
 use std::fmt;
-use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
-use tracing::{debug, info, warn};
-
-/// Generation counters in the table (a power of two).
-const SLOTS: usize = 1 << 14;
+use subscriber::Subscriber;
+use tracing::{debug, warn};
 
 /// Settings of the L1.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,25 +108,16 @@ impl L1Config {
 }
 
 /// A copy held by the L1.
-struct Copy {
+struct L1Copy {
     payload: Bytes,
     snap: Snapshot,
     expires: Instant,
 }
 
-/// The epoch of the L1 and the generations of a copy's dependencies, read before its L2 read.
-struct Snapshot {
-    era: u64,
-    deps: Box<[(u32, u64)]>,
-}
-
 /// What the store handles and the subscriber task share.
 struct Shared {
-    l1: moka::sync::Cache<EntryKey, Arc<Copy>>,
-    gens: Box<[AtomicU64]>,
-    hasher: std::collections::hash_map::RandomState,
-    /// Bumped whenever the L1 is voided whole.
-    era: AtomicU64,
+    l1: moka::sync::Cache<EntryKey, Arc<L1Copy>>,
+    gens: Generations,
     /// Until when (ns since `origin`) the L1 may serve; 0 while the channel is not live.
     live_until: AtomicU64,
     origin: Instant,
@@ -147,57 +129,6 @@ struct Shared {
 }
 
 impl Shared {
-    fn slot(&self, name: &str) -> u32 {
-        (self.hasher.hash_one(name) as usize & (SLOTS - 1)) as u32
-    }
-
-    /// The counter shared by every tag of a namespace.
-    fn tag_slot(&self, ns: &str) -> u32 {
-        (self.hasher.hash_one((ns, "tags")) as usize & (SLOTS - 1)) as u32
-    }
-
-    /// The counter an invalidation of a version key increments; `None` if it is not one.
-    fn stamp_slot(&self, stamp: &str) -> Option<u32> {
-        match key::layout(stamp)? {
-            (ns, b't') => Some(self.tag_slot(ns)),
-            (_, b'p' | b'g') => Some(self.slot(stamp)),
-            _ => None,
-        }
-    }
-
-    /// What a copy of `key` read with `stamps` depends on.
-    fn deps(&self, key: &EntryKey, stamps: &[TagKey]) -> Option<Vec<u32>> {
-        let (ns, _) = key::layout(key.as_str())?;
-        let mut out = Vec::with_capacity(stamps.len() + 2);
-        out.push(self.slot(key.as_str()));
-        out.push(self.tag_slot(ns));
-        for s in stamps {
-            let i = self.stamp_slot(s.as_str())?;
-            if !out.contains(&i) {
-                out.push(i);
-            }
-        }
-        Some(out)
-    }
-
-    fn snapshot(&self, slots: Vec<u32>) -> Snapshot {
-        // The era first: a resync bumps it after clearing, so a snapshot taken across one
-        // holds the old era and is refused.
-        let era = self.era.load(SeqCst);
-        let deps = slots
-            .into_iter()
-            .map(|i| (i, self.gens[i as usize].load(SeqCst)))
-            .collect();
-        Snapshot { era, deps }
-    }
-
-    fn current(&self, s: &Snapshot) -> bool {
-        s.deps
-            .iter()
-            .all(|&(i, g)| self.gens[i as usize].load(SeqCst) == g)
-            && self.era.load(SeqCst) == s.era
-    }
-
     fn now(&self) -> u64 {
         self.origin.elapsed().as_nanos() as u64
     }
@@ -220,31 +151,18 @@ impl Shared {
         self.resync();
     }
 
-    /// Voids every copy: bumps the era, then frees the memory.
+    /// Voids every copy: a new era, then the memory freed.
     fn resync(&self) {
-        self.era.fetch_add(1, SeqCst);
+        self.gens.new_era();
         self.l1.invalidate_all();
         self.metrics.resyncs.increment(1);
     }
 
     fn void_keys(&self, keys: &[EntryKey]) {
         for k in keys {
-            self.gens[self.slot(k.as_str()) as usize].fetch_add(1, SeqCst);
+            self.gens.void(k.as_str());
             self.l1.invalidate(k);
         }
-    }
-
-    fn void_stamps<'a>(&self, stamps: impl Iterator<Item = &'a str>) -> bool {
-        let mut understood = true;
-        for s in stamps {
-            match self.stamp_slot(s) {
-                Some(i) => {
-                    self.gens[i as usize].fetch_add(1, SeqCst);
-                }
-                None => understood = false,
-            }
-        }
-        understood
     }
 
     /// Applies a message: `<origin> k <entry key>...` or `<origin> s <version key>...`.
@@ -266,15 +184,13 @@ impl Shared {
                 let mut ok = true;
                 for k in parts {
                     match key::layout(k) {
-                        Some((_, b'e')) => {
-                            self.gens[self.slot(k) as usize].fetch_add(1, SeqCst);
-                        }
+                        Some((_, b'e')) => self.gens.void(k),
                         _ => ok = false,
                     }
                 }
                 ok
             }
-            "s" => self.void_stamps(parts),
+            "s" => self.gens.void_stamps(parts),
             _ => false,
         };
         if !understood {
@@ -378,31 +294,14 @@ impl TieredStore {
                 reason: "must be built inside a Tokio runtime".into(),
             });
         }
-        if redis.url.starts_with("rediss:") {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let url_error = |e: redis::RedisError| {
-            BuildError::RedisUrl(
-                e.to_string()
-                    .replace(&redis.url, &super::redis::redact(&redis.url)),
-            )
-        };
-        let client = Client::open(redis.url.as_str()).map_err(url_error)?;
-        let mgr = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(None)
-            .set_connection_timeout(Some(redis.connect_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let bus = ConnectionManager::new_lazy_with_config(client.clone(), mgr)
-            .map_err(|e| BuildError::RedisUrl(e.to_string()))?;
+        let client = client::open(&redis.url)?;
+        let bus = client::manager(client.clone(), redis.connect_timeout)?;
         let shared = Arc::new(Shared {
             l1: moka::sync::Cache::builder()
                 .max_capacity(l1.capacity)
                 .time_to_live(l1.ttl)
                 .build(),
-            gens: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
-            hasher: Default::default(),
-            era: AtomicU64::new(0),
+            gens: Generations::new(),
             live_until: AtomicU64::new(0),
             origin: Instant::now(),
             bound: l1.bound,
@@ -455,7 +354,7 @@ impl TieredStore {
         &self,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        super::redis::bounded(self.inner.timeout, fut).await
+        bounded(self.inner.timeout, fut).await
     }
 
     /// Tells the other instances: `op` is `k` (entry keys) or `s` (version keys).
@@ -492,83 +391,6 @@ impl TieredStore {
     }
 }
 
-/// The task holding the subscription.
-struct Subscriber {
-    shared: Arc<Shared>,
-    client: Client,
-    channel: String,
-    patience: Duration,
-    beat: Duration,
-}
-
-impl Subscriber {
-    async fn run(self) {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let subscribed = &mut false;
-            let why = self.session(subscribed).await;
-            self.shared.lost();
-            if *subscribed {
-                warn!(channel = %self.channel, error = %why, "L1 invalidation channel lost; the L1 is bypassed until it is back");
-                backoff = Duration::from_millis(50);
-            } else {
-                debug!(channel = %self.channel, error = %why, "L1 invalidation channel not established");
-            }
-            tokio::time::sleep(backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0)).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
-    }
-
-    /// One subscription, until it fails.
-    async fn session(&self, subscribed: &mut bool) -> String {
-        let patience = self.patience;
-        let pubsub = match tokio::time::timeout(patience, self.client.get_async_pubsub()).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => return e.to_string(),
-            Err(_) => return "connect timed out".into(),
-        };
-        let (mut sink, mut stream) = pubsub.split();
-        let sent = Instant::now();
-        match tokio::time::timeout(patience, sink.subscribe(&self.channel)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return e.to_string(),
-            Err(_) => return "subscribe timed out".into(),
-        }
-        // Messages published before the subscription took effect were missed.
-        self.shared.resync();
-        self.shared.confirm(sent);
-        *subscribed = true;
-        info!(channel = %self.channel, "L1 invalidation channel subscribed");
-        let mut beat = tokio::time::interval(self.beat);
-        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        beat.tick().await;
-        loop {
-            tokio::select! {
-                m = stream.next() => match m {
-                    Some(m) => self.shared.receive(m.get_payload_bytes()),
-                    None => return "connection closed".into(),
-                },
-                _ = beat.tick() => {
-                    let sent = Instant::now();
-                    match tokio::time::timeout(patience, sink.ping::<Value>()).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return e.to_string(),
-                        Err(_) => return "no answer to PING".into(),
-                    }
-                    // Every message Redis sent before the reply is in the stream already.
-                    while let Some(m) = stream.next().now_or_never() {
-                        match m {
-                            Some(m) => self.shared.receive(m.get_payload_bytes()),
-                            None => return "connection closed".into(),
-                        }
-                    }
-                    self.shared.confirm(sent);
-                }
-            }
-        }
-    }
-}
-
 #[async_trait]
 impl Store for TieredStore {
     fn kind(&self) -> Kind {
@@ -583,27 +405,27 @@ impl Store for TieredStore {
             return l2.get(key, stamps).await;
         }
         if let Some(c) = s.l1.get(key) {
-            if c.expires > Instant::now() && s.current(&c.snap) {
+            if c.expires > Instant::now() && s.gens.current(&c.snap) {
                 s.metrics.hits.increment(1);
                 return Ok(Lookup::Hit(c.payload.clone()));
             }
             s.l1.invalidate(key);
         }
         s.metrics.misses.increment(1);
-        let Some(slots) = s.deps(key, stamps) else {
+        let Some(deps) = s.gens.deps(key, stamps) else {
             return l2.get(key, stamps).await;
         };
         // Before the L2 read: an invalidation from now on refuses this copy.
-        let snap = s.snapshot(slots);
+        let snap = s.gens.snapshot(deps);
         let start = Instant::now();
         let (read, ttl) = tokio::join!(l2.get(key, stamps), self.pttl(key));
         if let (Ok(Lookup::Hit(p)), Ok(ms)) = (&read, ttl)
             && ms > 0
-            && s.current(&snap)
+            && s.gens.current(&snap)
         {
             // `start` is before Redis read the TTL: the copy never outlives the entry.
             let life = Duration::from_millis(ms as u64).min(s.ttl);
-            let copy = Copy {
+            let copy = L1Copy {
                 payload: p.clone(),
                 snap,
                 expires: start + life,
@@ -618,10 +440,9 @@ impl Store for TieredStore {
         key: &EntryKey,
         stamps: &[TagKey],
         clock: &TagKey,
-        lease: Duration,
-        keep: Duration,
+        terms: ClaimTerms,
     ) -> Result<Claim, StoreError> {
-        self.inner.l2.claim(key, stamps, clock, lease, keep).await
+        self.inner.l2.claim(key, stamps, clock, terms).await
     }
 
     async fn claim_refresh(
@@ -630,12 +451,11 @@ impl Store for TieredStore {
         fresh_until: u64,
         stamps: &[TagKey],
         clock: &TagKey,
-        lease: Duration,
-        keep: Duration,
+        terms: ClaimTerms,
     ) -> Result<Option<Lease>, StoreError> {
         self.inner
             .l2
-            .claim_refresh(key, fresh_until, stamps, clock, lease, keep)
+            .claim_refresh(key, fresh_until, stamps, clock, terms)
             .await
     }
 
@@ -646,16 +466,11 @@ impl Store for TieredStore {
         &self,
         key: &EntryKey,
         lease: &Lease,
-        late: &[TagKey],
+        learnt: &[TagKey],
         payload: Bytes,
-        ttl: Duration,
-        keep: Duration,
+        life: Lifetime,
     ) -> Result<bool, StoreError> {
-        let written = self
-            .inner
-            .l2
-            .fill(key, lease, late, payload, ttl, keep)
-            .await;
+        let written = self.inner.l2.fill(key, lease, learnt, payload, life).await;
         if lease.refresh && matches!(written, Ok(true)) {
             self.inner.shared.void_keys(std::slice::from_ref(key));
             self.publish('k', std::iter::once(key.as_str())).await?;
@@ -672,9 +487,9 @@ impl Store for TieredStore {
         key: &EntryKey,
         stamps: &[TagKey],
         payload: Bytes,
-        ttl: Duration,
+        life: Lifetime,
     ) -> Result<(), StoreError> {
-        let r = self.inner.l2.set(key, stamps, payload, ttl).await;
+        let r = self.inner.l2.set(key, stamps, payload, life).await;
         // After the L2 write: a read that began before it cannot keep what it read.
         self.inner.shared.void_keys(std::slice::from_ref(key));
         r?;
@@ -699,6 +514,7 @@ impl Store for TieredStore {
         if !self
             .inner
             .shared
+            .gens
             .void_stamps(stamps.iter().map(TagKey::as_str))
         {
             self.inner.shared.resync();
@@ -719,9 +535,7 @@ mod tests {
     fn shared() -> Shared {
         Shared {
             l1: moka::sync::Cache::new(10),
-            gens: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
-            hasher: Default::default(),
-            era: AtomicU64::new(0),
+            gens: Generations::new(),
             live_until: AtomicU64::new(0),
             origin: Instant::now(),
             bound: Duration::from_millis(100),
@@ -741,7 +555,7 @@ mod tests {
         let ns = ns();
         let k = ns.entry("products:list:1").unwrap();
         let stamps = ns.stamps_for("products:list:1", &["x"]).unwrap();
-        let snap = || s.snapshot(s.deps(&k, &stamps).unwrap());
+        let snap = || s.gens.snapshot(s.gens.deps(&k, &stamps).unwrap());
         let cases: [(&str, &[u8]); 7] = [
             ("key", b"o k app:e:products:list:1"),
             ("prefix", b"o s app:p:products:list:"),
@@ -753,9 +567,9 @@ mod tests {
         ];
         for (what, msg) in cases {
             let before = snap();
-            assert!(s.current(&before));
+            assert!(s.gens.current(&before));
             s.receive(msg);
-            assert!(!s.current(&before), "{what} voids it");
+            assert!(!s.gens.current(&before), "{what} voids it");
         }
         let before = snap();
         for msg in [
@@ -767,11 +581,11 @@ mod tests {
             s.receive(msg);
         }
         assert!(
-            s.current(&before),
+            s.gens.current(&before),
             "others' keys, prefixes, namespaces and our own echo leave it"
         );
         s.lost();
-        assert!(!s.current(&before), "a lost channel voids it");
+        assert!(!s.gens.current(&before), "a lost channel voids it");
     }
 
     #[test]

@@ -1,0 +1,78 @@
+//! Stale-while-revalidate: an entry past its TTL but within its window is served at once, and
+//! refreshed on a task of its own, once per key in this process (the flight) and once per key
+//! across processes (a refresh lease on the entry, which stays readable meanwhile). The
+//! refresh is fenced like any fill: a delete, write or invalidation during it voids it.
+
+use super::entry::Ttls;
+use super::lease::Load;
+use super::value::Mode;
+use super::{Cache, Tagged};
+use crate::codec::Codec;
+use crate::flight::Role;
+use crate::key::{EntryKey, TagKey};
+use crate::metrics::Op;
+use serde::Serialize;
+use tracing::{Instrument, debug, debug_span};
+
+impl<C: Codec> Cache<C> {
+    /// Refreshes a stale entry on its own task, unless a load of it is already running here.
+    pub(super) fn revalidate<T, M, E, F, Fut>(
+        &self,
+        k: EntryKey,
+        fresh_until: u64,
+        stamps: Vec<TagKey>,
+        t: Ttls,
+        loader: F,
+    ) where
+        T: Serialize + Send + 'static,
+        M: Mode<T> + 'static,
+        M::Out: Send + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Tagged<T>, E>> + Send + 'static,
+    {
+        if self.inner.flights.running(&k) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let cache = self.clone();
+        let span = debug_span!("aside.refresh", key = %k);
+        rt.spawn(
+            async move {
+                let inner = &cache.inner;
+                let Role::Leader(leader) = inner.flights.join(&k) else {
+                    return;
+                };
+                if cache.ready().await.is_err() {
+                    return;
+                }
+                let clock = inner.ns.clock();
+                let terms = t.claim_terms(inner.settings.lease);
+                let claim = inner
+                    .store
+                    .claim_refresh(&k, fresh_until, &stamps, &clock, terms);
+                // Not granted: another process refreshes it, or it is gone (the next read
+                // loads it). Dropping the leader lets anyone who joined meanwhile load.
+                let Ok(Some(lease)) = cache.call(Op::Claim, claim).await else {
+                    return;
+                };
+                let load = Load {
+                    leader,
+                    lease: Some(lease),
+                    ttls: t,
+                    fallback: None,
+                };
+                if cache
+                    .load::<T, M, E, F, Fut>(&k, load, loader)
+                    .await
+                    .is_err()
+                {
+                    debug!(key = %k, "background refresh failed; the stale value stays");
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
