@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::dbstats::DbStats;
@@ -70,7 +70,8 @@ pub struct CompareArgs {
     /// (e.g. `seed={}` while the catalog targets use `p{}`).
     #[arg(long = "id-format-of", value_name = "NAME=TEMPLATE")]
     pub id_formats: Vec<String>,
-    /// Pause between two targets, so one's tail does not leak into the next.
+    /// Pause between two targets, so one's tail does not leak into the next (a duration,
+    /// as for `--duration`).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub pause: Duration,
     /// The load.
@@ -106,20 +107,21 @@ pub struct LoadArgs {
     /// Concurrent keep-alive connections.
     #[arg(short = 'c', long, default_value_t = 64)]
     pub connections: usize,
-    /// Measured time (`10s`, `500ms`, `2m`); with `--requests`, a cap. Default 10s.
+    /// Measured time (`10s`, `500ms`, `1.5s`, `2m`, `1m 30s`; a bare number is seconds);
+    /// with `--requests`, a cap. Default 10s.
     #[arg(short = 'd', long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// Measured requests (then the run ends after this many, or after 300 s).
     #[arg(short = 'n', long)]
     pub requests: Option<u64>,
-    /// Unrecorded load before measuring.
+    /// Unrecorded load before measuring (a duration, as for `--duration`).
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub warmup: Duration,
     /// Open loop: total requests per second, sent on schedule; latency counts from each
     /// request's scheduled time (no coordinated omission). Closed loop when absent.
     #[arg(long, value_name = "REQ_PER_S")]
     pub rate: Option<f64>,
-    /// Per-request timeout.
+    /// Per-request timeout (a duration, as for `--duration`).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Read every id once before warm-up, so the cache holds them all.
@@ -150,24 +152,18 @@ pub struct OutputArgs {
     pub quiet: bool,
 }
 
-/// Parses `1.5s`, `250ms`, `2m`, `1h` or a plain number of seconds.
+/// Parses a duration with [`humantime::parse_duration`] (`10s`, `250ms`, `1.5s`, `2m`,
+/// `1h 30m`, ...), or a bare number as seconds (`1.5`).
 pub fn parse_duration(s: &str) -> Result<Duration> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: f64 = number
-        .parse()
-        .with_context(|| format!("{s:?} is not a duration like 10s"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        u => bail!("unknown unit {u:?} in {s:?} (ms, s, m, h)"),
+    let bare_seconds = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    let text = if bare_seconds {
+        format!("{s}s")
+    } else {
+        s.to_owned()
     };
-    Duration::try_from_secs_f64(secs).with_context(|| format!("{s:?} is out of range"))
+    humantime::parse_duration(&text)
+        .map_err(|e| anyhow!("{s:?} is not a duration like 10s, 250ms, 2m or 1.5 (seconds): {e}"))
 }
 
 impl LoadArgs {
@@ -337,10 +333,43 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5d").is_err());
+        assert_eq!(parse_duration("2min").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("1m 30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration(" 5s ").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert_eq!(
+            parse_duration("5d").unwrap(),
+            Duration::from_secs(5 * 86_400)
+        );
+    }
+
+    #[test]
+    fn bare_numbers_are_seconds() {
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("0.25").unwrap(), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn bad_durations_say_what_is_wrong() {
+        for bad in ["ten", "5x", "", "-1s", "1.2.3", "10s5"] {
+            let err = parse_duration(bad).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("{bad:?} is not a duration like 10s")),
+                "{bad:?}: {err}"
+            );
+        }
+        let err = parse_duration("5x").unwrap_err().to_string();
+        assert!(err.contains("unknown time unit \"x\""), "{err}");
+        let err = Cli::try_parse_from(["loadgen", "run", "http://127.0.0.1:1", "-d", "ten"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"ten\" is not a duration like 10s"), "{err}");
     }
 
     #[test]
@@ -382,6 +411,7 @@ mod tests {
         let spec = args.load.spec(&args.output).unwrap();
         assert_eq!(spec.popularity, Popularity::Zipf(1.0));
         assert_eq!(spec.connections, 8);
+        assert_eq!(spec.duration, Some(Duration::from_secs(2)));
         assert!(Cli::try_parse_from(["loadgen", "run"]).is_err());
     }
 }

@@ -1,4 +1,4 @@
-//! Service CPU time from `/proc/<pid>/stat`.
+//! Service CPU time from `/proc/<pid>/stat`, read with the `procfs` crate.
 //!
 //! CPU time (user + system) spent by the service per request does not depend on what else
 //! competes for the cores, which makes it the fairest cost figure on a shared machine.
@@ -6,47 +6,37 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use procfs::FromRead;
+use procfs::process::{Process, Stat};
 
-/// Parses `utime + stime` (in clock ticks) from the text of `/proc/<pid>/stat`.
-///
-/// The second field is the command name in parentheses, which may itself contain spaces and
-/// parentheses, so fields are counted from the *last* `)`.
+/// Parses `utime + stime` (in clock ticks) from the text of `/proc/<pid>/stat`, with
+/// `procfs`'s parser (which counts fields from the *last* `)`, so a command name with spaces
+/// and parentheses is read correctly).
 pub fn parse_stat_ticks(stat: &str) -> Result<u64> {
-    let close = stat.rfind(')').context("no `)` after the command name")?;
-    // After `)`: field 3 (state) is index 0, so utime (14) is 11 and stime (15) is 12.
-    let mut fields = stat[close + 1..].split_whitespace().skip(11);
-    let utime: u64 = fields
-        .next()
-        .context("no utime field")?
-        .parse()
-        .context("bad utime")?;
-    let stime: u64 = fields
-        .next()
-        .context("no stime field")?
-        .parse()
-        .context("bad stime")?;
-    Ok(utime + stime)
+    let stat = Stat::from_read(stat.as_bytes()).context("not the text of /proc/<pid>/stat")?;
+    Ok(stat.utime + stat.stime)
 }
 
-/// Clock ticks per second, from `getconf CLK_TCK` (100 on every common Linux).
+/// Clock ticks per second, the unit of `utime` and `stime` (the kernel's `AT_CLKTCK`; 100 on
+/// every common Linux).
 pub fn ticks_per_second() -> u64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .filter(|&t| t > 0)
-        .unwrap_or(100)
+    procfs::ticks_per_second()
+}
+
+/// `utime + stime` of the process `pid`, in clock ticks.
+fn process_ticks(pid: u32) -> Result<u64> {
+    let id = i32::try_from(pid).with_context(|| format!("pid {pid} is out of range"))?;
+    let stat = Process::new(id)
+        .and_then(|p| p.stat())
+        .with_context(|| format!("reading /proc/{pid}/stat (is process {pid} running?)"))?;
+    Ok(stat.utime + stat.stime)
 }
 
 /// CPU time consumed so far by the processes `pids`, summed.
 pub fn cpu_time(pids: &[u32], ticks_per_second: u64) -> Result<Duration> {
     let mut ticks = 0;
-    for pid in pids {
-        let path = format!("/proc/{pid}/stat");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        ticks += parse_stat_ticks(&text).with_context(|| format!("parsing {path}"))?;
+    for &pid in pids {
+        ticks += process_ticks(pid)?;
     }
     Ok(Duration::from_secs_f64(
         ticks as f64 / ticks_per_second.max(1) as f64,
@@ -56,37 +46,85 @@ pub fn cpu_time(pids: &[u32], ticks_per_second: u64) -> Result<Duration> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use std::time::Instant;
+
     use super::*;
+
+    /// A `/proc/<pid>/stat` line as a 6.x kernel writes it, with the command name, utime
+    /// (field 14) and stime (field 15) filled in.
+    fn stat_line(comm: &str, utime: u64, stime: u64) -> String {
+        format!(
+            "3763 ({comm}) R 3761 3761 9620 0 -1 4194304 101 0 0 0 {utime} {stime} 0 0 20 0 1 0 \
+             58507 3133440 416 18446744073709551615 94201447436288 94201447456169 \
+             140721005787472 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 94201447472176 94201447473792 \
+             94201983893504 140721005796063 140721005796083 140721005796083 140721005797355 0\n"
+        )
+    }
 
     #[test]
     fn parses_utime_and_stime() {
-        let stat = "12345 (node) S 1 12345 12345 0 -1 4194560 1000 0 0 0 250 75 0 0 20 0 \
-                    11 0 500 1000000 5000 18446744073709551615 0 0 0 0 0 0 0 0 0";
-        assert_eq!(parse_stat_ticks(stat).unwrap(), 325);
+        assert_eq!(parse_stat_ticks(&stat_line("node", 250, 75)).unwrap(), 325);
     }
 
     #[test]
     fn command_names_with_spaces_and_parens() {
-        let stat = "7 (tokio-rt (worker) 1) R 1 7 7 0 -1 0 0 0 0 0 9 1 0 0 20 0 2 0 1 2 3";
-        assert_eq!(parse_stat_ticks(stat).unwrap(), 10);
+        let stat = stat_line("tokio-rt (worker) 1", 9, 1);
+        assert_eq!(parse_stat_ticks(&stat).unwrap(), 10);
     }
 
     #[test]
     fn malformed() {
         assert!(parse_stat_ticks("12 node S 1").is_err());
         assert!(parse_stat_ticks("12 (node) S 1 2 3").is_err());
-        assert!(parse_stat_ticks("12 (node) S 1 2 3 4 5 6 7 8 9 10 x 1").is_err());
+        assert!(parse_stat_ticks(&stat_line("node", 250, 75).replace(" 250 ", " x ")).is_err());
+    }
+
+    #[test]
+    fn ticks_per_second_is_plausible() {
+        assert!((1..=10_000).contains(&ticks_per_second()));
     }
 
     #[test]
     fn reads_our_own_process() {
         let pid = std::process::id();
+        let ticks = ticks_per_second();
+        let before = cpu_time(&[pid], ticks).unwrap();
+        let start = Instant::now();
+        // Burn CPU until the kernel has accounted at least one more tick to us (bounded, in
+        // case the machine is very busy).
         let mut x = 0u64;
-        for i in 0..2_000_000u64 {
-            x = x.wrapping_mul(31).wrapping_add(i);
+        let mut after = before;
+        while after <= before && start.elapsed() < Duration::from_secs(10) {
+            for i in 0..1_000_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+            std::hint::black_box(x);
+            after = cpu_time(&[pid], ticks).unwrap();
         }
-        std::hint::black_box(x);
-        assert!(cpu_time(&[pid], ticks_per_second()).is_ok());
-        assert!(cpu_time(&[u32::MAX], 100).is_err());
+        assert!(
+            after > before,
+            "no CPU time accounted: {before:?} then {after:?}"
+        );
+        // Other tests run on other threads of this process, so the increase is bounded by the
+        // wall time on every core, plus two ticks of accounting granularity.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        let bound = start.elapsed() * cores + Duration::from_secs(1) / ticks as u32 * 2;
+        assert!(after - before <= bound, "{:?} in {bound:?}", after - before);
+    }
+
+    #[test]
+    fn a_missing_process_is_a_clear_error() {
+        // pid_max is at most 2^22, so this pid never exists.
+        let missing = i32::MAX as u32;
+        let err = cpu_time(&[std::process::id(), missing], ticks_per_second()).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with(&format!(
+                "reading /proc/{missing}/stat (is process {missing} running?)"
+            )),
+            "{text}"
+        );
+        let err = cpu_time(&[u32::MAX], 100).unwrap_err();
+        assert_eq!(err.to_string(), format!("pid {} is out of range", u32::MAX));
     }
 }
