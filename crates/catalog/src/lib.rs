@@ -16,8 +16,9 @@
 //! # Layout
 //! - [`config`]: the command line and its environment variables.
 //! - [`model`]: what the API returns and accepts, and its validation rules.
-//! - [`db`]: the [`Repository`](db::Repository) trait, its SQLite and PostgreSQL
-//!   implementations, and [`Db`](db::Db), which counts, delays and bounds every round trip.
+//! - [`db`]: the [`Repository`](db::Repository) trait and [`Db`](db::Db), which counts,
+//!   delays and bounds every round trip; [`db::sql`], the statements both databases share in
+//!   one implementation; [`db::sqlite`] and [`db::postgres`], what each does its own way.
 //! - [`service`]: [`Catalog`], cache-aside reads and write-then-invalidate
 //!   writes; its docs list every key, TTL and tag.
 //! - [`routes`]: the handlers; [`extract`] and [`error`] turn every rejection into the API's

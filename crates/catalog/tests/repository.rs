@@ -6,7 +6,9 @@ mod support;
 
 use catalog::db::{self, DbError, Options, Repository, seed_product};
 use catalog::model::{Id, NewProduct, ProductPatch, now};
+use sqlx::{Connection, Executor};
 use std::sync::Arc;
+use std::time::Duration;
 
 fn id(s: &str) -> Id {
     Id::parse(s).unwrap()
@@ -28,10 +30,14 @@ struct Fixture {
     _keep: Box<dyn std::any::Any>,
 }
 
+/// A SQLite file in `dir` that does not exist yet: connect must create it.
+fn sqlite_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("new.db").display())
+}
+
 async fn sqlite() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    // A file that does not exist yet: connect must create it.
-    let url = format!("sqlite://{}", dir.path().join("new.db").display());
+    let url = sqlite_url(&dir);
     let repo = db::connect(&url, &Options::default()).await.unwrap();
     repo.migrate().await.unwrap();
     assert!(repo.seed(25).await.unwrap());
@@ -287,13 +293,120 @@ async fn unsupported_urls_are_refused() {
     ));
 }
 
-#[tokio::test]
-async fn postgres_seeds_a_thousand_in_one_go() {
-    let pg = support::TestPostgres::new().await;
-    let repo = db::connect(&pg.url, &Options::default()).await.unwrap();
+/// Migrates the empty database at `url` twice, then seeds it in three `INSERT`s.
+async fn seed_in_batches(url: &str) {
+    let repo = db::connect(url, &Options::default()).await.unwrap();
     repo.migrate().await.unwrap();
     repo.migrate().await.unwrap(); // idempotent
     assert!(repo.seed(2500).await.unwrap());
     let page = repo.page(0, 1).await.unwrap();
     assert_eq!((page.total, page.products[0].id.as_str()), (2500, "p2500"));
+}
+
+#[tokio::test]
+async fn sqlite_seeds_a_thousand_in_one_go() {
+    let dir = tempfile::tempdir().unwrap();
+    seed_in_batches(&sqlite_url(&dir)).await;
+}
+
+#[tokio::test]
+async fn postgres_seeds_a_thousand_in_one_go() {
+    let pg = support::TestPostgres::new().await;
+    seed_in_batches(&pg.url).await;
+}
+
+/// Four instances starting at once on the migrated, empty database at `url`: one seeds, the
+/// others wait for it and then find the data. Without the seed lock, a seeder that looked
+/// before the first one committed would fail on its first write instead.
+async fn concurrent_seeds_write_once(url: &str) {
+    let mut repos = Vec::new();
+    for _ in 0..4 {
+        repos.push(db::connect(url, &Options::default()).await.unwrap());
+    }
+    repos[0].migrate().await.unwrap();
+    let seeded = futures::future::join_all(repos.iter().map(|r| r.seed(25))).await;
+    let seeded: Vec<bool> = seeded.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        seeded.iter().filter(|s| **s).count(),
+        1,
+        "exactly one seeds: {seeded:?}"
+    );
+    for r in &repos {
+        assert_eq!(r.page(0, 1).await.unwrap().total, 25);
+    }
+}
+
+#[tokio::test]
+async fn sqlite_concurrent_seeds_write_once() {
+    let dir = tempfile::tempdir().unwrap();
+    concurrent_seeds_write_once(&sqlite_url(&dir)).await;
+}
+
+#[tokio::test]
+async fn postgres_concurrent_seeds_write_once() {
+    let pg = support::TestPostgres::new().await;
+    concurrent_seeds_write_once(&pg.url).await;
+}
+
+/// Whether `e` is an outage reported by the database itself with this code.
+fn unavailable_with_code(e: &DbError, code: &str) -> bool {
+    matches!(e, DbError::Unavailable(sqlx::Error::Database(d)) if d.code().as_deref() == Some(code))
+}
+
+#[tokio::test]
+async fn sqlite_busy_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    let options = Options {
+        timeout: Duration::from_millis(50),
+        ..Options::default()
+    };
+    let repo = db::connect(&url, &options).await.unwrap();
+    repo.migrate().await.unwrap();
+    assert!(repo.seed(3).await.unwrap());
+    let mut writer = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    writer.execute("BEGIN IMMEDIATE").await.unwrap();
+    let e = repo.delete(&id("p1")).await.unwrap_err();
+    assert!(unavailable_with_code(&e, "5"), "SQLITE_BUSY: {e:?}");
+    writer.execute("ROLLBACK").await.unwrap();
+    assert!(repo.delete(&id("p1")).await.unwrap());
+}
+
+#[tokio::test]
+async fn postgres_terminated_connection_is_unavailable() {
+    let pg = support::TestPostgres::new().await;
+    let repo = db::connect(&pg.url, &Options::default()).await.unwrap();
+    repo.migrate().await.unwrap();
+    assert!(repo.seed(3).await.unwrap());
+    let mut locker = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    locker.execute("BEGIN").await.unwrap();
+    locker
+        .execute("SELECT id FROM products WHERE id = 'p1' FOR UPDATE")
+        .await
+        .unwrap();
+    let blocked = {
+        let repo = repo.clone();
+        tokio::spawn(async move { repo.delete(&id("p1")).await })
+    };
+    // The delete waits on the row lock: end its backend as an administrator would.
+    let mut admin = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    let mut ended = 0_i64;
+    for _ in 0..500 {
+        ended = sqlx::query_scalar(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        if ended > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ended, 1, "the delete waited on the lock");
+    let e = blocked.await.unwrap().unwrap_err();
+    assert!(unavailable_with_code(&e, "57P01"), "admin_shutdown: {e:?}");
+    locker.execute("ROLLBACK").await.unwrap();
+    assert!(repo.delete(&id("p1")).await.unwrap());
 }

@@ -1,6 +1,7 @@
-//! The database: one [`Repository`] trait with a SQLite and a PostgreSQL implementation, and
-//! [`Db`], which every request goes through and which counts, slows down (for demonstrations)
-//! and bounds every round trip.
+//! The database: one [`Repository`] trait, implemented once for SQLite and PostgreSQL
+//! ([`sql::SqlRepository`], with what each database does its own way in [`sqlite`] and
+//! [`postgres`]), and [`Db`], which every request goes through and which counts, slows down
+//! (for demonstrations) and bounds every round trip.
 //!
 //! Each request-path method of [`Repository`] is exactly one SQL statement, so one database
 //! round trip; writes are single statements too, so each is committed when it returns.
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 
 /// Result with [`DbError`].
@@ -59,12 +61,8 @@ impl From<sqlx::Error> for DbError {
         match &e {
             E::Database(d) if d.is_unique_violation() => DbError::Duplicate,
             E::Database(d) if d.is_foreign_key_violation() => DbError::UnknownCategory,
-            // SQLite busy/locked; PostgreSQL connection, resource and shutdown classes.
             E::Database(d)
-                if d.code().is_some_and(|c| {
-                    matches!(c.as_ref(), "5" | "6" | "517" | "40001" | "40P01")
-                        || ["08", "53", "57P"].iter().any(|p| c.starts_with(p))
-                }) =>
+                if sqlite::is_unavailable(d.as_ref()) || postgres::is_unavailable(d.as_ref()) =>
             {
                 DbError::Unavailable(e)
             }
