@@ -1,13 +1,13 @@
 //! Upper bounds on store calls, checked by one watchdog thread instead of a timer per call.
 //!
-//! Every Redis call is bounded, so a per-call `tokio::time::timeout` registers and clears a
-//! timer-wheel entry on every cache read. Measured on the hit path, that was about 1.7 µs of
-//! latency per call and ~6 % of a service's CPU under load. Store timeouts are safety nets in
-//! the hundreds of milliseconds, so they do not need a timer's precision: a call that is still
-//! pending after its first poll is entered in a shared table (one short lock), and one thread,
-//! awake only while calls are pending, wakes those past their deadline every [`TICK`]. A call
-//! therefore times out between its bound and its bound plus one tick. The thread belongs to no
-//! runtime, so the bound holds for calls on any runtime, including one that is shutting down.
+//! Every Redis call is bounded, so a per-call `tokio::time::timeout` would register and clear
+//! a timer-wheel entry on every cache read, a cost that shows on the hit path. Store timeouts
+//! are safety nets in the hundreds of milliseconds, so they do not need a timer's precision:
+//! a call that is still pending after its first poll is entered in a shared table (one short
+//! lock), and one thread, awake only while calls are pending, wakes those past their deadline
+//! every [`TICK`]. A call therefore times out between its bound and its bound plus one tick.
+//! The thread belongs to no runtime, so the bound holds for calls on any runtime, including
+//! one that is shutting down.
 
 use slab::Slab;
 use std::future::Future;

@@ -133,7 +133,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The parser as it was written first, with `str` splitting and parsing: the byte parser
+    /// The format read the plain way, with `str` splitting and parsing: the byte parser
     /// must answer exactly as it does.
     mod reference {
         use super::super::{Body, Opened, Refused};

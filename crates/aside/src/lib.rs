@@ -45,14 +45,34 @@
 //! | observability | `metrics` counters and histograms, `tracing` spans |
 //!
 //! # Layout
-//! - [`cache`]: [`Cache`] and [`Entry`], the API; composes the pieces below.
+//! Each file has one job; its name says which.
+//!
+//! - [`cache`]: [`Cache`], the front door (get, set, del, invalidate_*), and its parts:
+//!   - `cache/entry.rs`: [`Entry`], TTLs, the fetch variants, and the hit / stale / expired
+//!     decision;
+//!   - `cache/lease.rs`: the miss path: flight join, claim, waiting for another loader's
+//!     fill, load, the fenced fill, release;
+//!   - `cache/refresh.rs`: stale-while-revalidate, a refresh on its own task;
+//!   - `cache/guard.rs`: the outage policy: every store call bounded, the circuit breaker,
+//!     the backlog of invalidations that could not be sent and where it is replayed;
+//!   - `cache/value.rs`: values to entries and back (codec, envelope, freshness, jitter).
 //! - [`builder`]: [`CacheBuilder`], validated settings.
 //! - [`key`]: every Redis key is made here (namespacing, escaping).
-//! - [`codec`]: [`Codec`](codec::Codec) and the JSON default; `envelope`: format and schema version.
-//! - [`store`]: the [`Store`](store::Store) boundary (bytes, TTLs, leases, version stamps) with
-//!   [`RedisStore`](store::RedisStore), [`ClusterStore`](store::ClusterStore) (Redis Cluster),
-//!   [`MemoryStore`](store::MemoryStore) and [`TieredStore`](store::TieredStore) (an L1 in
-//!   front of Redis).
+//! - [`codec`]: [`Codec`](codec::Codec) and the JSON default; [`envelope`]: the envelope
+//!   around codec bytes (schema version, freshness).
+//! - [`store`]: the [`Store`](store::Store) boundary (bytes, TTLs, leases, version stamps):
+//!   - `store/memory.rs`: [`MemoryStore`](store::MemoryStore), in process;
+//!   - `store/redis.rs`: [`RedisStore`](store::RedisStore), standalone Redis;
+//!     `store/versions.rs`: its versions held in process, kept exact by client tracking;
+//!     `store/hints.rs`: the learnt tags of entries, so a read names them;
+//!   - `store/cluster/`: [`ClusterStore`](store::ClusterStore), Redis Cluster, with its
+//!     per-slot scripts (`scripts.rs`) and settings (`config.rs`);
+//!   - `store/tiered/`: [`TieredStore`](store::TieredStore), an L1 in front of Redis: the
+//!     store (`mod.rs`, where a copy is voided), its generation table (`generations.rs`),
+//!     the subscriber task that proves the bound (`subscriber.rs`), settings (`config.rs`);
+//!   - `store/record.rs`: the record format of the Redis stores and its parser;
+//!     `store/lua/`: their Lua scripts (`lua.rs` loads them), sharing one prelude;
+//!     `store/client.rs`: connection setup, call bounds, error mapping, URL redaction.
 //! - `flight`: in-process single-flight. `breaker`: circuit breaker. `backlog`: invalidations
 //!   kept during an outage. `metrics`: metric names. `deadline`: the bounds of store calls,
 //!   enforced by one process-wide thread (`aside-deadlines`, started when the first Redis

@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md C1). Every flag has an environment variable; a flag wins over
+//! The command line (documented in the README). Every flag has an environment variable; a flag wins over
 //! its variable.
 
 use clap::{Args, Parser, Subcommand};

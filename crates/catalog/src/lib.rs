@@ -1,7 +1,7 @@
-//! `catalog`: the product-catalog service of the seed (`ProductService`), over SQLite or
+//! `catalog`: a product-catalog service (a `ProductService`), over SQLite or
 //! PostgreSQL, cached with `aside` in process or in Redis.
 //!
-//! The HTTP contract is DESIGN.md C2 and the command line C1; the README documents both.
+//! The README documents the HTTP contract and the command line.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {

@@ -1,5 +1,5 @@
 //! The catalog's data: what the API returns and what it accepts, with the validation rules of
-//! the HTTP contract (DESIGN.md C2) in one place.
+//! the HTTP contract (see the README) in one place.
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Deserializer, Serialize};

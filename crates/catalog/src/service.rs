@@ -1,4 +1,4 @@
-//! [`Catalog`]: the seed's `ProductService`, cache-aside over [`Db`] with `aside`.
+//! [`Catalog`]: the product service, cache-aside over [`Db`] with `aside`.
 //!
 //! # Keys, TTLs, tags
 //! | entry | key | TTL | tags |
@@ -47,9 +47,9 @@ pub const LIST_PREFIX: &str = "products:list:";
 /// How long entries live.
 #[derive(Clone, Copy, Debug)]
 pub struct Ttls {
-    /// A product (the seed's 5 minutes).
+    /// A product (5 minutes).
     pub product: Duration,
-    /// A list page (the seed's 60 seconds).
+    /// A list page (60 seconds).
     pub list: Duration,
     /// A "not found".
     pub negative: Duration,

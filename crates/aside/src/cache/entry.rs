@@ -198,13 +198,13 @@ impl<'a, C: Codec> Entry<'a, C> {
     /// Reads the entry; on a miss runs `loader` (once per key across concurrent callers in
     /// this process, and once per key across processes while the lease holds), stores its
     /// outcome unless an invalidation of the key happened since the load began, and returns it
-    /// with its [`Status`]. `Ok(None)` from the loader is cached for the negative TTL.
+    /// with its [`Status`](crate::Status). `Ok(None)` from the loader is cached for the negative TTL.
     ///
     /// Past its TTL, within [`stale_while_revalidate`](Entry::stale_while_revalidate), the
-    /// old value is returned at once ([`Status::Stale`]) and the loader runs in the
+    /// old value is returned at once ([`Status::Stale`](crate::Status::Stale)) and the loader runs in the
     /// background, once per key (a refresh lease keeps other processes from running theirs
     /// too). Further past it, within [`stale_if_error`](Entry::stale_if_error), the loader
-    /// runs as on a miss, and if it fails the old value is returned ([`Status::Stale`])
+    /// runs as on a miss, and if it fails the old value is returned ([`Status::Stale`](crate::Status::Stale))
     /// instead of the error. An invalidated entry is never served, stale or not.
     ///
     /// The loader owns what it uses (`move` it in, with cloned handles), since a refresh

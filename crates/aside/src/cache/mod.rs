@@ -52,7 +52,7 @@ use std::time::Duration;
 /// Every store call is bounded by a timeout; repeated failures open a circuit breaker that
 /// skips the store for a cooldown. `get_or_load` then runs its loader, invalidations are kept
 /// and applied before the next read is served from the store, and `get`/`set` report
-/// [`Error::Backend`] so the caller can tell a miss from an outage.
+/// [`Error::Backend`](crate::Error::Backend) so the caller can tell a miss from an outage.
 pub struct Cache<C: Codec = Json> {
     inner: Arc<Inner<C>>,
 }
@@ -212,7 +212,7 @@ impl<C: Codec> Cache<C> {
     }
 
     /// Reads a value. `Ok(None)` is a miss (or a cached "not found"); an undecodable entry is a
-    /// miss too, and is removed. A store that cannot be reached is [`Error::Backend`].
+    /// miss too, and is removed. A store that cannot be reached is [`Error::Backend`](crate::Error::Backend).
     /// For an entry with tags, `cache.entry(key).tags(..).get()` saves a round trip on Redis.
     /// An entry past its TTL is returned while within the cache's stale-while-revalidate
     /// window (counted as stale; nothing refreshes it), and is a miss after.

@@ -41,7 +41,8 @@ impl Hints {
         }
     }
 
-    fn slot(&self, key: &EntryKey) -> Option<(u64, &RwLock<[Way; WAYS]>)> {
+    /// The hash of `key` and the set it belongs to (`None` when no hint is kept).
+    fn set_of(&self, key: &EntryKey) -> Option<(u64, &RwLock<[Way; WAYS]>)> {
         if self.sets.is_empty() {
             return None;
         }
@@ -53,7 +54,7 @@ impl Hints {
     /// Calls `f` with each stamp last learnt for `key`, under the set's read lock (so the
     /// shared hint is not reference-counted on every read); returns how many there were.
     pub(crate) fn each(&self, key: &EntryKey, mut f: impl FnMut(&str)) -> usize {
-        let Some((h, set)) = self.slot(key) else {
+        let Some((h, set)) = self.set_of(key) else {
             return 0;
         };
         let set = set.read().unwrap_or_else(|p| p.into_inner());
@@ -75,7 +76,7 @@ impl Hints {
     /// Remembers the stamps learnt for `key`, replacing its previous hint, or another key's
     /// if the set is full.
     pub(crate) fn insert(&self, key: &EntryKey, stamps: Arc<[String]>) {
-        let Some((h, set)) = self.slot(key) else {
+        let Some((h, set)) = self.set_of(key) else {
             return;
         };
         let mut set = set.write().unwrap_or_else(|p| p.into_inner());

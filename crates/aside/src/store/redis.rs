@@ -1,15 +1,15 @@
 //! The Redis store: redis-rs `ConnectionManager` and a handful of Lua scripts (`lua/`).
 //!
-//! Entries, leases and versions are written as [`record`](super::record) describes. A read
+//! Entries, leases and versions are written as `store::record` describes. A read
 //! is one `GET` of the entry, compared with the versions held in process and kept exact by
-//! client tracking (see [`versions`](super::versions)); where tracking is off or refused, one
+//! client tracking (see `store::versions`); where tracking is off or refused, one
 //! `MGET` of the entry and its version keys, read atomically.
 //!
 //! Every other operation is one Lua script, which sees the entry and its version keys at
 //! once: the claim writes the placeholder and reads the versions, the fill compares the
 //! lease and the versions and writes, the bump moves versions and the tag clock.
 //!
-//! Every call is bounded by the command timeout (see [`client`](super::client)). The
+//! Every call is bounded by the command timeout (see `store::client`). The
 //! connection is made lazily: a store can be built while Redis is down, and reconnects by
 //! itself.
 

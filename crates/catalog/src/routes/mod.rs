@@ -1,4 +1,4 @@
-//! The HTTP API (DESIGN.md C2). Handlers are thin: extract and validate, call the
+//! The HTTP API (documented in the README). Handlers are thin: extract and validate, call the
 //! [`Catalog`](crate::service::Catalog), shape the response.
 
 use crate::AppState;

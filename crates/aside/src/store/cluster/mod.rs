@@ -50,8 +50,12 @@
 //! without connecting; the first call connects (and each call after a failed attempt tries
 //! again), so a cache can be built while the cluster is down.
 
+mod config;
+mod scripts;
+
+pub use config::ClusterConfig;
+
 use super::client::{self, backend_error, int, ms, redact};
-use super::lua::{cluster, standalone, with_prelude};
 use super::record::{self, encode_record, parse_record, record_of, version_of};
 use super::{Claim, ClaimTerms, Kind, Lease, Lifetime, Lookup, Stamp, Store};
 use crate::error::{BuildError, StoreError};
@@ -59,144 +63,15 @@ use crate::key::{EntryKey, TagKey};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::{try_join, try_join_all};
+use redis::Value;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::Slot;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{
-    Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRedisArgs, Value,
-};
+use scripts::{Scripts, by_slot};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::OnceCell;
-
-/// How to reach a Redis Cluster.
-///
-/// ```
-/// let config = aside::store::ClusterConfig::new(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]);
-/// assert_eq!(config.urls.len(), 2);
-/// ```
-#[derive(Clone)]
-pub struct ClusterConfig {
-    /// Some nodes of the cluster (`redis://[user:password@]host:port`, or `rediss://` for
-    /// TLS); the others are discovered. Credentials and TLS are taken from the first.
-    pub urls: Vec<String>,
-    /// Upper bound of every call, from sending to reply, connecting included (default 250 ms).
-    pub command_timeout: Duration,
-    /// Upper bound of one connection attempt to one node (default 1 s).
-    pub connect_timeout: Duration,
-}
-
-impl fmt::Debug for ClusterConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClusterConfig")
-            .field(
-                "urls",
-                &self.urls.iter().map(|u| redact(u)).collect::<Vec<_>>(),
-            )
-            .field("command_timeout", &self.command_timeout)
-            .field("connect_timeout", &self.connect_timeout)
-            .finish()
-    }
-}
-
-impl ClusterConfig {
-    /// A configuration with the default timeouts.
-    pub fn new<S: Into<String>>(urls: impl IntoIterator<Item = S>) -> Self {
-        Self {
-            urls: urls.into_iter().map(Into::into).collect(),
-            command_timeout: Duration::from_millis(250),
-            connect_timeout: Duration::from_secs(1),
-        }
-    }
-}
-
-/// A script for the keys of one slot, run with `EVALSHA` and loaded on the node of that slot
-/// when the node does not know it yet. (redis-rs's `Script` loads it on every node at once,
-/// so one node that does not answer would keep the others from running it.)
-struct Lua {
-    code: String,
-    hash: String,
-}
-
-/// One run of a [`Lua`] script: its keys, then its arguments.
-struct Call<'a> {
-    lua: &'a Lua,
-    cmd: Cmd,
-    route: Route,
-}
-
-impl Lua {
-    fn new(code: String) -> Self {
-        let hash = Script::new(&code).get_hash().to_owned();
-        Self { code, hash }
-    }
-
-    fn checked(body: &str) -> Self {
-        Self::new(with_prelude(body))
-    }
-
-    /// A run on `keys`, which must share a slot.
-    fn on<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> Call<'_> {
-        let keys: Vec<&str> = keys.into_iter().collect();
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&self.hash).arg(keys.len()).arg(&keys);
-        let first = keys.first().copied().unwrap_or_default();
-        Call {
-            lua: self,
-            cmd,
-            route: Route::with_key(first, SlotAddr::Master),
-        }
-    }
-}
-
-impl Call<'_> {
-    fn arg(mut self, arg: impl ToRedisArgs) -> Self {
-        self.cmd.arg(arg);
-        self
-    }
-
-    async fn run<T: FromRedisValue>(self, conn: &ClusterConnection) -> RedisResult<T> {
-        let mut conn = conn.clone();
-        match self.cmd.query_async(&mut conn).await {
-            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                let mut load = redis::cmd("SCRIPT");
-                load.arg("LOAD").arg(&self.lua.code);
-                let node = SingleNodeRoutingInfo::SpecificNode(self.route);
-                conn.route_command(load, RoutingInfo::SingleNode(node))
-                    .await?;
-                self.cmd.query_async(&mut conn).await
-            }
-            r => r,
-        }
-    }
-}
-
-struct Scripts {
-    claim: Lua,
-    claim_refresh: Lua,
-    versions: Lua,
-    fill: Lua,
-    put: Lua,
-    release: Lua,
-    bump: Lua,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        Self {
-            claim: Lua::checked(cluster::CLAIM),
-            claim_refresh: Lua::checked(cluster::CLAIM_REFRESH),
-            versions: Lua::checked(cluster::VERSIONS),
-            fill: Lua::new(cluster::FILL.into()),
-            put: Lua::new(cluster::PUT.into()),
-            release: Lua::new(standalone::RELEASE.into()),
-            bump: Lua::new(standalone::BUMP.into()),
-        }
-    }
-}
 
 /// A [`Store`] on a Redis Cluster (TLS and ACL users through the URLs).
 ///
@@ -422,19 +297,6 @@ impl ClusterStore {
             .map_err(|e| self.error(e))?;
         Ok(())
     }
-}
-
-/// The indices of `keys` grouped by hash slot, in order of first appearance.
-fn by_slot(keys: &[&str]) -> Vec<Vec<usize>> {
-    let mut groups: Vec<(Slot, Vec<usize>)> = Vec::new();
-    for (i, k) in keys.iter().enumerate() {
-        let slot = Slot::for_key(k);
-        match groups.iter_mut().find(|(s, _)| *s == slot) {
-            Some((_, g)) => g.push(i),
-            None => groups.push((slot, vec![i])),
-        }
-    }
-    groups.into_iter().map(|(_, g)| g).collect()
 }
 
 #[async_trait]
@@ -762,15 +624,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_are_grouped_by_slot_in_order() {
-        let keys = ["a:t:x", "{a}:1", "a:t:y", "{a}:2"];
-        let groups = by_slot(&keys);
-        assert!(groups.contains(&vec![1, 3]), "{groups:?}");
-        assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 4);
-        assert_eq!(groups[0][0], 0);
-    }
-
-    #[test]
     fn unusable_urls_are_refused_without_showing_passwords() {
         let none = ClusterStore::new(&ClusterConfig::new(Vec::<String>::new()));
         assert!(matches!(none, Err(BuildError::RedisUrl(_))));
@@ -782,11 +635,5 @@ mod tests {
         }
         let ok = ClusterStore::new(&ClusterConfig::new(["redis://u:secret@h:1"])).unwrap();
         assert!(!format!("{ok:?}").contains("secret"));
-    }
-
-    #[test]
-    fn passwords_are_redacted_in_debug_output() {
-        let c = ClusterConfig::new(["redis://u:secret@h:1", "redis://u:secret@h:2"]);
-        assert!(!format!("{c:?}").contains("secret"));
     }
 }
