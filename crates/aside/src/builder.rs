@@ -385,6 +385,7 @@ impl<C: Codec> CacheBuilder<C> {
             clock: self.clock,
             backlog: Backlog::new(self.backlog),
             flush_lock: tokio::sync::Mutex::new(()),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 }

@@ -4,9 +4,24 @@
 //! wait for its outcome on a `watch` channel. If the leader is cancelled (its future dropped)
 //! the channel closes and the waiters start over, one of them becoming the new leader.
 //!
-//! Any invalidation made through this process bumps a generation counter: a flight that
-//! started before it is not joined by callers that come after it, so a read that follows an
-//! acknowledged write never receives a value loaded before that write.
+//! # Who may take a shared value
+//! A follower's read began when it joined. A value is not older than any write acknowledged
+//! before that moment if either
+//! - the leader began the observation that produced it (a store read, or its loader) after
+//!   the follower joined: every write acknowledged before then had committed, and had its
+//!   invalidation applied, before the observation began; or
+//! - it was stored by a fenced fill: the fill would have been refused had any write been
+//!   acknowledged (its invalidation applied) after the claim, and a write acknowledged before
+//!   the claim had committed before the load read the database.
+//!
+//! So the leader numbers its observations ([`Leader::observe`]), each follower notes the
+//! number when it joins, and every outcome says whom it is [`Fresh`] for; a follower that may
+//! not take it starts over (and usually leads the next flight). This holds whichever instance
+//! made the write: a write through another instance sharing the store is seen by the store
+//! read or refuses the fill, like one made here.
+//!
+//! Any invalidation made through this process also bumps a generation counter: a flight that
+//! started before it is not joined by callers that come after it.
 
 use crate::key::EntryKey;
 use bytes::Bytes;
@@ -29,9 +44,27 @@ pub(crate) enum Shared {
     Unshared,
 }
 
+/// Which followers an outcome is for (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fresh {
+    /// Every follower: a fill stored under the lease, or an outcome that is no value.
+    All,
+    /// Followers that joined before the leader's observation with this number began.
+    JoinedBefore(u64),
+}
+
+/// An outcome and whom it is for.
+#[derive(Clone)]
+struct Outcome {
+    shared: Shared,
+    fresh: Fresh,
+}
+
 struct Call {
     generation: u64,
-    tx: watch::Sender<Option<Shared>>,
+    tx: watch::Sender<Option<Outcome>>,
+    /// Observations the leader has begun.
+    observed: AtomicU64,
 }
 
 /// The set of loads in flight, by key.
@@ -44,7 +77,14 @@ pub(crate) struct Flights {
 
 pub(crate) enum Role<'a> {
     Leader(Leader<'a>),
-    Follower(watch::Receiver<Option<Shared>>),
+    Follower(Follower),
+}
+
+/// A caller waiting for a leader.
+pub(crate) struct Follower {
+    rx: watch::Receiver<Option<Outcome>>,
+    /// How many observations the leader had begun when this follower joined.
+    joined_at: u64,
 }
 
 /// The leader's handle: `finish` shares the outcome; dropping it unfinished lets waiters retry.
@@ -58,13 +98,22 @@ impl Flights {
     pub(crate) fn join(&self, key: &EntryKey) -> Role<'_> {
         let generation = self.generation.load(Ordering::SeqCst);
         let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        // A finished call is about to be unregistered: its outcome is not for newcomers.
         if let Some(call) = calls.get(key)
             && call.generation == generation
+            && call.tx.borrow().is_none()
         {
-            return Role::Follower(call.tx.subscribe());
+            return Role::Follower(Follower {
+                rx: call.tx.subscribe(),
+                joined_at: call.observed.load(Ordering::SeqCst),
+            });
         }
         let (tx, _) = watch::channel(None);
-        let call = Arc::new(Call { generation, tx });
+        let call = Arc::new(Call {
+            generation,
+            tx,
+            observed: AtomicU64::new(0),
+        });
         calls.insert(key.clone(), call.clone());
         Role::Leader(Leader {
             flights: self,
@@ -92,8 +141,15 @@ impl Flights {
 }
 
 impl Leader<'_> {
-    pub(crate) fn finish(self, outcome: Shared) {
-        self.call.tx.send_replace(Some(outcome));
+    /// Called right before an observation whose outcome may be shared (a store read, the
+    /// loader) begins; its number, for [`finish`](Leader::finish).
+    pub(crate) fn observe(&self) -> u64 {
+        self.call.observed.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Shares the outcome with the followers it is `fresh` for.
+    pub(crate) fn finish(self, shared: Shared, fresh: Fresh) {
+        self.call.tx.send_replace(Some(Outcome { shared, fresh }));
         // Drop runs next and unregisters the call.
     }
 }
@@ -110,11 +166,19 @@ impl Drop for Leader<'_> {
     }
 }
 
-/// Waits for the leader; `None` if it went away without an outcome.
-pub(crate) async fn wait(mut rx: watch::Receiver<Option<Shared>>) -> Option<Shared> {
-    match rx.wait_for(Option::is_some).await {
-        Ok(v) => v.clone(),
-        Err(_) => None,
+impl Follower {
+    /// Waits for the leader's outcome; `None` if it went away without one, or if its outcome
+    /// is not for this follower (the caller starts over).
+    pub(crate) async fn wait(mut self) -> Option<Shared> {
+        let outcome = match self.rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone()?,
+            Err(_) => return None,
+        };
+        match outcome.fresh {
+            Fresh::All => Some(outcome.shared),
+            Fresh::JoinedBefore(n) if self.joined_at < n => Some(outcome.shared),
+            Fresh::JoinedBefore(_) => None,
+        }
     }
 }
 
@@ -141,8 +205,8 @@ mod tests {
             "other keys fly alone"
         );
         assert!(f.running(&key("a")) && !f.running(&key("c")));
-        leader.finish(Shared::Value(Bytes::from_static(b"v")));
-        assert!(matches!(wait(rx).await, Some(Shared::Value(b)) if &b[..] == b"v"));
+        leader.finish(Shared::Value(Bytes::from_static(b"v")), Fresh::All);
+        assert!(matches!(rx.wait().await, Some(Shared::Value(b)) if &b[..] == b"v"));
         assert_eq!(f.len(), 0);
         assert!(!f.running(&key("a")));
     }
@@ -155,7 +219,7 @@ mod tests {
             panic!()
         };
         drop(leader);
-        assert!(wait(rx).await.is_none());
+        assert!(rx.wait().await.is_none());
         assert!(matches!(f.join(&key("a")), Role::Leader(_)));
     }
 
@@ -175,5 +239,53 @@ mod tests {
             "the old leader does not unregister the new flight"
         );
         drop(new);
+    }
+
+    #[tokio::test]
+    async fn a_value_observed_before_a_follower_joined_is_not_for_it() {
+        let f = Flights::default();
+        let Role::Leader(leader) = f.join(&key("a")) else {
+            panic!()
+        };
+        let Role::Follower(early) = f.join(&key("a")) else {
+            panic!()
+        };
+        let load = leader.observe();
+        let Role::Follower(late) = f.join(&key("a")) else {
+            panic!()
+        };
+        let v = || Shared::Value(Bytes::from_static(b"v"));
+        leader.finish(v(), Fresh::JoinedBefore(load));
+        assert!(early.wait().await.is_some(), "joined before the load began");
+        assert!(late.wait().await.is_none(), "joined after: starts over");
+    }
+
+    #[tokio::test]
+    async fn a_stored_fill_is_for_every_follower() {
+        let f = Flights::default();
+        let Role::Leader(leader) = f.join(&key("a")) else {
+            panic!()
+        };
+        leader.observe();
+        let Role::Follower(late) = f.join(&key("a")) else {
+            panic!()
+        };
+        leader.finish(Shared::Absent, Fresh::All);
+        assert!(matches!(late.wait().await, Some(Shared::Absent)));
+    }
+
+    #[tokio::test]
+    async fn a_finished_flight_is_not_joined() {
+        let f = Flights::default();
+        let Role::Leader(leader) = f.join(&key("a")) else {
+            panic!()
+        };
+        // Finished, not yet unregistered (as between `finish` and the leader's drop).
+        leader.call.tx.send_replace(Some(Outcome {
+            shared: Shared::Absent,
+            fresh: Fresh::All,
+        }));
+        assert!(matches!(f.join(&key("a")), Role::Leader(_)));
+        drop(leader);
     }
 }

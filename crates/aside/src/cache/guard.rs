@@ -7,10 +7,15 @@
 //! - An invalidation that could not be sent is kept in the backlog (bounded, deduplicated;
 //!   past its capacity it becomes one bump of the namespace epoch) and the call reports
 //!   [`Invalidation::Queued`]; it never fails.
+//! - The backlog is replayed by the engine, not by the next request: a task of its own
+//!   retries it in the background (backoff from 20 ms to 500 ms, with jitter; the breaker
+//!   lets a probe through once per cooldown) until the store takes it, so an instance that
+//!   receives no further request still applies what it acknowledged. [`Cache::flush`] waits
+//!   for it, for graceful shutdown.
 //! - Before anything is read from the store (a read, a claim), [`Cache::ready`] replays the
-//!   backlog: a read is served from the store only once every invalidation kept has been
+//!   backlog too: a read is served from the store only once every invalidation kept has been
 //!   applied, so an entry that an acknowledged write invalidated is never served after the
-//!   store comes back.
+//!   store comes back; and nothing is filled while the backlog is not empty (`lease`).
 
 use super::{Cache, Invalidation};
 use crate::codec::Codec;
@@ -18,8 +23,13 @@ use crate::error::StoreError;
 use crate::key::{EntryKey, TagKey};
 use crate::metrics::Op;
 use crate::store::Lookup;
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 use tracing::{debug, warn};
+
+/// The first and the longest pause between two background replays of the backlog.
+const DRAIN_PAUSE: (Duration, Duration) = (Duration::from_millis(20), Duration::from_millis(500));
 
 impl<C: Codec> Cache<C> {
     /// One store call: skipped while the breaker is open, timed, counted.
@@ -141,9 +151,63 @@ impl<C: Codec> Cache<C> {
                 // Try right away: a store that answers again gets the whole backlog now.
                 match self.ready().await {
                     Ok(()) => Invalidation::Applied,
-                    Err(_) => Invalidation::Queued,
+                    Err(_) => {
+                        self.drain_in_background();
+                        Invalidation::Queued
+                    }
                 }
             }
+        }
+    }
+
+    /// Starts the task that replays the backlog until it is empty, unless one runs. It holds
+    /// the cache weakly: a cache dropped meanwhile ends it.
+    fn drain_in_background(&self) {
+        if self.inner.draining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.inner.draining.store(false, Ordering::Release);
+            return;
+        };
+        let weak: Weak<_> = Arc::downgrade(&self.inner);
+        rt.spawn(async move {
+            let mut pause = DRAIN_PAUSE.0;
+            loop {
+                tokio::time::sleep(pause.mul_f64(0.5 + rand::random::<f64>() / 2.0)).await;
+                pause = (pause * 2).min(DRAIN_PAUSE.1);
+                let Some(inner) = weak.upgrade() else { return };
+                let cache = Cache { inner };
+                if cache.ready().await.is_err() {
+                    continue;
+                }
+                debug!("kept invalidations replayed in the background");
+                // Done, unless more came in after the replay and their pusher saw this task
+                // still running.
+                cache.inner.draining.store(false, Ordering::Release);
+                if cache.inner.backlog.is_empty()
+                    || cache.inner.draining.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// See [`Cache::flush`].
+    pub(super) async fn flush_within(&self, within: Duration) -> Invalidation {
+        let deadline = Instant::now() + within;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            if self.ready().await.is_ok() {
+                return Invalidation::Applied;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Invalidation::Queued;
+            }
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
         }
     }
 }

@@ -12,7 +12,16 @@
 //!    moved since the claim (the store checks both, atomically): any invalidation during the
 //!    load refuses the fill, so an old value is never written after a newer write (no stale
 //!    sets). The caller gets its value either way.
-//! 5. **Release.** A load that failed gives its lease back so others need not wait for it.
+//! 5. **Release.** A load that failed gives its lease back so others need not wait for it;
+//!    so does a fetch whose future is dropped while it holds the lease (the caller went away,
+//!    or timed out): the lease is given back in the background.
+//!
+//! Nothing is filled while this instance still holds invalidations it could not send (see
+//! `guard`): the store would not know yet that the value may be older than a write.
+//!
+//! Callers that joined the flight take its value only when it is not older than their own
+//! read's start (see `crate::flight`): a value read or loaded before they joined reaches them
+//! only if its fill was stored; otherwise they start over.
 //!
 //! An expired entry still in the store is refreshed in place (a refresh lease) when possible,
 //! so it stays readable for other processes while it is reloaded.
@@ -23,10 +32,10 @@ use super::{Cache, Fetched, Status, Tagged};
 use crate::codec::Codec;
 use crate::envelope::{self, Body};
 use crate::error::{Error, LoadError, Result, StoreError};
-use crate::flight::{self, Role, Shared};
+use crate::flight::{self, Fresh, Role, Shared};
 use crate::key::{EntryKey, TagKey};
 use crate::metrics::Op;
-use crate::store::{Claim, Lease, Lifetime, Lookup};
+use crate::store::{Claim, Lease, Lifetime, Lookup, Store};
 use bytes::Bytes;
 use serde::Serialize;
 use std::any::Any;
@@ -51,8 +60,8 @@ pub(super) struct Miss<'a, C: Codec, T, M: Mode<T>> {
 
 /// What waiting for another process's fill came to.
 enum Waited {
-    /// The entry it wrote.
-    Filled(Bytes),
+    /// The entry it wrote, read by the leader's observation with this number.
+    Filled(Bytes, u64),
     /// The lease went away without a fill: claim again.
     Vacant,
     /// Still not filled after `lease_wait` (or the store failed): load without it.
@@ -97,7 +106,7 @@ where
         for _ in 0..4 {
             let leader = match inner.flights.join(&k) {
                 Role::Leader(l) => l,
-                Role::Follower(rx) => match flight::wait(rx).await {
+                Role::Follower(follower) => match follower.wait().await {
                     Some(Shared::Value(p)) => match cache.decode_as::<T, M>(&k, &p).await {
                         Some((d, _)) => return Ok(loaded(d)),
                         None => continue,
@@ -138,6 +147,7 @@ where
                     return cache.load::<T, M, E, F, Fut>(&k, load, loader).await;
                 }
             }
+            let seen = leader.observe();
             let claim = match ready {
                 Ok(()) => {
                     let clock = inner.ns.clock();
@@ -147,25 +157,26 @@ where
                 Err(e) => Err(e),
             };
             // An entry found while claiming (filled meanwhile, or by the lease holder we
-            // waited for) is shared with this flight's followers as is.
+            // waited for) is shared with the followers that joined before it was read.
             let (found, lease) = match claim {
-                Ok(Claim::Hit(p)) => (Some((p, Status::Hit)), None),
-                Ok(Claim::Pending) => match cache.wait_for_fill(&k, &stamps).await {
-                    Waited::Filled(p) => (Some((p, Status::Miss)), None),
+                Ok(Claim::Hit(p)) => (Some((p, Status::Hit, seen)), None),
+                Ok(Claim::Pending) => match cache.wait_for_fill(&k, &stamps, &leader).await {
+                    Waited::Filled(p, seen) => (Some((p, Status::Miss, seen)), None),
                     Waited::Vacant => continue,
                     Waited::TimedOut => (None, None),
                 },
                 Ok(Claim::Granted(lease)) => (None, Some(lease)),
                 Err(_) => (None, None),
             };
-            if let Some((p, status)) = found {
+            if let Some((p, status, seen)) = found {
                 let Some((d, fresh_until)) = cache.decode_as::<T, M>(&k, &p).await else {
                     continue;
                 };
-                leader.finish(match &d {
+                let shared = match &d {
                     Decoded::Value(_) => Shared::Value(p),
                     Decoded::Absent => Shared::Absent,
-                });
+                };
+                leader.finish(shared, Fresh::JoinedBefore(seen));
                 // Still past its freshness: another process holds its refresh lease.
                 let status = match cache.age(fresh_until, Duration::ZERO, Duration::ZERO) {
                     super::entry::Age::Fresh => status,
@@ -235,8 +246,13 @@ where
 
 impl<C: Codec> Cache<C> {
     /// Polls a key another process holds the lease of, until it is filled, the lease goes
-    /// away, or `lease_wait` has passed.
-    async fn wait_for_fill(&self, k: &EntryKey, stamps: &[TagKey]) -> Waited {
+    /// away, or `lease_wait` has passed. Each poll is an observation of `leader`'s.
+    async fn wait_for_fill(
+        &self,
+        k: &EntryKey,
+        stamps: &[TagKey],
+        leader: &flight::Leader<'_>,
+    ) -> Waited {
         let deadline = Instant::now() + self.inner.settings.lease_wait;
         let mut pause = Duration::from_millis(2);
         loop {
@@ -246,8 +262,9 @@ impl<C: Codec> Cache<C> {
             }
             tokio::time::sleep(pause.min(left)).await;
             pause = (pause * 2).min(Duration::from_millis(50));
+            let seen = leader.observe();
             match self.read(k, stamps).await {
-                Ok(Lookup::Hit(p)) => return Waited::Filled(p),
+                Ok(Lookup::Hit(p)) => return Waited::Filled(p, seen),
                 Ok(Lookup::Pending) => {}
                 Ok(Lookup::Miss | Lookup::Corrupt) => return Waited::Vacant,
                 Err(_) => return Waited::TimedOut,
@@ -268,11 +285,11 @@ impl<C: Codec> Cache<C> {
         Ok(keys)
     }
 
-    /// Gives a lease back (the load failed or its value cannot be stored).
-    async fn release(&self, k: &EntryKey, lease: Option<&Lease>) {
-        if let Some(lease) = lease {
+    /// Gives a lease back now (the load failed or its value cannot be stored).
+    async fn release(&self, k: &EntryKey, held: &mut Held) {
+        if let Some(lease) = held.lease.take() {
             let _ = self
-                .call(Op::Release, self.inner.store.release(k, lease))
+                .call(Op::Release, self.inner.store.release(k, &lease))
                 .await;
         }
     }
@@ -299,11 +316,18 @@ impl<C: Codec> Cache<C> {
             fallback,
         } = load;
         let inner = &self.inner;
+        let mut held = Held {
+            store: inner.store.clone(),
+            key: k.clone(),
+            lease,
+        };
+        let began = leader.observe();
         let Tagged { value, tags } = match run_loader(self, loader).await {
             Ok(v) => v,
             Err(LoadError::Loader(e)) => {
-                self.release(k, lease.as_ref()).await;
-                leader.finish(Shared::Failed(e.clone() as Arc<dyn Any + Send + Sync>));
+                self.release(k, &mut held).await;
+                let failed = Shared::Failed(e.clone() as Arc<dyn Any + Send + Sync>);
+                leader.finish(failed, Fresh::All);
                 if let Some(d) = fallback {
                     inner.metrics.stale.increment(1);
                     warn!(key = %k, "loader failed; serving the stale value");
@@ -313,11 +337,11 @@ impl<C: Codec> Cache<C> {
             }
             Err(e) => return Err(e),
         };
-        let learnt = match self.learnt_tags(tags, lease.as_ref()) {
+        let learnt = match self.learnt_tags(tags, held.lease.as_ref()) {
             Ok(learnt) => learnt,
             Err(e) => {
-                self.release(k, lease.as_ref()).await;
-                leader.finish(Shared::Unshared);
+                self.release(k, &mut held).await;
+                leader.finish(Shared::Unshared, Fresh::All);
                 return Err(LoadError::Cache(e));
             }
         };
@@ -339,8 +363,8 @@ impl<C: Codec> Cache<C> {
                 Err(e) => {
                     warn!(key = %k, error = %e, "loaded value could not be encoded; not cached");
                     if M::ENCODED {
-                        self.release(k, lease.as_ref()).await;
-                        leader.finish(Shared::Unshared);
+                        self.release(k, &mut held).await;
+                        leader.finish(Shared::Unshared, Fresh::All);
                         return Err(LoadError::Cache(e));
                     }
                     (None, Shared::Unshared)
@@ -351,28 +375,72 @@ impl<C: Codec> Cache<C> {
                 Shared::Absent,
             ),
         };
-        if let Some(lease) = &lease {
-            match payload {
-                Some(p) => {
-                    let life = Lifetime::new(ttl, inner.settings.lease);
-                    let fill = inner.store.fill(k, lease, &learnt, p, life);
-                    match self.call(Op::Fill, fill).await {
-                        Ok(true) => {}
-                        Ok(false) => {
+        let stored = match (&held.lease, payload) {
+            (Some(_), None) => {
+                self.release(k, &mut held).await;
+                false
+            }
+            (Some(_), Some(_)) if !inner.backlog.is_empty() => {
+                // Invalidations this instance could not send yet may concern this value.
+                self.release(k, &mut held).await;
+                inner.metrics.fills_refused.increment(1);
+                debug!(key = %k, "fill not attempted: invalidations are still queued");
+                false
+            }
+            (Some(lease), Some(p)) => {
+                let life = Lifetime::new(ttl, inner.settings.lease);
+                let fill = inner.store.fill(k, lease, &learnt, p, life);
+                match self.call(Op::Fill, fill).await {
+                    Ok(written) => {
+                        // Filled, or refused (the store dropped the placeholder): either way
+                        // there is no lease left to give back.
+                        held.lease = None;
+                        if !written {
                             inner.metrics.fills_refused.increment(1);
                             debug!(key = %k, "fill refused: the key was invalidated during the load");
                         }
-                        Err(_) => {}
+                        written
                     }
+                    // Unknown outcome: `held` gives the lease back (a no-op if it was filled).
+                    Err(_) => false,
                 }
-                None => self.release(k, Some(lease)).await,
             }
-        }
+            (None, _) => false,
+        };
         // Shared after the fill, so callers arriving now find the entry instead of a lease.
-        leader.finish(shared);
+        let fresh = if stored {
+            Fresh::All
+        } else {
+            Fresh::JoinedBefore(began)
+        };
+        leader.finish(shared, fresh);
         Ok(Fetched {
             value: value.map(|v| M::loaded(v, body)),
             status: Status::Miss,
         })
+    }
+}
+
+/// A lease held by a load: given back on drop unless it was filled or released, so that a
+/// fetch whose future is dropped mid-load (its caller gone, or timed out) does not make other
+/// instances wait `lease_wait` for a lease nobody will fill. The release runs on a task of its
+/// own (bounded like every store call); outside a runtime the lease lapses by itself.
+struct Held {
+    store: Arc<dyn Store>,
+    key: EntryKey,
+    lease: Option<Lease>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (store, key) = (self.store.clone(), self.key.clone());
+            rt.spawn(async move {
+                let _ = store.release(&key, &lease).await;
+            });
+        }
     }
 }

@@ -94,6 +94,8 @@ pub(crate) struct Inner<C> {
     pub(crate) breaker: Breaker,
     pub(crate) backlog: Backlog,
     pub(crate) flush_lock: tokio::sync::Mutex<()>,
+    /// Whether a task is replaying the backlog in the background.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
     pub(crate) metrics: Metrics,
     pub(crate) clock: Arc<dyn Clock>,
 }
@@ -338,6 +340,23 @@ impl<C: Codec> Cache<C> {
             breaker_open: self.inner.breaker.is_open(),
             pending_invalidations: self.inner.backlog.len(),
         }
+    }
+
+    /// Applies the invalidations kept while the store did not answer, retrying (with a short
+    /// backoff) until the store takes them or `within` has passed; [`Invalidation::Applied`]
+    /// if none is left. Call it on graceful shutdown, so that what this instance could not
+    /// send is not lost with it. (Kept invalidations are also replayed in the background, on
+    /// their own, as soon as the store answers again; this waits for that.)
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let cache = aside::Cache::builder().build().unwrap();
+    /// let left = cache.flush(std::time::Duration::from_secs(2)).await;
+    /// assert_eq!(left, aside::Invalidation::Applied);
+    /// # });
+    /// ```
+    pub async fn flush(&self, within: Duration) -> Invalidation {
+        self.flush_within(within).await
     }
 
     /// Asks the store whether it answers (bounded by the command timeout), applying any
