@@ -2,8 +2,6 @@
 //! per test on 127.0.0.1:5432).
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use catalog::db::{self, DbError, Options, Repository, seed_product};
 use catalog::model::{Id, NewProduct, ProductPatch, now};
 use std::sync::Arc;
@@ -42,7 +40,7 @@ async fn sqlite() -> Fixture {
 }
 
 async fn postgres() -> Fixture {
-    let pg = support::TestPostgres::new().await;
+    let pg = testkit::TestPostgres::new().await;
     let repo = db::connect(&pg.url, &Options::default()).await.unwrap();
     repo.migrate().await.unwrap();
     assert!(repo.seed(25).await.unwrap());
@@ -289,7 +287,7 @@ async fn unsupported_urls_are_refused() {
 
 #[tokio::test]
 async fn postgres_seeds_a_thousand_in_one_go() {
-    let pg = support::TestPostgres::new().await;
+    let pg = testkit::TestPostgres::new().await;
     let repo = db::connect(&pg.url, &Options::default()).await.unwrap();
     repo.migrate().await.unwrap();
     repo.migrate().await.unwrap(); // idempotent
