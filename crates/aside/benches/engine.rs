@@ -3,9 +3,6 @@
 //! (against the seed's `KEYS` + `DEL`). `cargo bench -p aside --bench engine`.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -23,7 +20,7 @@ fn miss_and_fill(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let redis = support::TestRedis::start();
+    let redis = testkit::TestRedis::start();
     let (cache, raw) = rt.block_on(async {
         let cache = aside::Cache::builder()
             .namespace("bench")
@@ -83,7 +80,7 @@ fn stampede(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let redis = support::TestRedis::start();
+    let redis = testkit::TestRedis::start();
     let cache = rt.block_on(async {
         aside::Cache::builder()
             .namespace("bench")
@@ -139,7 +136,7 @@ fn invalidation(c: &mut Criterion) {
     let mut g = c.benchmark_group("invalidation");
     g.sample_size(20).measurement_time(Duration::from_secs(3));
     for keys in [0u64, 1_000_000] {
-        let redis = support::TestRedis::start_with(&["--enable-debug-command", "yes"]);
+        let redis = testkit::TestRedis::start_with(&["--enable-debug-command", "yes"]);
         let (cache, raw) = rt.block_on(async {
             let cache = aside::Cache::builder()
                 .namespace("bench")

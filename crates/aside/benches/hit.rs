@@ -2,9 +2,6 @@
 //! the same (private) server, and the in-process store. `cargo bench -p aside --bench hit`.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
 use std::hint::black_box;
@@ -48,7 +45,7 @@ fn hit_path(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let redis = support::TestRedis::start();
+    let redis = testkit::TestRedis::start();
     let (cache, memory, mut raw) = rt.block_on(async {
         let cache = aside::Cache::builder()
             .namespace("bench")

@@ -5,8 +5,6 @@
 //! namespace).
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use aside::clock::MockClock;
 use aside::store::{L1Config, MemoryStore, RedisConfig, TieredStore};
 use aside::{Cache, CacheBuilder, Error, Invalidation, LoadError, Status, Tagged};
@@ -15,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use support::{TestCluster, TestRedis, eventually};
+use testkit::{TestCluster, TestRedis, counters, eventually};
 use tokio::sync::{Barrier, oneshot};
 
 enum Backend {
@@ -360,7 +358,7 @@ async fn loader_errors_are_shared_and_not_cached(fx: Fx) {
                 // arrive after the error. (A snapshot takes the counts since the last one.)
                 let mut misses = 0;
                 loop {
-                    misses += support::outage::counter(&snap, "aside_misses_total");
+                    misses += counters(&snap)("aside_misses_total");
                     if misses >= 20 {
                         break;
                     }
@@ -1022,7 +1020,7 @@ async fn stale_values_are_served_when_the_loader_fails(fx: Fx) {
     let e = c.entry("k").fetch(failing()).await;
     assert!(matches!(e, Err(LoadError::Loader(_))), "{e:?}");
     assert_eq!(
-        counter(&snapshotter, "aside_stale_total"),
+        counters(&snapshotter)("aside_stale_total"),
         1,
         "stale values served are counted"
     );
@@ -1065,19 +1063,6 @@ async fn invalidated_entries_are_never_served_stale(fx: Fx) {
     }
 }
 
-fn counter(snapshotter: &metrics_util::debugging::Snapshotter, name: &str) -> u64 {
-    snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(k, ..)| k.key().name() == name)
-        .map(|(.., v)| match v {
-            metrics_util::debugging::DebugValue::Counter(n) => n,
-            _ => 0,
-        })
-        .sum()
-}
-
 async fn a_refresh_older_than_an_invalidation_is_not_written(fx: Fx, how: &str) {
     let recorder = metrics_util::debugging::DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
@@ -1111,7 +1096,7 @@ async fn a_refresh_older_than_an_invalidation_is_not_written(fx: Fx, how: &str) 
     }
     gate.add_permits(1);
     let refused = eventually(Duration::from_secs(5), || async {
-        counter(&snapshotter, "aside_fills_refused_total") == 1
+        counters(&snapshotter)("aside_fills_refused_total") == 1
     })
     .await;
     let expected = if how == "del" { None } else { Some(100) };

@@ -3,12 +3,11 @@
 //! `behaviour.rs` (`cluster_store`).
 #![allow(clippy::unwrap_used)]
 
-mod support;
+mod outage;
 
 use aside::{Cache, CacheBuilder, Invalidation};
 use std::time::{Duration, Instant};
-use support::outage;
-use support::{TestCluster, eventually, free_port};
+use testkit::{Node, TestCluster, eventually, free_port};
 
 type Never = std::convert::Infallible;
 
@@ -93,8 +92,7 @@ async fn a_killed_node_costs_callers_a_bounded_time() {
     });
     // The node of the entry: the others still answer, but the entry's slot is gone.
     let node = c.node_of("t:e:{k}");
-    outage::a_killed_server_costs_callers_nothing(&cache, &snap, &mut outage::Node(&mut c, node))
-        .await;
+    outage::a_killed_server_costs_callers_nothing(&cache, &snap, &mut Node(&mut c, node)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

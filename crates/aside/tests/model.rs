@@ -3,8 +3,6 @@
 //! another reads (so every read depends on what Redis told the reader about the writes).
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use aside::Cache;
 use proptest::prelude::*;
 use std::collections::{BTreeSet, HashMap};
@@ -93,7 +91,7 @@ static NS: AtomicUsize = AtomicUsize::new(0);
 
 #[test]
 fn redis_store_matches_the_model() {
-    let redis = support::TestRedis::start();
+    let redis = testkit::TestRedis::start();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -120,7 +118,7 @@ fn redis_store_matches_the_model() {
 /// tracking connection is up) and every invalidation reaches it as a message from Redis.
 #[test]
 fn redis_store_with_versions_held_matches_the_model() {
-    let redis = support::TestRedis::start();
+    let redis = testkit::TestRedis::start();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -144,7 +142,7 @@ fn redis_store_with_versions_held_matches_the_model() {
             list.contains("flags=t")
         };
         assert!(
-            support::eventually(std::time::Duration::from_secs(5), tracking).await,
+            testkit::eventually(std::time::Duration::from_secs(5), tracking).await,
             "the reader's tracking connection comes up"
         );
         (writer, reader)

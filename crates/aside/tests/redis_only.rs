@@ -2,14 +2,13 @@
 //! raw corrupt bytes, and what the engine sends to Redis.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+mod outage;
 
 use aside::store::RedisConfig;
 use aside::{Cache, CacheBuilder, Invalidation, LoadError};
 use std::sync::Arc;
 use std::time::Duration;
-use support::outage::{self, counter};
-use support::{TestRedis, eventually, free_port};
+use testkit::{TestRedis, counters, eventually, free_port};
 
 type Never = std::convert::Infallible;
 
@@ -138,7 +137,7 @@ async fn corrupt_bytes_are_a_miss_removed_and_counted() {
         );
     }
     assert_eq!(
-        counter(&snap, "aside_corrupt_total"),
+        counters(&snap)("aside_corrupt_total"),
         4,
         "every corrupt entry is counted"
     );
@@ -548,20 +547,6 @@ async fn reads_of_entries_with_learnt_tags_take_one_round_trip() {
         None,
         "and the learnt tag is still checked"
     );
-}
-
-/// The counters of `snap` added since it was last looked at, by name (one snapshot).
-fn counters(snap: &metrics_util::debugging::Snapshotter) -> impl Fn(&str) -> u64 + use<> {
-    let all: Vec<(String, u64)> = snap
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter_map(|(k, _, _, v)| match v {
-            metrics_util::debugging::DebugValue::Counter(n) => Some((k.key().name().to_owned(), n)),
-            _ => None,
-        })
-        .collect();
-    move |name| all.iter().filter(|(k, _)| k == name).map(|(_, n)| n).sum()
 }
 
 /// Whether a client of `r` has key tracking on (the store's version connection).

@@ -2,15 +2,13 @@
 //! saves, and what it does when its invalidation channel is not live.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use aside::store::{L1Config, Lookup, RedisConfig, RedisStore, Store, TieredStore};
 use aside::{Cache, CacheBuilder};
 use async_trait::async_trait;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{TestRedis, eventually};
+use testkit::{TestRedis, eventually};
 use tokio::sync::{Mutex, oneshot};
 
 const NS: &str = "shop";

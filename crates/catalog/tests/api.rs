@@ -3,8 +3,6 @@
 //! DESIGN.md C2.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
@@ -19,7 +17,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-use support::eventually;
+use testkit::eventually;
 use tower::ServiceExt;
 
 async fn state_with(args: &[&str]) -> AppState {

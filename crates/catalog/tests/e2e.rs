@@ -8,7 +8,8 @@ use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{Service, TestCluster, TestPostgres, TestRedis, db_queries, eventually};
+use support::Service;
+use testkit::{TestCluster, TestPostgres, TestRedis, eventually, metric_sum};
 
 struct Stack {
     svc: Service,
@@ -85,7 +86,7 @@ async fn queries(http: &Client, svc: &Service) -> u64 {
         .text()
         .await
         .unwrap();
-    db_queries(&text)
+    metric_sum(&text, "catalog_db_queries_total") as u64
 }
 
 impl Stack {
@@ -462,14 +463,6 @@ async fn two_instances_sharing_redis_see_each_others_writes_at_once() {
     );
 }
 
-/// The value of a counter in a `/metrics` body (summed over its labels).
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn metrics_of(http: &Client, svc: &Service) -> String {
     http.get(svc.url("/metrics"))
         .send()
@@ -528,13 +521,13 @@ async fn with_l1_a_write_on_one_instance_is_seen_by_another_within_the_bound() {
         b.url("/products/p25"),
         b.url("/products?limit=50"),
     );
-    let l1_hits = metric(&metrics_of(http, &b).await, "aside_l1_hits_total");
+    let l1_hits = metric_sum(&metrics_of(http, &b).await, "aside_l1_hits_total");
     for _ in 0..3 {
         for url in [&p5, &p25, &list] {
             assert_eq!(get(http, url).await.status, StatusCode::OK);
         }
     }
-    let served = metric(&metrics_of(http, &b).await, "aside_l1_hits_total") - l1_hits;
+    let served = metric_sum(&metrics_of(http, &b).await, "aside_l1_hits_total") - l1_hits;
     assert!(served > 0.0, "b's L1 served nothing");
 
     let mut took = Vec::new();

@@ -2,8 +2,6 @@
 //! per test on 127.0.0.1:5432).
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use catalog::db::{self, DbError, Options, Repository, seed_product};
 use catalog::model::{Id, NewProduct, ProductPatch, now};
 use sqlx::{Connection, Executor};
@@ -48,7 +46,7 @@ async fn sqlite() -> Fixture {
 }
 
 async fn postgres() -> Fixture {
-    let pg = support::TestPostgres::new().await;
+    let pg = testkit::TestPostgres::new().await;
     let repo = db::connect(&pg.url, &Options::default()).await.unwrap();
     repo.migrate().await.unwrap();
     assert!(repo.seed(25).await.unwrap());
@@ -311,7 +309,7 @@ async fn sqlite_seeds_a_thousand_in_one_go() {
 
 #[tokio::test]
 async fn postgres_seeds_a_thousand_in_one_go() {
-    let pg = support::TestPostgres::new().await;
+    let pg = testkit::TestPostgres::new().await;
     seed_in_batches(&pg.url).await;
 }
 
@@ -344,7 +342,7 @@ async fn sqlite_concurrent_seeds_write_once() {
 
 #[tokio::test]
 async fn postgres_concurrent_seeds_write_once() {
-    let pg = support::TestPostgres::new().await;
+    let pg = testkit::TestPostgres::new().await;
     concurrent_seeds_write_once(&pg.url).await;
 }
 
@@ -374,7 +372,7 @@ async fn sqlite_busy_is_unavailable() {
 
 #[tokio::test]
 async fn postgres_terminated_connection_is_unavailable() {
-    let pg = support::TestPostgres::new().await;
+    let pg = testkit::TestPostgres::new().await;
     let repo = db::connect(&pg.url, &Options::default()).await.unwrap();
     repo.migrate().await.unwrap();
     assert!(repo.seed(3).await.unwrap());

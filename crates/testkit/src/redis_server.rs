@@ -1,30 +1,20 @@
-//! Test support: a private `redis-server` on a random port, or a private three-node Redis
-//! Cluster, killed on drop.
-#![allow(dead_code, clippy::unwrap_used)]
+//! Private `redis-server`s and Redis Clusters, killed on drop.
 
-pub mod outage;
-
-use std::net::TcpListener;
+use crate::free_port;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-/// A `redis-server` of our own (never the shared one), in a temporary directory.
+/// A `redis-server` of our own (never the shared one), in a temporary directory, killed on
+/// drop.
 pub struct TestRedis {
     child: Option<Child>,
+    /// The port it listens on (its TLS port for a TLS-only server).
     pub port: u16,
     dir: tempfile::TempDir,
     extra: Vec<String>,
     tls: bool,
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl TestRedis {
@@ -134,6 +124,8 @@ impl TestRedis {
         }
     }
 
+    /// Its URL: `redis://127.0.0.1:PORT/`, or `rediss://...#insecure` for a TLS server (the
+    /// certificate is self-signed).
     pub fn url(&self) -> String {
         if self.tls {
             format!("rediss://127.0.0.1:{}/#insecure", self.port)
@@ -202,6 +194,7 @@ impl Drop for TestRedis {
 
 /// Three `redis-server` masters in cluster mode on loopback, holding every slot between them.
 pub struct TestCluster {
+    /// The three nodes, each a master.
     pub nodes: Vec<TestRedis>,
     /// What `redis-cli` needs to log in (`--user`, `--pass`), if the nodes require it.
     login: Vec<String>,
@@ -308,6 +301,7 @@ impl TestCluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The URLs of the nodes.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(TestRedis::url).collect()
     }
@@ -389,20 +383,33 @@ impl TestCluster {
     }
 }
 
-/// Polls `cond` every few milliseconds until it holds, for at most `limit`.
-pub async fn eventually<F, Fut>(limit: Duration, mut cond: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+/// A server a test can kill and start again, so that one outage scenario runs on a standalone
+/// Redis and on one node of a cluster.
+pub trait Server {
+    /// Kills it (SIGKILL) and waits for the process to go.
+    fn kill(&mut self);
+    /// Starts it again where it was.
+    fn restart(&mut self);
+}
+
+impl Server for TestRedis {
+    fn kill(&mut self) {
+        TestRedis::kill(self)
+    }
+    fn restart(&mut self) {
+        TestRedis::restart(self)
+    }
+}
+
+/// Node `.1` (an index in `nodes`) of cluster `.0`. It keeps its slots across a restart: its
+/// cluster config survives in its directory.
+pub struct Node<'a>(pub &'a mut TestCluster, pub usize);
+
+impl Server for Node<'_> {
+    fn kill(&mut self) {
+        self.0.nodes[self.1].kill()
+    }
+    fn restart(&mut self) {
+        self.0.nodes[self.1].restart()
     }
 }

@@ -1,53 +1,13 @@
 //! The killed-server scenario, run on a standalone Redis and on one node of a cluster.
 
-use super::{TestCluster, TestRedis, eventually};
 use aside::{Cache, Invalidation};
-use metrics_util::debugging::{DebugValue, Snapshotter};
+use metrics_util::debugging::Snapshotter;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use testkit::{Server, counters, eventually};
 
 type Never = std::convert::Infallible;
-
-/// A server a test can kill and start again.
-pub trait Server {
-    fn kill(&mut self);
-    fn restart(&mut self);
-}
-
-impl Server for TestRedis {
-    fn kill(&mut self) {
-        TestRedis::kill(self)
-    }
-    fn restart(&mut self) {
-        TestRedis::restart(self)
-    }
-}
-
-/// One node of a cluster (it keeps its slots across a restart: its cluster config survives).
-pub struct Node<'a>(pub &'a mut TestCluster, pub usize);
-
-impl Server for Node<'_> {
-    fn kill(&mut self) {
-        self.0.nodes[self.1].kill()
-    }
-    fn restart(&mut self) {
-        self.0.nodes[self.1].restart()
-    }
-}
-
-/// The sum of a counter's values over its labels.
-pub fn counter(snap: &Snapshotter, name: &str) -> u64 {
-    snap.snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(k, ..)| k.key().name() == name)
-        .map(|(.., v)| match v {
-            DebugValue::Counter(n) => n,
-            _ => 0,
-        })
-        .sum()
-}
 
 /// `server`, which holds key `k` of `cache`, is killed: every read falls back to the loader in
 /// bounded time, the breaker opens and skips the store, a set says it could not write and a
@@ -91,11 +51,11 @@ pub async fn a_killed_server_costs_callers_nothing(
     );
     assert!(cache.health().breaker_open, "the breaker opened");
     assert!(
-        counter(snap, "aside_backend_skipped_total") > 0,
+        counters(snap)("aside_backend_skipped_total") > 0,
         "and calls were skipped"
     );
     assert!(
-        counter(snap, "aside_backend_errors_total") <= 6,
+        counters(snap)("aside_backend_errors_total") <= 6,
         "only a few calls paid for the outage"
     );
     assert!(
