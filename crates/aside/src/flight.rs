@@ -16,7 +16,7 @@
 //!
 //! So the leader numbers its observations ([`Leader::observe`]), each follower notes the
 //! number when it joins, and every outcome says whom it is [`Fresh`] for; a follower that may
-//! not take it starts over (and usually leads the next flight). This holds whichever instance
+//! not take it reads the store itself (and loads if it finds nothing). This holds whichever instance
 //! made the write: a write through another instance sharing the store is seen by the store
 //! read or refuses the fill, like one made here.
 //!
@@ -166,18 +166,31 @@ impl Drop for Leader<'_> {
     }
 }
 
+/// What a follower got from its leader.
+pub(crate) enum Followed {
+    /// The outcome, which is for this follower.
+    Taken(Shared),
+    /// An outcome observed before this follower joined, and not stored: the follower must
+    /// observe for itself.
+    TooOld,
+    /// The leader went away without an outcome.
+    Gone,
+}
+
 impl Follower {
-    /// Waits for the leader's outcome; `None` if it went away without one, or if its outcome
-    /// is not for this follower (the caller starts over).
-    pub(crate) async fn wait(mut self) -> Option<Shared> {
+    /// Waits for the leader's outcome.
+    pub(crate) async fn wait(mut self) -> Followed {
         let outcome = match self.rx.wait_for(Option::is_some).await {
-            Ok(v) => v.clone()?,
-            Err(_) => return None,
+            Ok(v) => match v.clone() {
+                Some(o) => o,
+                None => return Followed::Gone,
+            },
+            Err(_) => return Followed::Gone,
         };
         match outcome.fresh {
-            Fresh::All => Some(outcome.shared),
-            Fresh::JoinedBefore(n) if self.joined_at < n => Some(outcome.shared),
-            Fresh::JoinedBefore(_) => None,
+            Fresh::All => Followed::Taken(outcome.shared),
+            Fresh::JoinedBefore(n) if self.joined_at < n => Followed::Taken(outcome.shared),
+            Fresh::JoinedBefore(_) => Followed::TooOld,
         }
     }
 }
@@ -206,7 +219,7 @@ mod tests {
         );
         assert!(f.running(&key("a")) && !f.running(&key("c")));
         leader.finish(Shared::Value(Bytes::from_static(b"v")), Fresh::All);
-        assert!(matches!(rx.wait().await, Some(Shared::Value(b)) if &b[..] == b"v"));
+        assert!(matches!(rx.wait().await, Followed::Taken(Shared::Value(b)) if &b[..] == b"v"));
         assert_eq!(f.len(), 0);
         assert!(!f.running(&key("a")));
     }
@@ -219,7 +232,7 @@ mod tests {
             panic!()
         };
         drop(leader);
-        assert!(rx.wait().await.is_none());
+        assert!(matches!(rx.wait().await, Followed::Gone));
         assert!(matches!(f.join(&key("a")), Role::Leader(_)));
     }
 
@@ -256,8 +269,14 @@ mod tests {
         };
         let v = || Shared::Value(Bytes::from_static(b"v"));
         leader.finish(v(), Fresh::JoinedBefore(load));
-        assert!(early.wait().await.is_some(), "joined before the load began");
-        assert!(late.wait().await.is_none(), "joined after: starts over");
+        assert!(
+            matches!(early.wait().await, Followed::Taken(_)),
+            "joined before the load began"
+        );
+        assert!(
+            matches!(late.wait().await, Followed::TooOld),
+            "joined after: observes for itself"
+        );
     }
 
     #[tokio::test]
@@ -271,7 +290,7 @@ mod tests {
             panic!()
         };
         leader.finish(Shared::Absent, Fresh::All);
-        assert!(matches!(late.wait().await, Some(Shared::Absent)));
+        assert!(matches!(late.wait().await, Followed::Taken(Shared::Absent)));
     }
 
     #[tokio::test]

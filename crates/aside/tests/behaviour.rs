@@ -1108,6 +1108,102 @@ async fn a_refresh_older_than_an_invalidation_is_not_written(fx: Fx, how: &str) 
     assert!(refused, "{how}: the refresh's fill was refused");
 }
 
+/// A read that begins after a write was acknowledged through another instance must not be
+/// handed the value of a load that began before the write, even by joining that load in
+/// process: its fill is refused, so it is not for callers that joined after it began.
+async fn a_follower_after_a_write_elsewhere_gets_the_new_value(fx: Fx) {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let reader = metrics::with_local_recorder(&recorder, || fx.cache());
+    let writer = fx.cache();
+    let db = Arc::new(AtomicUsize::new(1));
+    let (read_tx, read_rx) = oneshot::channel();
+    let (go_tx, go_rx) = oneshot::channel::<()>();
+    let leader = {
+        let (reader, db) = (reader.clone(), db.clone());
+        tokio::spawn(async move {
+            reader
+                .entry("k")
+                .fetch(move || async move {
+                    let v = db.load(Ordering::SeqCst);
+                    read_tx.send(()).unwrap(); // the old row has been read
+                    go_rx.await.unwrap();
+                    Ok::<_, Never>(Some(v))
+                })
+                .await
+                .unwrap()
+        })
+    };
+    read_rx.await.unwrap();
+    // The write: committed, then invalidated through the other instance, then acknowledged.
+    db.store(2, Ordering::SeqCst);
+    assert_eq!(writer.del(["k"]).await.unwrap(), Invalidation::Applied);
+    // A read that begins now, on the reader's instance, while its load of the old row runs.
+    let follower = {
+        let (reader, db) = (reader.clone(), db.clone());
+        tokio::spawn(async move {
+            reader
+                .entry("k")
+                .fetch(move || async move { Ok::<_, Never>(Some(db.load(Ordering::SeqCst))) })
+                .await
+                .unwrap()
+        })
+    };
+    // A miss is counted right before the caller joins the flight, with nothing to wait for
+    // in between: once the second miss is counted, the follower waits on the leader.
+    let count = counters(&snap);
+    let mut misses = count("aside_misses_total");
+    while misses < 2 {
+        tokio::task::yield_now().await;
+        misses += counters(&snap)("aside_misses_total");
+    }
+    go_tx.send(()).unwrap();
+    let old = leader.await.unwrap();
+    assert_eq!(old.value, Some(1), "the leader gets the row it read");
+    let new = follower.await.unwrap();
+    assert_eq!(
+        new.value,
+        Some(2),
+        "a read that began after the write never gets the value it replaced"
+    );
+    assert_eq!(reader.get::<usize>("k").await.unwrap(), Some(2));
+}
+
+/// A fetch whose future is dropped while it holds the lease gives the lease back, so another
+/// instance loads and fills at once instead of waiting for a lease nobody will fill.
+async fn a_dropped_fetch_gives_its_lease_back(fx: Fx) {
+    let first = fx.cache();
+    let other = fx
+        .builder()
+        .lease_wait(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let (started_tx, started_rx) = oneshot::channel();
+    let abandoned = {
+        let first = first.clone();
+        tokio::spawn(async move {
+            first
+                .get_or_load("k", move || async move {
+                    started_tx.send(()).unwrap();
+                    std::future::pending::<()>().await;
+                    Ok::<_, Never>(Some(1u8))
+                })
+                .await
+        })
+    };
+    started_rx.await.unwrap();
+    abandoned.abort();
+    assert!(abandoned.await.unwrap_err().is_cancelled());
+    let v = other
+        .get_or_load("k", || async { Ok::<_, Never>(Some(2u8)) })
+        .await
+        .unwrap();
+    assert_eq!(v, Some(2));
+    // Stored, so the other instance held the lease: without the release it would have waited
+    // out `lease_wait` and loaded without writing.
+    assert_eq!(other.get::<u8>("k").await.unwrap(), Some(2));
+}
+
 macro_rules! suite {
     ($store:ident, $fx:expr) => {
         mod $store {
@@ -1215,6 +1311,14 @@ macro_rules! suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn refresh_fence_against_set() {
                 super::a_refresh_older_than_an_invalidation_is_not_written($fx, "set").await
+            }
+            #[tokio::test]
+            async fn late_follower_after_a_write_elsewhere() {
+                super::a_follower_after_a_write_elsewhere_gets_the_new_value($fx).await
+            }
+            #[tokio::test]
+            async fn dropped_fetch_releases_its_lease() {
+                super::a_dropped_fetch_gives_its_lease_back($fx).await
             }
         }
     };

@@ -26,13 +26,13 @@
 //! An expired entry still in the store is refreshed in place (a refresh lease) when possible,
 //! so it stays readable for other processes while it is reloaded.
 
-use super::entry::Ttls;
+use super::entry::{Age, Ttls};
 use super::value::{Decoded, Mode, hit, loaded, stale};
 use super::{Cache, Fetched, Status, Tagged};
 use crate::codec::Codec;
 use crate::envelope::{self, Body};
 use crate::error::{Error, LoadError, Result, StoreError};
-use crate::flight::{self, Fresh, Role, Shared};
+use crate::flight::{self, Followed, Fresh, Role, Shared};
 use crate::key::{EntryKey, TagKey};
 use crate::metrics::Op;
 use crate::store::{Claim, Lease, Lifetime, Lookup, Store};
@@ -107,12 +107,14 @@ where
             let leader = match inner.flights.join(&k) {
                 Role::Leader(l) => l,
                 Role::Follower(follower) => match follower.wait().await {
-                    Some(Shared::Value(p)) => match cache.decode_as::<T, M>(&k, &p).await {
-                        Some((d, _)) => return Ok(loaded(d)),
-                        None => continue,
-                    },
-                    Some(Shared::Absent) => return Ok(loaded(Decoded::Absent)),
-                    Some(Shared::Failed(e)) => {
+                    Followed::Taken(Shared::Value(p)) => {
+                        match cache.decode_as::<T, M>(&k, &p).await {
+                            Some((d, _)) => return Ok(loaded(d)),
+                            None => continue,
+                        }
+                    }
+                    Followed::Taken(Shared::Absent) => return Ok(loaded(Decoded::Absent)),
+                    Followed::Taken(Shared::Failed(e)) => {
                         if let Some(d) = fallback.take() {
                             m.stale.increment(1);
                             return Ok(stale(d));
@@ -122,7 +124,11 @@ where
                             Err(_) => continue,
                         }
                     }
-                    Some(Shared::Unshared) | None => continue,
+                    Followed::TooOld => match cache.reread::<T, M>(&k, &stamps).await {
+                        Some(d) => return Ok(hit(d)),
+                        None => continue,
+                    },
+                    Followed::Taken(Shared::Unshared) | Followed::Gone => continue,
                 },
             };
             let terms = t.claim_terms(inner.settings.lease);
@@ -179,7 +185,7 @@ where
                 leader.finish(shared, Fresh::JoinedBefore(seen));
                 // Still past its freshness: another process holds its refresh lease.
                 let status = match cache.age(fresh_until, Duration::ZERO, Duration::ZERO) {
-                    super::entry::Age::Fresh => status,
+                    Age::Fresh => status,
                     _ => {
                         m.stale.increment(1);
                         Status::Stale
@@ -270,6 +276,20 @@ impl<C: Codec> Cache<C> {
                 Err(_) => return Waited::TimedOut,
             }
         }
+    }
+
+    /// A read of its own by a follower whose leader's value was too old for it: a fresh
+    /// valid entry, or `None` (the follower then leads or follows a flight again).
+    async fn reread<T, M: Mode<T>>(
+        &self,
+        k: &EntryKey,
+        stamps: &[TagKey],
+    ) -> Option<Decoded<M::Out>> {
+        let Ok(Lookup::Hit(p)) = self.read(k, stamps).await else {
+            return None;
+        };
+        let (d, fresh_until) = self.decode_as::<T, M>(k, &p).await?;
+        (self.age(fresh_until, Duration::ZERO, Duration::ZERO) == Age::Fresh).then_some(d)
     }
 
     /// Validates tags learnt from a loaded value; drops those the lease already stamps.
