@@ -194,8 +194,13 @@ pub async fn build(config: &Config) -> anyhow::Result<AppState> {
     })
 }
 
+/// How long a graceful shutdown waits for the cache to take the invalidations it kept while
+/// it could not be reached.
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+
 /// Builds the service, prints `listening on http://ADDR` on stdout once it is ready, and
-/// serves on `listener` until `shutdown` completes; requests in flight are finished.
+/// serves on `listener` until `shutdown` completes; requests in flight are finished, then the
+/// invalidations the cache kept during an outage are sent (for at most [`SHUTDOWN_FLUSH`]).
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -207,10 +212,20 @@ pub async fn run(
     println!("listening on http://{addr}");
     let metrics = state.metrics.clone();
     let _upkeep = every(METRICS_UPKEEP, move || metrics.run_upkeep());
-    axum::serve(listener, axum::ServiceExt::into_make_service(app(state)))
+    let catalog = state.catalog.clone();
+    let served = axum::serve(listener, axum::ServiceExt::into_make_service(app(state)))
         .with_graceful_shutdown(shutdown)
         .await
-        .context("server failed")
+        .context("server failed");
+    if let Some(cache) = catalog.cache()
+        && cache.flush(SHUTDOWN_FLUSH).await == aside::Invalidation::Queued
+    {
+        tracing::warn!(
+            pending = cache.health().pending_invalidations,
+            "shutting down with invalidations the cache did not take; the change feed applies them"
+        );
+    }
+    served
 }
 
 #[cfg(test)]
