@@ -24,8 +24,6 @@ impl Cursor {
 #[derive(Debug)]
 pub(crate) struct Row {
     pub(crate) id: i64,
-    /// The cursor just after this row.
-    pub(crate) next: Cursor,
     /// The change, or why the row could not be read as one.
     pub(crate) change: Result<Change, String>,
     /// Seconds since the change was made, by the database's clock.
@@ -41,11 +39,13 @@ pub(crate) struct Read {
     pub(crate) stored: Option<i64>,
     /// Rows at or below this were pruned (0: none).
     pub(crate) pruned_through: i64,
-    /// Up to the limit, in order, from the cursor on and below the head.
+    /// Up to the limit, in order, from the cursor on. Each is applied by the caller (or
+    /// covered by a resync): the backend counts them as read.
     pub(crate) rows: Vec<Row>,
-    /// Seconds since a committed change above the head was made (PostgreSQL: an older
-    /// transaction is still open, so it cannot be applied in order yet).
-    pub(crate) blocked_age: Option<f64>,
+    /// Where the cursor goes once these rows are applied.
+    pub(crate) after: Cursor,
+    /// Whether the limit cut the read: more may be waiting.
+    pub(crate) full: bool,
 }
 
 pub(crate) enum Backend {
@@ -113,6 +113,17 @@ impl Backend {
             Backend::Postgres(b) => b.count_from(from, cap).await,
             #[cfg(feature = "sqlite")]
             Backend::Sqlite(b) => b.count_from(from, cap).await,
+        }
+    }
+
+    /// Whether rows beyond the cursor were already applied (PostgreSQL: committed above the
+    /// horizon), so the durable position has something to catch up with.
+    pub(crate) fn ahead(&self) -> bool {
+        match self {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(b) => b.ahead(),
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(_) => false,
         }
     }
 

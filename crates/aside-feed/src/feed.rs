@@ -229,6 +229,7 @@ impl Feed {
             cursor: None,
             durable: None,
             hold: false,
+            unpersisted: false,
             reset: false,
             pending_since: None,
             last_persist: Instant::now(),
@@ -276,9 +277,6 @@ impl Drop for Feed {
 enum Next {
     /// More is known to be waiting: read again at once.
     Now,
-    /// Committed changes wait above the horizon (an older transaction is still open): look
-    /// again soon.
-    Soon,
     /// Caught up: wait for a wake-up, or the poll interval.
     Idle,
 }
@@ -298,6 +296,8 @@ struct Engine<C: Codec> {
     /// An invalidation was queued by the cache: the durable position waits until the cache's
     /// backlog is applied.
     hold: bool,
+    /// Changes were applied since the durable position was last written.
+    unpersisted: bool,
     /// The durable position must be set (not only raised) to the cursor: the one stored was
     /// ahead of the database.
     reset: bool,
@@ -312,22 +312,13 @@ struct Engine<C: Codec> {
 impl<C: Codec> Engine<C> {
     async fn run(mut self) {
         let mut next = Next::Now;
-        let mut soon = Duration::from_millis(10);
         loop {
             if *self.stopped.borrow() {
                 break;
             }
             let pause = match next {
                 Next::Now => None,
-                Next::Soon => {
-                    let d = soon;
-                    soon = (soon * 2).min(self.config.poll_interval);
-                    Some(d)
-                }
-                Next::Idle => {
-                    soon = Duration::from_millis(10);
-                    Some(self.config.poll_interval)
-                }
+                Next::Idle => Some(self.config.poll_interval),
             };
             if let Some(pause) = pause {
                 let until = Instant::now() + pause;
@@ -443,7 +434,6 @@ impl<C: Codec> Engine<C> {
             .rows
             .iter()
             .map(|r| r.age)
-            .chain(read.blocked_age)
             .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
         if let Some(age) = oldest {
             let since = now
@@ -452,11 +442,8 @@ impl<C: Codec> Engine<C> {
             self.pending_since = Some(self.pending_since.map_or(since, |p| p.min(since)));
         }
 
-        let full = read.rows.len() >= batch;
-        let next = match read.rows.last() {
-            Some(last) if full => last.next,
-            _ => cursor.max(head),
-        };
+        let full = read.full;
+        let next = cursor.max(read.after);
         let n = read.rows.len() as u64;
         if n > 0 {
             let mut plan = Plan::default();
@@ -481,17 +468,17 @@ impl<C: Codec> Engine<C> {
             if self.apply(plan).await == Invalidation::Queued {
                 self.hold = true;
             }
+            self.unpersisted = true;
             self.metrics.changes.increment(n);
             self.shared.0.lock().changes_applied += n;
         }
         self.cursor = Some(next);
         self.persist(n > 0).await?;
 
-        let waiting = full || read.blocked_age.is_some();
-        if !waiting && !self.hold {
+        if !full && !self.hold {
             self.pending_since = None;
             self.lag_changes = 0;
-        } else if waiting
+        } else if full
             && self
                 .last_count
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
@@ -501,13 +488,7 @@ impl<C: Codec> Engine<C> {
             let cap = self.config.behind_changes.saturating_mul(10).max(1);
             self.lag_changes = Self::db(t, self.backend.count_from(next, cap)).await?;
         }
-        Ok(if full {
-            Next::Now
-        } else if read.blocked_age.is_some() {
-            Next::Soon
-        } else {
-            Next::Idle
-        })
+        Ok(if full { Next::Now } else { Next::Idle })
     }
 
     /// The first read: continue from the durable position, or start at the head.
@@ -632,17 +613,22 @@ impl<C: Codec> Engine<C> {
         if self.reset {
             Self::db(t, self.backend.reset(&self.config.name, position)).await?;
             self.reset = false;
+            self.unpersisted = false;
             self.durable = Some(position);
             self.last_persist = Instant::now();
             return Ok(());
         }
         if self.durable.is_some_and(|d| d >= position) {
+            self.unpersisted = self.backend.ahead();
             return Ok(());
         }
-        if !force && self.last_persist.elapsed() < Duration::from_secs(30) {
+        if !force && !self.unpersisted && self.last_persist.elapsed() < Duration::from_secs(30) {
             return Ok(());
         }
         let moved = Self::db(t, self.backend.advance(&self.config.name, position)).await?;
+        // Rows applied above the position (committed above the horizon) are recorded only
+        // once the horizon passes them: write again then.
+        self.unpersisted = self.backend.ahead();
         self.durable = Some(position);
         self.last_persist = Instant::now();
         if moved

@@ -49,6 +49,7 @@ use crate::backend::{Cursor, Read, Row, change, secs};
 use crate::config::{Error, FeedConfig};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Executor, PgPool, Row as _};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -187,21 +188,30 @@ pub async fn install(pool: &PgPool, tables: &[&str]) -> Result<(), Error> {
     Ok(())
 }
 
+// Rows from the cursor on: below the horizon in order, and also the committed ones above it
+// (a transaction still open holds the horizon back, in any database of the server), less
+// those already applied ($5/$6: per transaction above the cursor, the next row id unread).
 const READ: &str = "\
-WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
+WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
+done AS (SELECT * FROM unnest($5::int8[], $6::int8[]) AS d(txid, next))
 SELECT h.xmin::text::int8 AS head,
     (SELECT position FROM aside_feed_position WHERE feed = $1) AS stored,
     (SELECT pruned_through FROM aside_feed_position WHERE feed = $1) AS pruned,
-    (SELECT EXTRACT(EPOCH FROM clock_timestamp() - b.at)::float8 FROM aside_feed_outbox b
-        WHERE b.txid >= h.xmin ORDER BY b.txid, b.id LIMIT 1) AS blocked_age,
     o.txid::text::int8 AS txid, o.id, o.tbl, o.op, o.old, o.new,
     EXTRACT(EPOCH FROM clock_timestamp() - o.at)::float8 AS age
 FROM h LEFT JOIN LATERAL (
-    SELECT txid, id, tbl, op, old, new, at FROM aside_feed_outbox
-    WHERE (txid, id) >= ($2::int8::text::xid8, $3) AND txid < h.xmin
-    ORDER BY txid, id LIMIT $4
+    SELECT b.txid, b.id, b.tbl, b.op, b.old, b.new, b.at FROM aside_feed_outbox b
+    WHERE (b.txid, b.id) >= ($2::int8::text::xid8, $3)
+        AND (b.txid < h.xmin OR $7)
+        AND NOT EXISTS (
+            SELECT 1 FROM done WHERE done.txid = b.txid::text::int8 AND b.id < done.next)
+    ORDER BY b.txid, b.id LIMIT $4
 ) o ON true
 ORDER BY o.txid, o.id";
+
+/// Most transactions applied above the horizon that are remembered; past it the feed waits
+/// for the horizon instead (and reads stay cheap while a transaction is open very long).
+const AHEAD_MAX: usize = 10_000;
 
 const ADVANCE: &str = "\
 INSERT INTO aside_feed_position (feed, position) VALUES ($1, $2)
@@ -246,6 +256,9 @@ SELECT count(*) FROM (
 
 pub(crate) struct PgBackend {
     pool: PgPool,
+    /// Transactions at or above the cursor whose rows were applied ahead of the horizon: the
+    /// next row id of each not yet applied.
+    ahead: BTreeMap<i64, i64>,
     wake: Arc<Notify>,
     listener: JoinHandle<()>,
 }
@@ -270,6 +283,7 @@ impl PgBackend {
         let listener = rt.spawn(listen(listen_pool, wake.clone(), config.poll_interval));
         Self {
             pool,
+            ahead: BTreeMap::new(),
             wake,
             listener,
         }
@@ -281,11 +295,18 @@ impl PgBackend {
         from: Cursor,
         limit: usize,
     ) -> Result<Read, sqlx::Error> {
+        // The cursor never goes back: what is below it is not read again.
+        self.ahead = self.ahead.split_off(&from.major);
+        let (done_txids, done_next): (Vec<i64>, Vec<i64>) =
+            self.ahead.iter().map(|(t, n)| (*t, *n)).unzip();
         let rows = sqlx::query(READ)
             .bind(feed)
             .bind(from.major)
             .bind(from.minor)
             .bind(limit as i64)
+            .bind(&done_txids)
+            .bind(&done_next)
+            .bind(self.ahead.len() < AHEAD_MAX)
             .fetch_all(&self.pool)
             .await?;
         let mut read = Read {
@@ -293,14 +314,16 @@ impl PgBackend {
             stored: None,
             pruned_through: 0,
             rows: Vec::with_capacity(rows.len()),
-            blocked_age: None,
+            after: from,
+            full: false,
         };
+        let mut last_below: Option<Cursor> = None;
+        let mut ahead: Vec<(i64, i64)> = Vec::new();
         for (i, r) in rows.iter().enumerate() {
             if i == 0 {
                 read.head = r.try_get("head")?;
                 read.stored = r.try_get("stored")?;
                 read.pruned_through = r.try_get::<Option<i64>, _>("pruned")?.unwrap_or(0);
-                read.blocked_age = r.try_get("blocked_age")?;
             }
             let Some(txid) = r.try_get::<Option<i64>, _>("txid")? else {
                 continue;
@@ -310,15 +333,34 @@ impl PgBackend {
             let op: String = r.try_get("op")?;
             read.rows.push(Row {
                 id,
-                next: Cursor {
-                    major: txid,
-                    minor: id + 1,
-                },
                 change: change(table, &op, r.try_get("old")?, r.try_get("new")?),
                 age: r.try_get::<Option<f64>, _>("age")?.unwrap_or(0.0),
             });
+            let next = Cursor {
+                major: txid,
+                minor: id + 1,
+            };
+            if txid < read.head {
+                last_below = Some(next);
+            } else {
+                ahead.push((txid, id + 1));
+            }
+        }
+        read.full = limit > 0 && read.rows.len() >= limit;
+        read.after = match last_below {
+            // Ordered by transaction: a cut below the horizon leaves nothing read above it.
+            Some(c) if read.full && ahead.is_empty() => c,
+            _ => Cursor::at(read.head),
+        };
+        for (txid, next) in ahead {
+            let e = self.ahead.entry(txid).or_insert(next);
+            *e = (*e).max(next);
         }
         Ok(read)
+    }
+
+    pub(crate) fn ahead(&self) -> bool {
+        !self.ahead.is_empty()
     }
 
     pub(crate) async fn advance(&mut self, feed: &str, position: i64) -> Result<bool, sqlx::Error> {

@@ -228,7 +228,8 @@ impl SqliteBackend {
             stored: None,
             pruned_through: 0,
             rows: Vec::with_capacity(rows.len()),
-            blocked_age: None,
+            after: from,
+            full: false,
         };
         for (i, r) in rows.iter().enumerate() {
             if i == 0 {
@@ -258,11 +259,15 @@ impl SqliteBackend {
             };
             read.rows.push(Row {
                 id,
-                next: Cursor::at(id + 1),
                 change,
                 age: r.try_get::<Option<f64>, _>("age")?.unwrap_or(0.0),
             });
         }
+        read.full = limit > 0 && read.rows.len() >= limit;
+        read.after = match read.rows.last() {
+            Some(last) if read.full => Cursor::at(last.id + 1),
+            _ => Cursor::at(read.head),
+        };
         Ok(read)
     }
 
