@@ -52,7 +52,8 @@ pub(crate) enum Backend {
     #[cfg(feature = "postgres")]
     Postgres(crate::postgres::PgBackend),
     #[cfg(feature = "sqlite")]
-    Sqlite(crate::sqlite::SqliteBackend),
+    // Boxed: its connection options are large, and the engine moves the backend once.
+    Sqlite(Box<crate::sqlite::SqliteBackend>),
 }
 
 impl Backend {

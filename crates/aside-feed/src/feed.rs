@@ -196,7 +196,7 @@ impl Feed {
     {
         config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        let backend = Backend::Sqlite(crate::sqlite::SqliteBackend::new(pool, &config));
+        let backend = Backend::Sqlite(Box::new(crate::sqlite::SqliteBackend::new(pool, &config)));
         Ok(Self::start(
             backend,
             cache,

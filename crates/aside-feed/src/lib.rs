@@ -44,7 +44,9 @@
 //! snapshot. Every transaction below `xmin` has ended, and no transaction can later get an id
 //! below it, so the rows with `txid < xmin` are final: the read sees every committed one and
 //! no later read finds another. The feed reads the rows from its cursor up to `xmin`, ordered
-//! by `(txid, id)`, and moves its cursor to `xmin`. See [`postgres`].
+//! by `(txid, id)`, and moves its cursor to `xmin`. Committed rows above `xmin` (an older
+//! transaction is still open somewhere on the server) are applied at once and remembered
+//! until `xmin` passes them. See [`postgres`].
 //!
 //! SQLite lets one writer at a time hold the database, so its `AUTOINCREMENT` ids are in
 //! commit order and the cursor is the next id. See [`sqlite`].
@@ -84,6 +86,9 @@
 //! [`Status::Down`] and retries every [`FeedConfig::poll_interval`]; entries may then be
 //! stale up to their TTL. A mapping that panics, or gives a key, tag or prefix the cache
 //! refuses, makes the batch void the whole namespace instead.
+
+#[cfg(not(any(feature = "postgres", feature = "sqlite")))]
+compile_error!("aside-feed needs the `postgres` feature, the `sqlite` feature, or both");
 
 mod backend;
 mod change;

@@ -38,12 +38,17 @@
 //! snapshot: every transaction below `xmin` has finished, and a transaction that has not yet
 //! been given an id gets one at or above every `xmin` already seen. So the rows with
 //! `txid < xmin` are final: the read sees every committed one, and no later read can find
-//! another. The feed reads `cursor <= (txid, id)` and `txid < xmin`, ordered by
-//! `(txid, id)`, and moves its cursor to `xmin`: nothing skipped, nothing read twice.
+//! another. The feed reads from its cursor on, ordered by `(txid, id)`, and moves its cursor
+//! to `xmin`: nothing skipped, nothing read twice. The cursor is also the durable position.
 //!
-//! The cost: a change committed while an older transaction that wrote something is still
-//! open waits for that transaction to end (the read reports it, and the feed looks again
-//! every few milliseconds until it can apply it).
+//! `xmin` is the server's, not the database's: one transaction that wrote something and is
+//! still open, in any database of the server, holds it back. So that such a transaction does
+//! not delay every change, the same read also returns the rows *above* `xmin` that the
+//! snapshot sees: those transactions have committed, and all their rows are visible at once.
+//! They are applied right away and remembered (per transaction, up to which row id) until
+//! `xmin` passes them, so they are not applied a second time; only the durable position
+//! waits for `xmin`. After a restart they may be applied once more, which is harmless.
+//! Up to 10 000 such transactions are remembered; past that the feed waits for `xmin`.
 
 use crate::backend::{Cursor, Read, Row, change, secs};
 use crate::config::{Error, FeedConfig};
