@@ -17,6 +17,11 @@ fn config() -> FeedConfig {
     FeedConfig::new("svc")
 }
 
+/// A poll interval far above every limit of the tests: only the wake-up can be in time.
+fn woken_only() -> FeedConfig {
+    config().poll_interval(Duration::from_secs(60))
+}
+
 fn start(pool: &PgPool, cache: &aside::Cache, config: FeedConfig) -> (Feed, Arc<AtomicUsize>) {
     let seen = Arc::new(AtomicUsize::new(0));
     let feed = Feed::postgres(pool.clone(), cache.clone(), mapping(seen.clone()), config).unwrap();
@@ -80,7 +85,7 @@ async fn install_is_idempotent() {
 async fn outside_inserts_updates_deletes_and_truncates_invalidate_within_a_second() {
     let (db, pool) = TestPostgres::new().await.with_tables().await;
     let cache = cache("pg1");
-    let (feed, seen) = start(&pool, &cache, config());
+    let (feed, seen) = start(&pool, &cache, woken_only());
     up(&feed).await;
     let mut sql = outside(&db).await;
 
@@ -520,7 +525,7 @@ async fn two_instances_both_invalidate_and_the_position_ends_at_the_head() {
 async fn convergence_of_outside_writes() {
     let (db, pool) = TestPostgres::new().await.with_tables().await;
     let cache = cache("pg8");
-    let (feed, _) = start(&pool, &cache, config());
+    let (feed, _) = start(&pool, &cache, woken_only());
     up(&feed).await;
     let mut sql = outside(&db).await;
     sql.execute("INSERT INTO products VALUES ('p', 'x', 'c')")

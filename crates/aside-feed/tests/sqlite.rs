@@ -19,6 +19,11 @@ fn config() -> FeedConfig {
     FeedConfig::new("svc")
 }
 
+/// A poll interval far above every limit of the tests: only the wake-up can be in time.
+fn woken_only() -> FeedConfig {
+    config().poll_interval(Duration::from_secs(60))
+}
+
 fn start(pool: &SqlitePool, cache: &aside::Cache, config: FeedConfig) -> (Feed, Arc<AtomicUsize>) {
     let seen = Arc::new(AtomicUsize::new(0));
     let feed = Feed::sqlite(pool.clone(), cache.clone(), mapping(seen.clone()), config).unwrap();
@@ -94,7 +99,7 @@ async fn install_reads_columns_and_refuses_a_missing_table() {
 async fn changes_by_another_pool_invalidate_within_a_second() {
     let (db, pool) = TestSqlite::new().with_tables().await;
     let cache = cache("sq1");
-    let (feed, seen) = start(&pool, &cache, config());
+    let (feed, seen) = start(&pool, &cache, woken_only());
     up(&feed).await;
     let other = db.pool().await;
 
@@ -161,7 +166,7 @@ async fn child_writes_a_product() {
 async fn a_change_written_by_another_process_is_seen() {
     let (db, pool) = TestSqlite::new().with_tables().await;
     let cache = cache("sq6");
-    let (feed, _) = start(&pool, &cache, config());
+    let (feed, _) = start(&pool, &cache, woken_only());
     up(&feed).await;
     put(&cache, "product:from-child").await;
     // Its output is kept out of this test's, whose runner summary is read.
@@ -392,7 +397,7 @@ async fn two_instances_both_invalidate_and_the_position_ends_at_the_head() {
 async fn convergence_of_outside_writes() {
     let (db, pool) = TestSqlite::new().with_tables().await;
     let cache = cache("sq8");
-    let (feed, _) = start(&pool, &cache, config());
+    let (feed, _) = start(&pool, &cache, woken_only());
     up(&feed).await;
     let writer = db.pool().await;
     writer
@@ -416,5 +421,65 @@ async fn convergence_of_outside_writes() {
     let (median, p99) = percentiles(samples);
     println!("sqlite convergence over 200 outside updates: median {median:?}, p99 {p99:?}");
     assert!(p99 < SECOND);
+    feed.shutdown().await.unwrap();
+}
+
+/// The value of the metric `name` of the feed `feed`.
+fn metric(
+    snapshotter: &metrics_util::debugging::Snapshotter,
+    name: &str,
+    feed: &str,
+) -> Option<f64> {
+    use metrics_util::debugging::DebugValue;
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find(|(k, ..)| {
+            k.key().name() == name
+                && k.key()
+                    .labels()
+                    .any(|l| l.key() == "feed" && l.value() == feed)
+        })
+        .and_then(|(.., v)| match v {
+            DebugValue::Counter(c) => Some(c as f64),
+            DebugValue::Gauge(g) => Some(g.into_inner()),
+            DebugValue::Histogram(_) => None,
+        })
+}
+
+#[tokio::test]
+async fn metrics_count_changes_resyncs_and_lag() {
+    let (db, pool) = TestSqlite::new().with_tables().await;
+    let cache = cache("sq9");
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let (feed, _) = metrics::with_local_recorder(&recorder, || {
+        start(&pool, &cache, FeedConfig::new("metered"))
+    });
+    up(&feed).await;
+    let other = db.pool().await;
+    other
+        .execute("INSERT INTO products VALUES ('a', 'x', 'c'), ('b', 'x', 'c')")
+        .await
+        .unwrap();
+    assert!(
+        eventually(SECOND, || async {
+            metric(&snapshotter, "aside_feed_changes_total", "metered") == Some(2.0)
+        })
+        .await
+    );
+    assert_eq!(
+        metric(&snapshotter, "aside_feed_resyncs_total", "metered"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&snapshotter, "aside_feed_lag_seconds", "metered"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&snapshotter, "aside_feed_lag_changes", "metered"),
+        Some(0.0)
+    );
     feed.shutdown().await.unwrap();
 }
