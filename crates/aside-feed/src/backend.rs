@@ -46,6 +46,9 @@ pub(crate) struct Read {
     pub(crate) after: Cursor,
     /// Whether the limit cut the read: more may be waiting.
     pub(crate) full: bool,
+    /// From [`Backend::state`] (PostgreSQL): each transaction committed above the head, with
+    /// the row id after its last row.
+    pub(crate) committed_above: Vec<(i64, i64)>,
 }
 
 pub(crate) enum Backend {
@@ -68,6 +71,27 @@ impl Backend {
             Backend::Postgres(b) => b.read(feed, from, limit).await,
             #[cfg(feature = "sqlite")]
             Backend::Sqlite(b) => b.read(feed, from, limit).await,
+        }
+    }
+
+    /// The head and the feed's position, without rows, as a starting feed needs them.
+    pub(crate) async fn state(&mut self, feed: &str) -> Result<Read, sqlx::Error> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(b) => b.state(feed).await,
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(b) => b.read(feed, Cursor::at(0), 0).await,
+        }
+    }
+
+    /// The feed begins at the head of a [`state`](Backend::state): what was committed above
+    /// it then is older than the start, and not to be applied.
+    pub(crate) fn begin_at_head(&mut self, committed_above: Vec<(i64, i64)>) {
+        match self {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(b) => b.begin_at_head(committed_above),
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(_) => drop(committed_above),
         }
     }
 

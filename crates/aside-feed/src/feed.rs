@@ -365,6 +365,12 @@ impl<C: Codec> Engine<C> {
     async fn read(&mut self, from: Cursor, limit: usize) -> Result<Read, Error> {
         let t = self.config.timeout;
         let r = Self::db(t, self.backend.read(&self.config.name, from, limit)).await?;
+        self.reached(&r);
+        Ok(r)
+    }
+
+    /// Notes a successful read of the database.
+    fn reached(&mut self, r: &Read) {
         let mut s = self.shared.0.lock();
         if s.down {
             info!(feed = %self.config.name, "feed reads the database again");
@@ -375,7 +381,6 @@ impl<C: Codec> Engine<C> {
         if let Some(stored) = r.stored {
             self.durable = Some(self.durable.map_or(stored, |d| d.max(stored)));
         }
-        Ok(r)
     }
 
     fn down(&mut self, e: &Error) {
@@ -493,13 +498,22 @@ impl<C: Codec> Engine<C> {
 
     /// The first read: continue from the durable position, or start at the head.
     async fn begin(&mut self) -> Result<Next, Error> {
-        let read = self.read(Cursor::at(0), 0).await?;
+        let t = self.config.timeout;
+        let mut read = Self::db(t, self.backend.state(&self.config.name)).await?;
+        self.reached(&read);
         let head = Cursor::at(read.head);
+        let committed_above = std::mem::take(&mut read.committed_above);
+        let at_head = match read.stored {
+            None => true,
+            Some(stored) => stored > read.head || read.pruned_through >= stored,
+        };
+        if at_head {
+            self.backend.begin_at_head(committed_above);
+        }
         match read.stored {
             None => {
                 info!(feed = %self.config.name, position = read.head, "feed has no recorded position: starting at the head");
                 self.cursor = Some(head);
-                let t = self.config.timeout;
                 Self::db(t, self.backend.advance(&self.config.name, read.head)).await?;
                 self.durable = Some(self.durable.map_or(read.head, |d| d.max(read.head)));
                 self.last_persist = Instant::now();

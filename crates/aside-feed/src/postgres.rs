@@ -214,6 +214,22 @@ FROM h LEFT JOIN LATERAL (
 ) o ON true
 ORDER BY o.txid, o.id";
 
+// What a feed starting now needs, from one snapshot: the head, its position, and the
+// transactions committed above the head (older than this start, so not replayed by a feed
+// that begins at the head), each with the row id after its last.
+const START: &str = "\
+WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
+v AS (
+    SELECT b.txid::text::int8 AS txid, max(b.id) + 1 AS next FROM aside_feed_outbox b, h
+    WHERE b.txid >= h.xmin GROUP BY b.txid
+)
+SELECT h.xmin::text::int8 AS head,
+    (SELECT position FROM aside_feed_position WHERE feed = $1) AS stored,
+    (SELECT pruned_through FROM aside_feed_position WHERE feed = $1) AS pruned,
+    ARRAY(SELECT txid FROM v ORDER BY txid) AS txids,
+    ARRAY(SELECT next FROM v ORDER BY txid) AS nexts
+FROM h";
+
 /// Most transactions applied above the horizon that are remembered; past it the feed waits
 /// for the horizon instead (and reads stay cheap while a transaction is open very long).
 const AHEAD_MAX: usize = 10_000;
@@ -321,6 +337,7 @@ impl PgBackend {
             rows: Vec::with_capacity(rows.len()),
             after: from,
             full: false,
+            committed_above: Vec::new(),
         };
         let mut last_below: Option<Cursor> = None;
         let mut ahead: Vec<(i64, i64)> = Vec::new();
@@ -362,6 +379,31 @@ impl PgBackend {
             *e = (*e).max(next);
         }
         Ok(read)
+    }
+
+    pub(crate) async fn state(&mut self, feed: &str) -> Result<Read, sqlx::Error> {
+        let r = sqlx::query(START).bind(feed).fetch_one(&self.pool).await?;
+        let txids: Vec<i64> = r.try_get("txids")?;
+        let nexts: Vec<i64> = r.try_get("nexts")?;
+        let head = r.try_get("head")?;
+        Ok(Read {
+            head,
+            stored: r.try_get("stored")?,
+            pruned_through: r.try_get::<Option<i64>, _>("pruned")?.unwrap_or(0),
+            rows: Vec::new(),
+            after: Cursor::at(head),
+            full: false,
+            committed_above: txids.into_iter().zip(nexts).collect(),
+        })
+    }
+
+    /// Counts what was committed above the head at start as applied: a feed that begins at
+    /// the head replays nothing older than its start.
+    pub(crate) fn begin_at_head(&mut self, committed_above: Vec<(i64, i64)>) {
+        for (txid, next) in committed_above {
+            let e = self.ahead.entry(txid).or_insert(next);
+            *e = (*e).max(next);
+        }
     }
 
     pub(crate) fn ahead(&self) -> bool {

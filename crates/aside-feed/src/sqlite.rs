@@ -230,6 +230,7 @@ impl SqliteBackend {
             rows: Vec::with_capacity(rows.len()),
             after: from,
             full: false,
+            committed_above: Vec::new(),
         };
         for (i, r) in rows.iter().enumerate() {
             if i == 0 {

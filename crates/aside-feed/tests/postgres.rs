@@ -271,6 +271,10 @@ async fn a_first_start_begins_at_the_head() {
     let (db, pool) = TestPostgres::new().await.with_tables().await;
     let cache = cache("pg-first");
     let mut sql = outside(&db).await;
+    // An open transaction holds the horizon below the old change, which is committed.
+    let mut hold = outside(&db).await;
+    hold.execute("BEGIN").await.unwrap();
+    hold.execute("SELECT pg_current_xact_id()").await.unwrap();
     sql.execute("INSERT INTO products VALUES ('old', 'O', 'c')")
         .await
         .unwrap();
@@ -281,7 +285,16 @@ async fn a_first_start_begins_at_the_head() {
         .await
         .unwrap();
     assert!(eventually(SECOND, || async { feed.stats().changes_applied == 1 }).await);
-    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    hold.execute("COMMIT").await.unwrap();
+    sql.execute("INSERT INTO products VALUES ('newer', 'N', 'c')")
+        .await
+        .unwrap();
+    assert!(eventually(SECOND, || async { feed.stats().changes_applied == 2 }).await);
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        2,
+        "the old change was replayed"
+    );
     assert!(!gone(&cache, "product:old").await);
     feed.shutdown().await.unwrap();
 }
