@@ -3,109 +3,20 @@
 //! the instance that kept them), and `flush` waits for them on shutdown.
 #![allow(clippy::unwrap_used)]
 
-use aside::key::{EntryKey, TagKey};
-use aside::store::{Claim, ClaimTerms, Kind, Lease, Lifetime, Lookup, MemoryStore, Store};
-use aside::{Cache, Invalidation, StoreError};
-use async_trait::async_trait;
-use bytes::Bytes;
+use aside::store::{ChaosStore, Failing, Lookup, MemoryStore, Store};
+use aside::{Cache, Invalidation};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use testkit::{TestRedis, eventually};
 use tokio::sync::oneshot;
 
 type Never = std::convert::Infallible;
 
-/// An in-process store whose invalidations (`delete`, `bump`) fail while `refuse` is set, as
-/// a store that cannot be reached would; everything else works.
-#[derive(Debug)]
-struct Refusing {
-    inner: MemoryStore,
-    refuse: AtomicBool,
-}
-
-fn down() -> StoreError {
-    StoreError::Timeout(Duration::from_millis(1))
-}
-
-#[async_trait]
-impl Store for Refusing {
-    fn kind(&self) -> Kind {
-        self.inner.kind()
-    }
-    fn reads_need_stamps(&self) -> bool {
-        self.inner.reads_need_stamps()
-    }
-    async fn get(&self, key: &EntryKey, stamps: &[TagKey]) -> Result<Lookup, StoreError> {
-        self.inner.get(key, stamps).await
-    }
-    async fn claim(
-        &self,
-        key: &EntryKey,
-        stamps: &[TagKey],
-        clock: &TagKey,
-        terms: ClaimTerms,
-    ) -> Result<Claim, StoreError> {
-        self.inner.claim(key, stamps, clock, terms).await
-    }
-    async fn claim_refresh(
-        &self,
-        key: &EntryKey,
-        fresh_until: u64,
-        stamps: &[TagKey],
-        clock: &TagKey,
-        terms: ClaimTerms,
-    ) -> Result<Option<Lease>, StoreError> {
-        let r = self
-            .inner
-            .claim_refresh(key, fresh_until, stamps, clock, terms);
-        r.await
-    }
-    async fn fill(
-        &self,
-        key: &EntryKey,
-        lease: &Lease,
-        learnt: &[TagKey],
-        payload: Bytes,
-        life: Lifetime,
-    ) -> Result<bool, StoreError> {
-        self.inner.fill(key, lease, learnt, payload, life).await
-    }
-    async fn release(&self, key: &EntryKey, lease: &Lease) -> Result<(), StoreError> {
-        self.inner.release(key, lease).await
-    }
-    async fn set(
-        &self,
-        key: &EntryKey,
-        stamps: &[TagKey],
-        payload: Bytes,
-        life: Lifetime,
-    ) -> Result<(), StoreError> {
-        self.inner.set(key, stamps, payload, life).await
-    }
-    async fn delete(&self, keys: &[EntryKey]) -> Result<(), StoreError> {
-        if self.refuse.load(Ordering::SeqCst) {
-            return Err(down());
-        }
-        self.inner.delete(keys).await
-    }
-    async fn bump(&self, stamps: &[TagKey], clock: &TagKey) -> Result<(), StoreError> {
-        if self.refuse.load(Ordering::SeqCst) {
-            return Err(down());
-        }
-        self.inner.bump(stamps, clock).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-}
-
 #[tokio::test]
 async fn nothing_is_filled_while_an_invalidation_is_kept() {
-    let store = Arc::new(Refusing {
-        inner: MemoryStore::new(100),
-        refuse: AtomicBool::new(false),
-    });
+    let memory = Arc::new(MemoryStore::new(100));
+    let store = Arc::new(ChaosStore::new(memory.clone()));
     let c = Cache::builder()
         .store(store.clone())
         .breaker(1000, Duration::from_secs(1))
@@ -127,7 +38,7 @@ async fn nothing_is_filled_while_an_invalidation_is_kept() {
     };
     read_rx.await.unwrap();
     // The write's invalidation cannot be sent: it is kept, and the placeholder stays.
-    store.refuse.store(true, Ordering::SeqCst);
+    store.fail(Failing::Invalidations);
     assert_eq!(c.del(["k"]).await.unwrap(), Invalidation::Queued);
     go_tx.send(()).unwrap();
     assert_eq!(load.await.unwrap().as_deref(), Some("old"));
@@ -138,7 +49,7 @@ async fn nothing_is_filled_while_an_invalidation_is_kept() {
         .entry("k")
         .unwrap();
     assert_eq!(
-        store.inner.get(&key, &[]).await.unwrap(),
+        memory.get(&key, &[]).await.unwrap(),
         Lookup::Miss,
         "the old value was filled while its invalidation was kept"
     );

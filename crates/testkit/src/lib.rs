@@ -13,7 +13,8 @@
 //! - [`Server`]: a server a test can kill and restart, a [`TestRedis`] or one [`Node`] of a
 //!   cluster, for scenarios written once for both.
 //! - `TestPostgres` (feature `postgres`): a fresh database on `127.0.0.1:5432`, dropped on
-//!   drop; the administrative URL comes from `CATALOG_TEST_POSTGRES` when it is set.
+//!   drop; the administrative URL comes from `TESTKIT_POSTGRES` when it is set.
+//! - [`TcpProxy`]: a TCP proxy a test cuts and restores, standing for a network partition.
 //! - [`free_port`], [`eventually`] (async polling with a limit) and [`wait_until`] (the
 //!   blocking one).
 //! - [`metric_sum`]: the sum of a metric's samples in Prometheus text, over all its labels;
@@ -28,6 +29,7 @@
 mod metric;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod proxy;
 mod redis_server;
 mod wait;
 
@@ -36,5 +38,6 @@ pub use metric::counters;
 pub use metric::metric_sum;
 #[cfg(feature = "postgres")]
 pub use postgres::{TestPostgres, postgres_admin_url};
+pub use proxy::TcpProxy;
 pub use redis_server::{Node, Server, TestCluster, TestRedis};
 pub use wait::{eventually, free_port, wait_until};

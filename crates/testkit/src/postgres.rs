@@ -2,10 +2,10 @@
 
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
 
-/// The server's administrative database: `CATALOG_TEST_POSTGRES` if set, else
+/// The server's administrative database: `TESTKIT_POSTGRES` if set, else
 /// `postgres://postgres@127.0.0.1:5432/postgres`.
 pub fn postgres_admin_url() -> String {
-    std::env::var("CATALOG_TEST_POSTGRES")
+    std::env::var("TESTKIT_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
@@ -20,7 +20,7 @@ impl TestPostgres {
     /// Creates the database.
     pub async fn new() -> Self {
         let admin = postgres_admin_url();
-        let name = format!("catalog_test_{:016x}", rand::random::<u64>());
+        let name = format!("testkit_{:016x}", rand::random::<u64>());
         let mut conn = PgConnection::connect(&admin)
             .await
             .unwrap_or_else(|e| panic!("PostgreSQL must answer at {admin}: {e}"));
@@ -32,6 +32,22 @@ impl TestPostgres {
             url: format!("{base}/{name}"),
             name,
         }
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its URL through another port of 127.0.0.1 (a [`TcpProxy`](crate::TcpProxy) in front of
+    /// the server), as the user of the administrative URL.
+    pub fn url_via(&self, port: u16) -> String {
+        let admin = postgres_admin_url();
+        let user = admin
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .map_or("postgres", |(user, _)| user);
+        format!("postgres://{user}@127.0.0.1:{port}/{}", self.name)
     }
 }
 

@@ -26,7 +26,7 @@ where
         if Instant::now() > deadline {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 

@@ -32,6 +32,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::time::Duration;
 
+pub mod chaos;
 mod client;
 pub mod cluster;
 mod hints;
@@ -42,6 +43,7 @@ pub mod redis;
 pub mod tiered;
 mod versions;
 
+pub use chaos::{ChaosStore, Failing};
 pub use client::redact;
 
 pub use cluster::{ClusterConfig, ClusterStore};
