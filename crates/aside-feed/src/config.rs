@@ -64,6 +64,7 @@ pub struct FeedConfig {
     pub(crate) behind_after: Duration,
     pub(crate) behind_changes: u64,
     pub(crate) timeout: Duration,
+    pub(crate) queries: Option<metrics::Counter>,
 }
 
 impl FeedConfig {
@@ -82,7 +83,17 @@ impl FeedConfig {
             behind_after: Duration::from_secs(1),
             behind_changes: 1000,
             timeout: Duration::from_secs(5),
+            queries: None,
         }
+    }
+
+    /// The counter every statement the feed sends to the database increments: its reads of
+    /// the outbox, position updates and pruning (SQLite's `PRAGMA data_version` checks on the
+    /// feed's own connection are not counted). Default: `aside_feed_queries_total`, labelled
+    /// `feed`. A service that counts its database round trips in one metric passes its own.
+    pub fn count_queries(mut self, counter: metrics::Counter) -> Self {
+        self.queries = Some(counter);
+        self
     }
 
     /// The feed's name.

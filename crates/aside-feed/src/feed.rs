@@ -113,16 +113,21 @@ struct Metrics {
     lag_changes: Gauge,
     changes: Counter,
     resyncs: Counter,
+    queries: Counter,
 }
 
 impl Metrics {
-    fn new(feed: &str) -> Self {
-        let label = [("feed", feed.to_owned())];
+    fn new(config: &FeedConfig) -> Self {
+        let label = [("feed", config.name.clone())];
         Self {
             lag_seconds: metrics::gauge!("aside_feed_lag_seconds", &label),
             lag_changes: metrics::gauge!("aside_feed_lag_changes", &label),
             changes: metrics::counter!("aside_feed_changes_total", &label),
             resyncs: metrics::counter!("aside_feed_resyncs_total", &label),
+            queries: match &config.queries {
+                Some(c) => c.clone(),
+                None => metrics::counter!("aside_feed_queries_total", &label),
+            },
         }
     }
 }
@@ -220,7 +225,7 @@ impl Feed {
         }));
         let (stop, stopped) = watch::channel(false);
         let engine = Engine {
-            metrics: Metrics::new(&config.name),
+            metrics: Metrics::new(&config),
             backend,
             cache,
             mapping,
@@ -352,10 +357,13 @@ impl<C: Codec> Engine<C> {
     }
 
     /// Runs one database call within the timeout.
+    /// One statement of the feed's, counted and bounded.
     async fn db<T>(
+        queries: &Counter,
         timeout: Duration,
         fut: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, Error> {
+        queries.increment(1);
         match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r.map_err(Error::Database),
             Err(_) => Err(Error::Timeout(timeout)),
@@ -364,7 +372,12 @@ impl<C: Codec> Engine<C> {
 
     async fn read(&mut self, from: Cursor, limit: usize) -> Result<Read, Error> {
         let t = self.config.timeout;
-        let r = Self::db(t, self.backend.read(&self.config.name, from, limit)).await?;
+        let r = Self::db(
+            &self.metrics.queries,
+            t,
+            self.backend.read(&self.config.name, from, limit),
+        )
+        .await?;
         self.reached(&r);
         Ok(r)
     }
@@ -491,7 +504,8 @@ impl<C: Codec> Engine<C> {
             self.last_count = Some(Instant::now());
             let t = self.config.timeout;
             let cap = self.config.behind_changes.saturating_mul(10).max(1);
-            self.lag_changes = Self::db(t, self.backend.count_from(next, cap)).await?;
+            self.lag_changes =
+                Self::db(&self.metrics.queries, t, self.backend.count_from(next, cap)).await?;
         }
         Ok(if full { Next::Now } else { Next::Idle })
     }
@@ -499,7 +513,12 @@ impl<C: Codec> Engine<C> {
     /// The first read: continue from the durable position, or start at the head.
     async fn begin(&mut self) -> Result<Next, Error> {
         let t = self.config.timeout;
-        let mut read = Self::db(t, self.backend.state(&self.config.name)).await?;
+        let mut read = Self::db(
+            &self.metrics.queries,
+            t,
+            self.backend.state(&self.config.name),
+        )
+        .await?;
         self.reached(&read);
         let head = Cursor::at(read.head);
         let committed_above = std::mem::take(&mut read.committed_above);
@@ -514,7 +533,12 @@ impl<C: Codec> Engine<C> {
             None => {
                 info!(feed = %self.config.name, position = read.head, "feed has no recorded position: starting at the head");
                 self.cursor = Some(head);
-                Self::db(t, self.backend.advance(&self.config.name, read.head)).await?;
+                Self::db(
+                    &self.metrics.queries,
+                    t,
+                    self.backend.advance(&self.config.name, read.head),
+                )
+                .await?;
                 self.durable = Some(self.durable.map_or(read.head, |d| d.max(read.head)));
                 self.last_persist = Instant::now();
             }
@@ -625,7 +649,12 @@ impl<C: Codec> Engine<C> {
         let position = cursor.major;
         let t = self.config.timeout;
         if self.reset {
-            Self::db(t, self.backend.reset(&self.config.name, position)).await?;
+            Self::db(
+                &self.metrics.queries,
+                t,
+                self.backend.reset(&self.config.name, position),
+            )
+            .await?;
             self.reset = false;
             self.unpersisted = false;
             self.durable = Some(position);
@@ -639,7 +668,12 @@ impl<C: Codec> Engine<C> {
         if !force && !self.unpersisted && self.last_persist.elapsed() < Duration::from_secs(30) {
             return Ok(());
         }
-        let moved = Self::db(t, self.backend.advance(&self.config.name, position)).await?;
+        let moved = Self::db(
+            &self.metrics.queries,
+            t,
+            self.backend.advance(&self.config.name, position),
+        )
+        .await?;
         // Rows applied above the position (committed above the horizon) are recorded only
         // once the horizon passes them: write again then.
         self.unpersisted = self.backend.ahead();
@@ -652,6 +686,7 @@ impl<C: Codec> Engine<C> {
         {
             self.last_prune = Some(Instant::now());
             let pruned = Self::db(
+                &self.metrics.queries,
                 t,
                 self.backend.prune(
                     &self.config.name,

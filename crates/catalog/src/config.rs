@@ -65,6 +65,12 @@ pub struct Config {
     #[arg(long, env = "CATALOG_NO_CACHE")]
     pub no_cache: bool,
 
+    /// Turn off the database change feed (on by default): rows changed by other clients are
+    /// then served from the cache until their TTL. The triggers stay installed; see the
+    /// README for removing them once no instance runs the feed.
+    #[arg(long, env = "CATALOG_NO_CHANGE_FEED")]
+    pub no_change_feed: bool,
+
     /// Upper bound of every database round trip; beyond it the request gets a 503.
     #[arg(long, env = "CATALOG_DB_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub db_timeout: Duration,
@@ -180,6 +186,7 @@ impl fmt::Debug for Config {
             .field("seed_products", &self.seed_products)
             .field("db_latency_ms", &self.db_latency_ms)
             .field("no_cache", &self.no_cache)
+            .field("no_change_feed", &self.no_change_feed)
             .field("db_timeout", &self.db_timeout)
             .field("db_max_connections", &self.db_max_connections)
             .field("product_ttl", &self.product_ttl)
@@ -234,6 +241,7 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:8080");
         assert_eq!(c.seed_products, 1000);
         assert!(!c.no_cache);
+        assert!(!c.no_change_feed, "the change feed is on by default");
         assert_eq!(c.product_ttl, Duration::from_secs(300));
         assert_eq!(c.list_ttl, Duration::from_secs(60));
         let Command::Serve(c) = Cli::try_parse_from([

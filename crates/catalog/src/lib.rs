@@ -21,6 +21,8 @@
 //!   one implementation; [`db::sqlite`] and [`db::postgres`], what each does its own way.
 //! - [`service`]: [`Catalog`], cache-aside reads and write-then-invalidate
 //!   writes; its docs list every key, TTL and tag.
+//! - [`feed`]: the change feed's mapping from a committed row change (by anyone) to what it
+//!   invalidates.
 //! - [`routes`]: the handlers; [`extract`] and [`error`] turn every rejection into the API's
 //!   Error body.
 
@@ -28,6 +30,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod feed;
 pub mod model;
 pub mod routes;
 pub mod service;
@@ -48,14 +51,18 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// The database change feed, when it runs.
+    pub feed: Option<Arc<aside_feed::Feed>>,
 }
 
 impl AppState {
-    /// State over `catalog`, rendering metrics from the process's recorder.
+    /// State over `catalog`, rendering metrics from the process's recorder, with no change
+    /// feed.
     pub fn new(catalog: Catalog) -> Self {
         Self {
             catalog: Arc::new(catalog),
             metrics: metrics_recorder(),
+            feed: None,
         }
     }
 }
@@ -183,6 +190,23 @@ pub async fn build(config: &Config) -> anyhow::Result<AppState> {
         }
         Some(b.build().context("invalid cache settings")?)
     };
+    let feed = match &cache {
+        Some(cache) if !config.no_change_feed => {
+            if db::sqlite::is_memory(&config.database_url) {
+                info!("in-memory SQLite: no change feed (no other client can reach it)");
+                None
+            } else {
+                let settings = aside_feed::FeedConfig::new(feed::NAME)
+                    .timeout(config.db_timeout)
+                    .count_queries(
+                        metrics::counter!("catalog_db_queries_total", "source" => "feed"),
+                    );
+                let started = repo.change_feed(cache.clone(), settings).await;
+                Some(Arc::new(started.context("cannot start the change feed")?))
+            }
+        }
+        _ => None,
+    };
     let ttls = Ttls {
         product: config.product_ttl,
         list: config.list_ttl,
@@ -191,6 +215,7 @@ pub async fn build(config: &Config) -> anyhow::Result<AppState> {
     Ok(AppState {
         catalog: Arc::new(Catalog::new(db::Db::new(repo, options), cache, ttls)),
         metrics,
+        feed,
     })
 }
 
@@ -213,10 +238,17 @@ pub async fn run(
     let metrics = state.metrics.clone();
     let _upkeep = every(METRICS_UPKEEP, move || metrics.run_upkeep());
     let catalog = state.catalog.clone();
+    let feed = state.feed.clone();
     let served = axum::serve(listener, axum::ServiceExt::into_make_service(app(state)))
         .with_graceful_shutdown(shutdown)
         .await
         .context("server failed");
+    // The feed first: it applies what it has read and records how far it got.
+    if let Some(feed) = feed.and_then(|f| Arc::try_unwrap(f).ok())
+        && let Err(e) = feed.shutdown().await
+    {
+        tracing::warn!(error = %e, "the change feed did not stop cleanly; it resumes from its stored position");
+    }
     if let Some(cache) = catalog.cache()
         && cache.flush(SHUTDOWN_FLUSH).await == aside::Invalidation::Queued
     {

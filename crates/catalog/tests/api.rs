@@ -759,13 +759,13 @@ async fn healthz_reports_db_and_cache() {
         (r.status, &r.body),
         (
             StatusCode::OK,
-            &json!({"status": "ok", "db": "up", "cache": "up"})
+            &json!({"status": "ok", "db": "up", "cache": "up", "feed": "off"})
         )
     );
     let off = state_with(&["--no-cache"]).await;
     assert_eq!(
         get(&off, "/healthz").await.body,
-        json!({"status": "ok", "db": "up", "cache": "off"})
+        json!({"status": "ok", "db": "up", "cache": "off", "feed": "off"})
     );
 }
 
@@ -795,7 +795,7 @@ async fn metrics_expose_db_queries_and_cache_counters() {
     )
     .unwrap();
     for name in [
-        "catalog_db_queries_total ",
+        "catalog_db_queries_total{source=\"request\"} ",
         "aside_hits_total{",
         "aside_misses_total{",
         "aside_loads_total{",
@@ -880,6 +880,13 @@ impl Repository for Broken {
     async fn seed(&self, _: u32) -> db::Result<bool> {
         Ok(false)
     }
+    async fn change_feed(
+        &self,
+        _: aside::Cache,
+        _: aside_feed::FeedConfig,
+    ) -> db::Result<aside_feed::Feed> {
+        self.fail().await
+    }
 }
 
 #[tokio::test]
@@ -942,7 +949,7 @@ async fn a_hung_database_is_a_503_not_a_hang() {
     let r = get(&s, "/healthz").await;
     assert_eq!(
         r.body,
-        json!({"status": "degraded", "db": "down", "cache": "up"})
+        json!({"status": "degraded", "db": "down", "cache": "up", "feed": "off"})
     );
 }
 

@@ -43,6 +43,9 @@ pub enum DbError {
     /// Migrations could not be applied.
     #[error("database migration failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    /// The change feed could not be set up.
+    #[error("database change feed failed")]
+    Feed(#[source] aside_feed::Error),
     /// The URL names no supported database.
     #[error("unsupported database url (use sqlite://path, sqlite::memory: or postgres://...)")]
     UnsupportedUrl,
@@ -120,6 +123,15 @@ pub trait Repository: Send + Sync + fmt::Debug + 'static {
 
     /// Applies the migrations (startup only; many round trips).
     async fn migrate(&self) -> Result<()>;
+
+    /// Installs the change feed's outbox and triggers (idempotent; startup only) and starts a
+    /// feed applying every committed change of the catalog's tables to `cache` (see
+    /// [`crate::feed`]).
+    async fn change_feed(
+        &self,
+        cache: aside::Cache,
+        config: aside_feed::FeedConfig,
+    ) -> Result<aside_feed::Feed>;
 
     /// Into an empty database (no categories, no products), writes the seed data in one
     /// transaction: [`seed_categories`] and [`seed_product`]`(1..=products)`. Returns whether
@@ -205,7 +217,7 @@ pub async fn connect(url: &str, options: &Options) -> Result<Arc<dyn Repository>
 }
 
 /// The database as the request path sees it: a [`Repository`] whose every round trip is
-/// counted (`catalog_db_queries_total`), delayed by the configured latency and bounded by the
+/// counted (`catalog_db_queries_total{source="request"}`), delayed by the configured latency and bounded by the
 /// timeout ([`DbError::Timeout`]). Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Db {
@@ -222,7 +234,7 @@ impl Db {
     /// Wraps a repository. Registers `catalog_db_queries_total` with the installed metrics
     /// recorder (install it first).
     pub fn new(repo: Arc<dyn Repository>, options: Options) -> Self {
-        let counter = metrics::counter!("catalog_db_queries_total");
+        let counter = metrics::counter!("catalog_db_queries_total", "source" => "request");
         counter.increment(0);
         Self {
             repo,

@@ -46,6 +46,18 @@ impl Backend for Postgres {
             .await?;
         Ok(tx)
     }
+
+    async fn install_feed(pool: &PgPool) -> std::result::Result<(), aside_feed::Error> {
+        aside_feed::postgres::install(pool, crate::feed::TABLES).await
+    }
+
+    fn start_feed(
+        pool: PgPool,
+        cache: aside::Cache,
+        config: aside_feed::FeedConfig,
+    ) -> std::result::Result<aside_feed::Feed, aside_feed::Error> {
+        aside_feed::Feed::postgres(pool, cache, crate::feed::invalidations, config)
+    }
 }
 
 /// Whether `e` is a PostgreSQL outage rather than a bad statement: a serialization failure or

@@ -37,6 +37,19 @@ pub trait Backend: Database + sealed::Sealed {
     fn begin_seed(
         pool: &Pool<Self>,
     ) -> impl Future<Output = Result<Transaction<'static, Self>>> + Send;
+
+    /// Installs the change feed's outbox and the triggers of [`crate::feed::TABLES`]
+    /// (idempotent).
+    fn install_feed(
+        pool: &Pool<Self>,
+    ) -> impl Future<Output = std::result::Result<(), aside_feed::Error>> + Send;
+
+    /// Starts a change feed over `pool`.
+    fn start_feed(
+        pool: Pool<Self>,
+        cache: aside::Cache,
+        config: aside_feed::FeedConfig,
+    ) -> std::result::Result<aside_feed::Feed, aside_feed::Error>;
 }
 
 // Sealed: the statements are written for these two databases and checked against them only.
@@ -231,6 +244,17 @@ where
             .run(&self.pool)
             .await
             .map_err(super::DbError::Migrate)
+    }
+
+    async fn change_feed(
+        &self,
+        cache: aside::Cache,
+        config: aside_feed::FeedConfig,
+    ) -> Result<aside_feed::Feed> {
+        D::install_feed(&self.pool)
+            .await
+            .map_err(super::DbError::Feed)?;
+        D::start_feed(self.pool.clone(), cache, config).map_err(super::DbError::Feed)
     }
 
     async fn seed(&self, products: u32) -> Result<bool> {

@@ -17,11 +17,16 @@ use std::str::FromStr;
 /// [`Repository`](super::Repository) over SQLite.
 pub type SqliteRepository = SqlRepository<Sqlite>;
 
+/// Whether `url` names an in-memory SQLite database (one connection, this process only).
+pub fn is_memory(url: &str) -> bool {
+    url.starts_with("sqlite:") && (url.contains(":memory:") || url.contains("mode=memory"))
+}
+
 impl SqliteRepository {
     /// Opens (creating if needed) the database at `url`. An in-memory database lives in a
     /// single connection that is never closed.
     pub async fn connect(url: &str, options: &Options) -> Result<Self> {
-        let memory = url.contains(":memory:") || url.contains("mode=memory");
+        let memory = is_memory(url);
         let mut connect = SqliteConnectOptions::from_str(url)
             .map_err(DbError::Query)?
             .create_if_missing(true)
@@ -70,6 +75,18 @@ impl Backend for Sqlite {
     async fn begin_seed(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>> {
         // IMMEDIATE: take the write lock before looking, so two processes cannot both seed.
         Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    async fn install_feed(pool: &SqlitePool) -> std::result::Result<(), aside_feed::Error> {
+        aside_feed::sqlite::install_all_columns(pool, crate::feed::TABLES).await
+    }
+
+    fn start_feed(
+        pool: SqlitePool,
+        cache: aside::Cache,
+        config: aside_feed::FeedConfig,
+    ) -> std::result::Result<aside_feed::Feed, aside_feed::Error> {
+        aside_feed::Feed::sqlite(pool, cache, crate::feed::invalidations, config)
     }
 }
 

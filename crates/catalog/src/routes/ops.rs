@@ -11,12 +11,17 @@ use serde::Serialize;
 /// The body of `/healthz`.
 #[derive(Debug, Serialize)]
 pub struct Health {
-    /// `ok`, or `degraded` when the database or the cache is down.
+    /// `ok`, or `degraded` when the database or the cache is down, or the change feed is
+    /// down or behind.
     pub status: &'static str,
     /// `up` or `down`.
     pub db: &'static str,
     /// `up`, `down`, or `off` (`--no-cache`).
     pub cache: &'static str,
+    /// The change feed: `up`, `behind` (changes wait longer than a second to reach the
+    /// cache), `down` (it cannot read the database), or `off` (`--no-change-feed`,
+    /// `--no-cache`, or an in-memory database).
+    pub feed: &'static str,
 }
 
 /// `GET /healthz`: always 200; the body tells what is down. Asks the database (one round
@@ -38,12 +43,23 @@ pub async fn healthz(State(s): State<AppState>) -> Json<Health> {
     };
     let (db, cache) = tokio::join!(db_check, cache_check);
     let db = if db.is_ok() { "up" } else { "down" };
-    let status = if db == "up" && cache != "down" {
+    let feed = match s.feed.as_deref().map(aside_feed::Feed::status) {
+        None => "off",
+        Some(aside_feed::Status::Up) => "up",
+        Some(aside_feed::Status::Behind) => "behind",
+        Some(aside_feed::Status::Down) => "down",
+    };
+    let status = if db == "up" && cache != "down" && matches!(feed, "up" | "off") {
         "ok"
     } else {
         "degraded"
     };
-    Json(Health { status, db, cache })
+    Json(Health {
+        status,
+        db,
+        cache,
+        feed,
+    })
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -1,0 +1,79 @@
+//! The catalog's change feed: which cache entries each committed row change voids, whoever
+//! made it (this service, another instance, a `psql` session, a migration, another service).
+//!
+//! The tables `products` and `categories` carry triggers that write every change to an
+//! outbox in the changing transaction; every instance runs an [`aside_feed::Feed`] that reads
+//! it and applies [`invalidations`] to its cache (see `aside-feed` for how nothing is skipped
+//! and the position survives restarts). The catalog's own writes also invalidate directly,
+//! before they are acknowledged: the feed is what makes changes made *elsewhere* visible, and
+//! what finishes the job when an instance died right after its commit or could not reach
+//! Redis at the time.
+//!
+//! | change | invalidates |
+//! | --- | --- |
+//! | a product inserted, updated or deleted | the key `product:{id}` (old and new id), the prefix `products:list:` |
+//! | a category inserted, updated or deleted | the tag `category:{id}`, the prefix `products:list:` |
+//! | a table truncated | the whole namespace |
+
+use crate::service::LIST_PREFIX;
+use aside_feed::{Change, Invalidations, Op};
+
+/// The feed's name: the key of its durable position in the database. Every instance of the
+/// catalog shares it.
+pub const NAME: &str = "catalog";
+
+/// The tables the feed watches.
+pub const TABLES: &[&str] = &["products", "categories"];
+
+/// What a committed change voids (see the module docs).
+pub fn invalidations(change: &Change) -> Invalidations {
+    if change.op == Op::Truncate {
+        return Invalidations::all();
+    }
+    match change.table.as_str() {
+        "products" => Invalidations::none()
+            .keys(change.values("id").iter().map(|id| format!("product:{id}")))
+            .prefix(LIST_PREFIX),
+        "categories" => Invalidations::none()
+            .tags(
+                change
+                    .values("id")
+                    .iter()
+                    .map(|id| format!("category:{id}")),
+            )
+            .prefix(LIST_PREFIX),
+        _ => Invalidations::none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn each_change_voids_what_depends_on_it() {
+        let moved = Change::new(
+            "products",
+            Op::Update,
+            Some(json!({"id": "p1", "category_id": "c1"})),
+            Some(json!({"id": "p1", "category_id": "c2"})),
+        );
+        let i = invalidations(&moved);
+        assert_eq!(i.keys, vec!["product:p1".to_owned()]);
+        assert_eq!(i.prefixes, vec![LIST_PREFIX.to_owned()]);
+        let inserted = Change::new("products", Op::Insert, None, Some(json!({"id": "p9"})));
+        assert_eq!(invalidations(&inserted).keys, vec!["product:p9".to_owned()]);
+        let renamed = Change::new(
+            "categories",
+            Op::Update,
+            Some(json!({"id": "c3", "name": "Old"})),
+            Some(json!({"id": "c3", "name": "New"})),
+        );
+        let i = invalidations(&renamed);
+        assert_eq!(i.tags, vec!["category:c3".to_owned()]);
+        assert_eq!(i.prefixes, vec![LIST_PREFIX.to_owned()]);
+        assert!(invalidations(&Change::new("products", Op::Truncate, None, None)).all);
+        assert!(invalidations(&Change::new("other", Op::Insert, None, None)).is_empty());
+    }
+}
