@@ -68,15 +68,32 @@ impl Service {
 
     /// Sends SIGTERM and waits (at most 10 s) for it to exit; whether it exited successfully.
     pub fn terminate(&mut self) -> bool {
+        self.sigterm();
+        self.exited(Duration::from_secs(10))
+    }
+
+    /// Sends SIGTERM (a graceful shutdown) without waiting.
+    pub fn sigterm(&self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
+    }
+
+    /// Waits (at most `limit`, blocking the thread) for it to exit; whether it exited
+    /// successfully.
+    pub fn exited(&mut self, limit: Duration) -> bool {
         let mut status = None;
-        wait_until(Duration::from_secs(10), || {
+        wait_until(limit, || {
             status = self.child.try_wait().ok().flatten();
             status.is_some()
         });
         status.is_some_and(|s| s.success())
+    }
+
+    /// SIGKILL: gone at once, with nothing cleaned up (as a crashed or evicted instance).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

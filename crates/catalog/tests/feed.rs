@@ -1,0 +1,258 @@
+//! End-to-end: rows changed in the database by anyone (a plain SQL client here) reach every
+//! instance's cache through the change feed, durably: also when the instance that wrote died
+//! right after its commit while Redis was paused, and across restarts of every instance.
+//! Also: a graceful shutdown sends what the cache kept during an outage.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor};
+use std::time::Duration;
+use support::Service;
+use testkit::{TestPostgres, TestRedis, eventually};
+
+/// How long a change made elsewhere may take to reach every instance here: the feed's goal
+/// is a second; the margin is for a loaded test machine.
+const CONVERGED: Duration = Duration::from_secs(3);
+
+async fn get(http: &Client, url: &str) -> (StatusCode, Value) {
+    let r = http.get(url).send().await.unwrap();
+    (r.status(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn put(http: &Client, url: &str, body: Value) -> StatusCode {
+    http.put(url).json(&body).send().await.unwrap().status()
+}
+
+/// Whether `path` on `svc` eventually answers `status` with `field` equal to `want`.
+async fn serves(svc: &Service, path: &str, status: StatusCode, field: &str, want: Value) -> bool {
+    let http = Client::new();
+    let url = svc.url(path);
+    eventually(CONVERGED, || {
+        let (http, url, want) = (http.clone(), url.clone(), want.clone());
+        async move {
+            let (st, body) = get(&http, &url).await;
+            st == status && (field.is_empty() || body.pointer(field) == Some(&want))
+        }
+    })
+    .await
+}
+
+/// Two instances on one PostgreSQL database and one Redis; extra flags for both.
+async fn two_on_postgres(extra: &[&str]) -> (TestPostgres, TestRedis, Service, Service) {
+    let pg = TestPostgres::new().await;
+    let redis = TestRedis::start();
+    let (db, r) = (pg.url.clone(), redis.url());
+    let mut args = vec![
+        "--database-url",
+        &db,
+        "--redis-url",
+        &r,
+        "--seed-products",
+        "50",
+    ];
+    args.extend_from_slice(extra);
+    let a = Service::start(&args);
+    let b = Service::start(&args);
+    (pg, redis, a, b)
+}
+
+/// Reads the entries the outside changes will touch through `svc`, so that they are cached.
+async fn warm(svc: &Service) {
+    let http = Client::new();
+    for path in [
+        "/products/p7",
+        "/products/p8",
+        "/products/p3",
+        "/products?limit=5",
+    ] {
+        assert_eq!(get(&http, &svc.url(path)).await.0, StatusCode::OK, "{path}");
+    }
+    assert_eq!(
+        get(&http, &svc.url("/products/ghost")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    // Cached: the second read is a hit.
+    let r = http.get(svc.url("/products/p7")).send().await.unwrap();
+    assert_eq!(r.headers()["x-cache"], "hit");
+}
+
+/// An `UPDATE`, an `INSERT` over a cached 404, a `DELETE` and a category rename, to be made
+/// with a plain SQL connection behind the catalog's back (`now`: a time as the database
+/// stores it).
+fn behind_its_back(now: &str) -> Vec<String> {
+    vec![
+        "UPDATE products SET price = 4242 WHERE id = 'p7'".to_owned(),
+        format!(
+            "INSERT INTO products (id, name, price, category_id, created_at, updated_at) \
+             VALUES ('ghost', 'Ghost', 1, 'c1', {now}, {now})"
+        ),
+        "DELETE FROM products WHERE id = 'p8'".to_owned(),
+        "UPDATE categories SET name = 'Renamed in SQL' WHERE id = 'c3'".to_owned(),
+    ]
+}
+
+async fn every_change_is_served(svc: &Service) {
+    assert!(serves(svc, "/products/p7", StatusCode::OK, "/price", json!(4242.0)).await);
+    assert!(
+        serves(
+            svc,
+            "/products/ghost",
+            StatusCode::OK,
+            "/name",
+            json!("Ghost")
+        )
+        .await
+    );
+    assert!(serves(svc, "/products/p8", StatusCode::NOT_FOUND, "", Value::Null).await);
+    let renamed = json!("Renamed in SQL");
+    assert!(
+        serves(
+            svc,
+            "/products/p3",
+            StatusCode::OK,
+            "/category/name",
+            renamed
+        )
+        .await
+    );
+    // The list pages too: the newest product is now the inserted one.
+    let newest = json!("ghost");
+    assert!(
+        serves(
+            svc,
+            "/products?limit=5",
+            StatusCode::OK,
+            "/products/0/id",
+            newest
+        )
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_changes_reach_every_instance_on_postgres() {
+    let (pg, _redis, a, b) = two_on_postgres(&[]).await;
+    warm(&a).await;
+    warm(&b).await;
+    let mut sql = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    for statement in behind_its_back("now()") {
+        sql.execute(sqlx::AssertSqlSafe(statement)).await.unwrap();
+    }
+    every_change_is_served(&a).await;
+    every_change_is_served(&b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_changes_reach_every_l1_on_postgres() {
+    let (pg, _redis, a, b) = two_on_postgres(&["--l1-capacity", "1000"]).await;
+    warm(&a).await;
+    warm(&b).await;
+    let mut sql = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    for statement in behind_its_back("now()") {
+        sql.execute(sqlx::AssertSqlSafe(statement)).await.unwrap();
+    }
+    every_change_is_served(&a).await;
+    every_change_is_served(&b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_changes_reach_every_instance_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shared.db");
+    let db = format!("sqlite://{}", file.display());
+    let redis = TestRedis::start();
+    let r = redis.url();
+    let args = [
+        "--database-url",
+        &db,
+        "--redis-url",
+        &r,
+        "--seed-products",
+        "50",
+    ];
+    let a = Service::start(&args);
+    let b = Service::start(&args);
+    warm(&a).await;
+    warm(&b).await;
+    // Another process's connection to the same file (times are microseconds there).
+    let mut sql = sqlx::SqliteConnection::connect(&db).await.unwrap();
+    for statement in behind_its_back("1767225600000000") {
+        sql.execute(sqlx::AssertSqlSafe(statement)).await.unwrap();
+    }
+    every_change_is_served(&a).await;
+    every_change_is_served(&b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_dying_while_redis_is_paused_loses_no_invalidation() {
+    let (_pg, redis, a, b) = two_on_postgres(&[]).await;
+    let http = Client::new();
+    warm(&b).await;
+    redis.pause();
+    // Acknowledged: committed, its invalidation kept by A since Redis does not answer.
+    let st = put(&http, &a.url("/products/p7"), json!({"price": 77})).await;
+    assert_eq!(st, StatusCode::OK);
+    a.kill();
+    redis.resume();
+    assert!(
+        serves(&b, "/products/p7", StatusCode::OK, "/price", json!(77.0)).await,
+        "the acknowledged write was lost with its instance"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_while_every_instance_was_down_is_applied_on_start() {
+    let pg = TestPostgres::new().await;
+    let redis = TestRedis::start();
+    let (db, r) = (pg.url.clone(), redis.url());
+    let args = [
+        "--database-url",
+        &db,
+        "--redis-url",
+        &r,
+        "--seed-products",
+        "50",
+    ];
+    let mut first = Service::start(&args);
+    warm(&first).await;
+    assert!(first.terminate());
+    let mut sql = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    sql.execute("UPDATE products SET price = 4242 WHERE id = 'p7'")
+        .await
+        .unwrap();
+    // Redis still holds the old entry; the new instance resumes from the stored position.
+    let again = Service::start(&args);
+    assert!(
+        serves(
+            &again,
+            "/products/p7",
+            StatusCode::OK,
+            "/price",
+            json!(4242.0)
+        )
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_sends_what_the_cache_kept() {
+    // No feed: only the writer's own kept invalidation can reach Redis.
+    let (_pg, redis, mut a, b) = two_on_postgres(&["--no-change-feed"]).await;
+    let http = Client::new();
+    warm(&b).await;
+    redis.pause();
+    let st = put(&http, &a.url("/products/p7"), json!({"price": 77})).await;
+    assert_eq!(st, StatusCode::OK);
+    a.sigterm();
+    // Redis answers again only once the instance is shutting down.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.resume();
+    assert!(tokio::task::block_in_place(
+        || a.exited(Duration::from_secs(10))
+    ));
+    let (st, body) = get(&http, &b.url("/products/p7")).await;
+    assert_eq!((st, &body["price"]), (StatusCode::OK, &json!(77.0)));
+}
