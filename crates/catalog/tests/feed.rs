@@ -256,3 +256,36 @@ async fn a_graceful_shutdown_sends_what_the_cache_kept() {
     let (st, body) = get(&http, &b.url("/products/p7")).await;
     assert_eq!((st, &body["price"]), (StatusCode::OK, &json!(77.0)));
 }
+
+/// Every one of 200 outside updates is served within the bound; prints how long each took to
+/// be seen through HTTP (run with `--release -- --nocapture` for the README's figures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_updates_converge_one_by_one() {
+    let (pg, _redis, a, _b) = two_on_postgres(&[]).await;
+    let http = Client::new();
+    let mut sql = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    let url = a.url("/products/p5");
+    let mut took = Vec::new();
+    for i in 0..200u32 {
+        assert_eq!(get(&http, &url).await.0, StatusCode::OK); // cached
+        let price = 5000.0 + f64::from(i);
+        let update = format!("UPDATE products SET price = {price} WHERE id = 'p5'");
+        sql.execute(sqlx::AssertSqlSafe(update)).await.unwrap();
+        let committed = std::time::Instant::now();
+        let seen = eventually(CONVERGED, || {
+            let (http, url) = (http.clone(), url.clone());
+            async move { get(&http, &url).await.1["price"] == json!(price) }
+        })
+        .await;
+        assert!(seen, "update {i} not served within {CONVERGED:?}");
+        took.push(committed.elapsed());
+    }
+    took.sort();
+    println!(
+        "outside update to served: median {:?}, p99 {:?}, max {:?} over {} updates",
+        took[took.len() / 2],
+        took[took.len() * 99 / 100],
+        took[took.len() - 1],
+        took.len()
+    );
+}
