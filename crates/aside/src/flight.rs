@@ -10,9 +10,12 @@
 //! - the leader began the observation that produced it (a store read, or its loader) after
 //!   the follower joined: every write acknowledged before then had committed, and had its
 //!   invalidation applied, before the observation began; or
-//! - it was stored by a fenced fill: the fill would have been refused had any write been
-//!   acknowledged (its invalidation applied) after the claim, and a write acknowledged before
-//!   the claim had committed before the load read the database.
+//! - it was stored by a fenced fill sent after the follower joined: the fill would have been
+//!   refused had any write been acknowledged (its invalidation applied) between the claim and
+//!   the fill, and a write acknowledged before the claim had committed before the load read
+//!   the database. (A write acknowledged after the fill was sent may have found nothing to
+//!   refuse: its invalidation deleted the entry the fill wrote, so the value is not for
+//!   followers that joined after that; the fill is an observation of its own.)
 //!
 //! So the leader numbers its observations ([`Leader::observe`]), each follower notes the
 //! number when it joins, and every outcome says whom it is [`Fresh`] for; a follower that may
@@ -47,7 +50,7 @@ pub(crate) enum Shared {
 /// Which followers an outcome is for (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Fresh {
-    /// Every follower: a fill stored under the lease, or an outcome that is no value.
+    /// Every follower: an outcome that is no value (the loader's error).
     All,
     /// Followers that joined before the leader's observation with this number began.
     JoinedBefore(u64),
@@ -280,17 +283,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_stored_fill_is_for_every_follower() {
+    async fn a_stored_fill_is_for_followers_that_joined_before_it_was_sent() {
         let f = Flights::default();
         let Role::Leader(leader) = f.join(&key("a")) else {
             panic!()
         };
-        leader.observe();
-        let Role::Follower(late) = f.join(&key("a")) else {
+        leader.observe(); // the load
+        let Role::Follower(during_load) = f.join(&key("a")) else {
             panic!()
         };
-        leader.finish(Shared::Absent, Fresh::All);
-        assert!(matches!(late.wait().await, Followed::Taken(Shared::Absent)));
+        let fill = leader.observe();
+        let Role::Follower(after_fill) = f.join(&key("a")) else {
+            panic!()
+        };
+        leader.finish(Shared::Absent, Fresh::JoinedBefore(fill));
+        assert!(matches!(
+            during_load.wait().await,
+            Followed::Taken(Shared::Absent)
+        ));
+        assert!(matches!(after_fill.wait().await, Followed::TooOld));
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@
 //! | `ns:t:<tag>` | the version of a tag |
 //! | `ns:p:<prefix>` | the version of a key prefix (a prefix ending at a `:` of the user key) |
 //! | `ns:g` | the namespace epoch: bumped when invalidations were lost in an outage |
-//! | `ns:c` | the tag clock: advanced by every invalidation of a tag, prefix or the epoch |
+//! | `ns:c:<i>` | tag clock `i` of [`CLOCK_SHARDS`]: advanced by every invalidation of a tag of shard `i` |
 //!
 //! In Redis Cluster the entry and refresh keys carry the user key as a hash tag,
 //! `ns:e:{<key>}` and `ns:r:{<key>}` ([`EntryKey::hash_tagged`]), so an entry and its refresh
@@ -30,9 +30,16 @@ pub const MAX_KEY_LEN: usize = 1024;
 /// versions of their first `MAX_PREFIX_DEPTH` `:`-terminated prefixes.
 pub const MAX_PREFIX_DEPTH: usize = 4;
 
+/// How many tag clocks a namespace has. A tag learnt from a loaded value is not known when
+/// the load's lease is taken, so its fill is fenced by the clock of the tag's shard (a hash
+/// of its key, see [`TagKey::clock_shard`]) rather than by its own version: a fill is refused
+/// when a tag of the same shard was invalidated during the load, which is every tag it could
+/// have learnt, and one sixteenth of the others.
+pub const CLOCK_SHARDS: usize = 16;
+
 /// A validated namespace; the root of every Redis key of one cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Namespace(String, TagKey);
+pub struct Namespace(String, TagKey, std::sync::Arc<[TagKey]>);
 
 impl Namespace {
     /// Validates a namespace: 1 to 64 characters of `[A-Za-z0-9_.-]`.
@@ -43,7 +50,10 @@ impl Namespace {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
         if ok {
-            Ok(Self(ns.to_owned(), TagKey(format!("{ns}:g"))))
+            let clocks = (0..CLOCK_SHARDS)
+                .map(|i| TagKey(format!("{ns}:c:{i}")))
+                .collect();
+            Ok(Self(ns.to_owned(), TagKey(format!("{ns}:g")), clocks))
         } else {
             Err(Error::InvalidNamespace(ns.to_owned()))
         }
@@ -82,9 +92,9 @@ impl Namespace {
         self.1.clone()
     }
 
-    /// The tag clock key.
-    pub fn clock(&self) -> TagKey {
-        TagKey(format!("{}:c", self.0))
+    /// The tag clocks, shard by shard (`ns:c:0` .. `ns:c:15`): a claim reads them all.
+    pub fn clocks(&self) -> &[TagKey] {
+        &self.2
     }
 
     /// Every version key an entry under `key` is stamped with: the epoch, the key's
@@ -157,6 +167,28 @@ impl TagKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// For the version key of a tag, the shard of the tag clock that fences fills learning
+    /// it: the 64-bit FNV-1a hash of the key, modulo [`CLOCK_SHARDS`] (the same in every
+    /// process and every version of this crate). `None` for prefixes and the epoch, which
+    /// are never learnt.
+    pub fn clock_shard(&self) -> Option<usize> {
+        let (_, kind) = layout(&self.0)?;
+        if kind != b't' {
+            return None;
+        }
+        let hash = self.0.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        Some((hash % CLOCK_SHARDS as u64) as usize)
+    }
+
+    /// For the version key of a tag, the key of its shard's clock (`ns:c:<i>`).
+    pub fn clock(&self) -> Option<TagKey> {
+        let shard = self.clock_shard()?;
+        let (ns, _) = self.0.split_once(':')?;
+        Some(TagKey(format!("{ns}:c:{shard}")))
+    }
 }
 
 impl fmt::Display for EntryKey {
@@ -197,7 +229,12 @@ pub(crate) fn layout(key: &str) -> Option<(&str, u8)> {
     let kind = *rest.as_bytes().first()?;
     let well_formed = match kind {
         b'e' | b't' | b'p' => rest.len() > 2 && rest.as_bytes()[1] == b':',
-        b'g' | b'c' => rest.len() == 1,
+        b'g' => rest.len() == 1,
+        b'c' => {
+            rest.len() > 2
+                && rest.as_bytes()[1] == b':'
+                && rest[2..].bytes().all(|b| b.is_ascii_digit())
+        }
         _ => false,
     };
     (well_formed && Namespace::new(ns).is_ok()).then_some((ns, kind))
@@ -275,7 +312,8 @@ mod tests {
             "app:p:products:list:"
         );
         assert_eq!(ns.epoch().as_str(), "app:g");
-        assert_eq!(ns.clock().as_str(), "app:c");
+        assert_eq!(ns.clocks().len(), CLOCK_SHARDS);
+        assert_eq!(ns.clocks()[3].as_str(), "app:c:3");
         assert_eq!(ns.entry("a*b{c}").unwrap().as_str(), "app:e:a%2Ab%7Bc%7D");
         assert_eq!(
             ns.entry("product:e:1").unwrap().refresh_key(),
@@ -293,6 +331,26 @@ mod tests {
     }
 
     #[test]
+    fn a_tag_has_the_clock_of_its_shard_and_others_none() {
+        let ns = ns();
+        let t = ns.tag("category:c1").unwrap();
+        let shard = t.clock_shard().unwrap();
+        assert!(shard < CLOCK_SHARDS);
+        assert_eq!(t.clock().as_ref(), Some(&ns.clocks()[shard]));
+        // Stable: the same in every process (FNV-1a of the key).
+        assert_eq!(
+            t.clock_shard(),
+            ns.tag("category:c1").unwrap().clock_shard()
+        );
+        let shards: std::collections::HashSet<usize> = (0..200)
+            .filter_map(|i| ns.tag(&format!("t{i}")).unwrap().clock_shard())
+            .collect();
+        assert_eq!(shards.len(), CLOCK_SHARDS, "tags spread over every shard");
+        assert_eq!(ns.prefix("a:").unwrap().clock_shard(), None);
+        assert_eq!(ns.epoch().clock(), None);
+    }
+
+    #[test]
     fn layouts_read_back() {
         let ns = ns();
         assert_eq!(
@@ -305,9 +363,10 @@ mod tests {
             Some(("app", b'p'))
         );
         assert_eq!(layout(ns.epoch().as_str()), Some(("app", b'g')));
-        assert_eq!(layout(ns.clock().as_str()), Some(("app", b'c')));
+        assert_eq!(layout(ns.clocks()[15].as_str()), Some(("app", b'c')));
         for bad in [
-            "", "app", "app:", "app:t:", "app:x:1", "app:gg", "a b:e:k", "app:e",
+            "", "app", "app:", "app:t:", "app:x:1", "app:gg", "a b:e:k", "app:e", "app:c",
+            "app:c:x",
         ] {
             assert_eq!(layout(bad), None, "{bad:?}");
         }

@@ -857,6 +857,62 @@ async fn a_load_older_than_an_invalidation_of_a_learnt_tag_is_not_written(fx: Fx
     );
 }
 
+/// What an invalidation made while a product with a learnt tag is being loaded does to its
+/// fill: `invalidate` runs between the load's read of the row and its end; the fill must be
+/// stored exactly when `stored` says.
+async fn a_learnt_tag_fill_during(fx: Fx, stored: bool, invalidate: &str) {
+    let c = fx.cache();
+    let other = fx.cache();
+    let (read_tx, read_rx) = oneshot::channel();
+    let (go_tx, go_rx) = oneshot::channel::<()>();
+    let loader = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.entry("product:p250")
+                .fetch_tagged(|| async move {
+                    read_tx.send(()).unwrap();
+                    go_rx.await.unwrap();
+                    Ok::<_, Never>(Tagged::found("Product 250".to_string()).tag("category:c10"))
+                })
+                .await
+                .unwrap()
+        })
+    };
+    read_rx.await.unwrap();
+    let ns = aside::key::Namespace::new(&fx.ns).unwrap();
+    let shard = |t: &str| ns.tag(t).unwrap().clock_shard();
+    match invalidate {
+        // A writer of another product, through another instance, in a loop: its key and
+        // every list page.
+        "other product" => {
+            for _ in 0..20 {
+                other.del(["product:p1"]).await.unwrap();
+                other.invalidate_prefix("products:list:").await.unwrap();
+            }
+        }
+        // A tag of another entry, in another clock shard than the learnt one.
+        "other tag" => {
+            let tag = (0..)
+                .map(|i| format!("category:x{i}"))
+                .find(|t| shard(t) != shard("category:c10"))
+                .unwrap();
+            other.invalidate_tag(&tag).await.unwrap();
+        }
+        "the learnt tag" => drop(other.invalidate_tag("category:c10").await.unwrap()),
+        "the epoch" => drop(other.invalidate_all().await),
+        _ => unreachable!(),
+    }
+    go_tx.send(()).unwrap();
+    assert_eq!(loader.await.unwrap().value.as_deref(), Some("Product 250"));
+    let now = c.get::<String>("product:p250").await.unwrap();
+    assert_eq!(
+        now.is_some(),
+        stored,
+        "after invalidating {invalidate} during the load, stored: {:?}",
+        now
+    );
+}
+
 // ---- stale-while-revalidate and stale-if-error ----
 
 impl Fx {
@@ -1311,6 +1367,22 @@ macro_rules! suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn refresh_fence_against_set() {
                 super::a_refresh_older_than_an_invalidation_is_not_written($fx, "set").await
+            }
+            #[tokio::test]
+            async fn unrelated_writes_do_not_refuse_a_fill() {
+                super::a_learnt_tag_fill_during($fx, true, "other product").await
+            }
+            #[tokio::test]
+            async fn another_entry_s_tag_does_not_refuse_a_fill() {
+                super::a_learnt_tag_fill_during($fx, true, "other tag").await
+            }
+            #[tokio::test]
+            async fn the_learnt_tag_refuses_its_fill() {
+                super::a_learnt_tag_fill_during($fx, false, "the learnt tag").await
+            }
+            #[tokio::test]
+            async fn the_epoch_refuses_every_fill() {
+                super::a_learnt_tag_fill_during($fx, false, "the epoch").await
             }
             #[tokio::test]
             async fn late_follower_after_a_write_elsewhere() {

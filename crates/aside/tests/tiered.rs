@@ -231,21 +231,21 @@ impl Store for Held {
         &self,
         key: &aside::key::EntryKey,
         stamps: &[aside::key::TagKey],
-        clock: &aside::key::TagKey,
+        clocks: &[aside::key::TagKey],
         terms: aside::store::ClaimTerms,
     ) -> Result<aside::store::Claim, aside::StoreError> {
-        self.inner.claim(key, stamps, clock, terms).await
+        self.inner.claim(key, stamps, clocks, terms).await
     }
     async fn claim_refresh(
         &self,
         key: &aside::key::EntryKey,
         fresh_until: u64,
         stamps: &[aside::key::TagKey],
-        clock: &aside::key::TagKey,
+        clocks: &[aside::key::TagKey],
         terms: aside::store::ClaimTerms,
     ) -> Result<Option<aside::store::Lease>, aside::StoreError> {
         self.inner
-            .claim_refresh(key, fresh_until, stamps, clock, terms)
+            .claim_refresh(key, fresh_until, stamps, clocks, terms)
             .await
     }
     async fn fill(
@@ -277,12 +277,8 @@ impl Store for Held {
     async fn delete(&self, keys: &[aside::key::EntryKey]) -> Result<(), aside::StoreError> {
         self.inner.delete(keys).await
     }
-    async fn bump(
-        &self,
-        stamps: &[aside::key::TagKey],
-        clock: &aside::key::TagKey,
-    ) -> Result<(), aside::StoreError> {
-        self.inner.bump(stamps, clock).await
+    async fn bump(&self, stamps: &[aside::key::TagKey]) -> Result<(), aside::StoreError> {
+        self.inner.bump(stamps).await
     }
     async fn ping(&self) -> Result<(), aside::StoreError> {
         self.inner.ping().await

@@ -70,17 +70,13 @@ impl<C: Codec> Cache<C> {
         let store = &self.inner.store;
         let r = async {
             if batch.overflowed {
-                self.call(
-                    Op::Bump,
-                    store.bump(&[self.inner.ns.epoch()], &self.inner.ns.clock()),
-                )
-                .await
+                self.call(Op::Bump, store.bump(&[self.inner.ns.epoch()]))
+                    .await
             } else {
                 let keys: Vec<_> = batch.keys.iter().cloned().collect();
                 let stamps: Vec<_> = batch.stamps.iter().cloned().collect();
                 self.call(Op::Delete, store.delete(&keys)).await?;
-                self.call(Op::Bump, store.bump(&stamps, &self.inner.ns.clock()))
-                    .await
+                self.call(Op::Bump, store.bump(&stamps)).await
             }
         }
         .await;
@@ -127,10 +123,7 @@ impl<C: Codec> Cache<C> {
             };
             match r {
                 Ok(()) if stamps.is_empty() => Ok(()),
-                Ok(()) => {
-                    self.call(Op::Bump, store.bump(stamps, &self.inner.ns.clock()))
-                        .await
-                }
+                Ok(()) => self.call(Op::Bump, store.bump(stamps)).await,
                 Err(e) => Err(e),
             }
         } else {

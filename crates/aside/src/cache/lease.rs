@@ -139,8 +139,8 @@ where
             {
                 // Refresh in place, the expired entry staying readable meanwhile; if another
                 // process is refreshing it (or it is gone), claim as on a miss below.
-                let clock = inner.ns.clock();
-                let refresh = inner.store.claim_refresh(&k, until, &stamps, &clock, terms);
+                let clocks = inner.ns.clocks();
+                let refresh = inner.store.claim_refresh(&k, until, &stamps, clocks, terms);
                 if let Ok(Some(lease)) = cache.call(Op::Claim, refresh).await
                     && let Some(loader) = loader.take()
                 {
@@ -156,8 +156,8 @@ where
             let seen = leader.observe();
             let claim = match ready {
                 Ok(()) => {
-                    let clock = inner.ns.clock();
-                    let claim = inner.store.claim(&k, &stamps, &clock, terms);
+                    let clocks = inner.ns.clocks();
+                    let claim = inner.store.claim(&k, &stamps, clocks, terms);
                     cache.call(Op::Claim, claim).await
                 }
                 Err(e) => Err(e),
@@ -395,6 +395,7 @@ impl<C: Codec> Cache<C> {
                 Shared::Absent,
             ),
         };
+        let mut filled_at = began;
         let stored = match (&held.lease, payload) {
             (Some(_), None) => {
                 self.release(k, &mut held).await;
@@ -409,6 +410,9 @@ impl<C: Codec> Cache<C> {
             }
             (Some(lease), Some(p)) => {
                 let life = Lifetime::new(ttl, inner.settings.lease);
+                // A stored fill is fresh for the followers that joined before it was sent: a
+                // write acknowledged after that may have found nothing to refuse.
+                filled_at = leader.observe();
                 let fill = inner.store.fill(k, lease, &learnt, p, life);
                 match self.call(Op::Fill, fill).await {
                     Ok(written) => {
@@ -428,11 +432,7 @@ impl<C: Codec> Cache<C> {
             (None, _) => false,
         };
         // Shared after the fill, so callers arriving now find the entry instead of a lease.
-        let fresh = if stored {
-            Fresh::All
-        } else {
-            Fresh::JoinedBefore(began)
-        };
+        let fresh = Fresh::JoinedBefore(if stored { filled_at } else { began });
         leader.finish(shared, fresh);
         Ok(Fetched {
             value: value.map(|v| M::loaded(v, body)),

@@ -48,11 +48,11 @@ impl<C: Codec> Cache<C> {
                 if cache.ready().await.is_err() {
                     return;
                 }
-                let clock = inner.ns.clock();
                 let terms = t.claim_terms(inner.settings.lease);
+                let clocks = inner.ns.clocks();
                 let claim = inner
                     .store
-                    .claim_refresh(&k, fresh_until, &stamps, &clock, terms);
+                    .claim_refresh(&k, fresh_until, &stamps, clocks, terms);
                 // Not granted: another process refreshes it, or it is gone (the next read
                 // loads it). Dropping the leader lets anyone who joined meanwhile load.
                 let Ok(Some(lease)) = cache.call(Op::Claim, claim).await else {

@@ -97,11 +97,11 @@ impl Store for ChaosStore {
         &self,
         key: &EntryKey,
         stamps: &[TagKey],
-        clock: &TagKey,
+        clocks: &[TagKey],
         terms: ClaimTerms,
     ) -> Result<Claim, StoreError> {
         self.check(false)?;
-        self.inner.claim(key, stamps, clock, terms).await
+        self.inner.claim(key, stamps, clocks, terms).await
     }
 
     async fn claim_refresh(
@@ -109,13 +109,13 @@ impl Store for ChaosStore {
         key: &EntryKey,
         fresh_until: u64,
         stamps: &[TagKey],
-        clock: &TagKey,
+        clocks: &[TagKey],
         terms: ClaimTerms,
     ) -> Result<Option<Lease>, StoreError> {
         self.check(false)?;
         let claim = self
             .inner
-            .claim_refresh(key, fresh_until, stamps, clock, terms);
+            .claim_refresh(key, fresh_until, stamps, clocks, terms);
         claim.await
     }
 
@@ -152,9 +152,9 @@ impl Store for ChaosStore {
         self.inner.delete(keys).await
     }
 
-    async fn bump(&self, stamps: &[TagKey], clock: &TagKey) -> Result<(), StoreError> {
+    async fn bump(&self, stamps: &[TagKey]) -> Result<(), StoreError> {
         self.check(true)?;
-        self.inner.bump(stamps, clock).await
+        self.inner.bump(stamps).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -179,7 +179,7 @@ mod tests {
         s.fail(Failing::Invalidations);
         assert!(s.get(&k, &[]).await.is_ok(), "reads still work");
         assert!(s.delete(std::slice::from_ref(&k)).await.is_err());
-        assert!(s.bump(&[ns.epoch()], &ns.clock()).await.is_err());
+        assert!(s.bump(&[ns.epoch()]).await.is_err());
         s.fail(Failing::Everything);
         assert!(s.get(&k, &[]).await.is_err() && s.ping().await.is_err());
         s.fail(Failing::Nothing);

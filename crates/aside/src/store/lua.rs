@@ -22,7 +22,7 @@ pub(crate) mod standalone {
     pub(crate) const SET: &str = include_str!("lua/set.lua");
     /// Gives a lease back. Also used by the cluster store.
     pub(crate) const RELEASE: &str = include_str!("lua/release.lua");
-    /// Version bumps (and the tag clock). Also used by the cluster store, per slot.
+    /// Version bumps (and tag clocks). Also used by the cluster store, per slot.
     pub(crate) const BUMP: &str = include_str!("lua/bump.lua");
 }
 

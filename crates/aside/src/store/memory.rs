@@ -15,7 +15,7 @@
 use super::{Claim, ClaimTerms, Kind, Lease, Lifetime, Lookup, Stamp, Store};
 use crate::clock::{Clock, SystemClock};
 use crate::error::StoreError;
-use crate::key::{EntryKey, TagKey};
+use crate::key::{CLOCK_SHARDS, EntryKey, TagKey};
 use async_trait::async_trait;
 use bytes::Bytes;
 use moka::ops::compute::Op;
@@ -80,9 +80,9 @@ pub struct MemoryStore {
     version_capacity: usize,
     clock: Arc<dyn Clock>,
     next_version: Arc<AtomicI64>,
-    /// The tag clock, for every namespace of this store at once (it can only refuse more
-    /// fills than needed, never fewer).
-    tag_clock: Arc<AtomicI64>,
+    /// The tag clocks, shard by shard, for every namespace of this store at once (sharing
+    /// them can only refuse more fills than needed, never fewer).
+    tag_clocks: Arc<[AtomicI64; CLOCK_SHARDS]>,
     tokens: Arc<AtomicU64>,
 }
 
@@ -103,7 +103,7 @@ impl MemoryStore {
             version_capacity: capacity.max(1024) as usize,
             clock,
             next_version: Arc::new(AtomicI64::new(1)),
-            tag_clock: Arc::new(AtomicI64::new(0)),
+            tag_clocks: Arc::new(std::array::from_fn(|_| AtomicI64::new(0))),
             tokens: Arc::new(AtomicU64::new(1)),
         }
     }
@@ -181,12 +181,16 @@ impl MemoryStore {
             .collect()
     }
 
-    /// The tag clock now.
-    fn clock_now(&self, clock: &TagKey) -> Stamp {
-        Stamp {
-            key: clock.clone(),
-            version: self.tag_clock.load(Ordering::SeqCst),
-        }
+    /// The tag clocks now (`clocks` are a namespace's, in shard order).
+    fn clocks_now(&self, clocks: &[TagKey]) -> Vec<Stamp> {
+        clocks
+            .iter()
+            .zip(self.tag_clocks.iter())
+            .map(|(key, c)| Stamp {
+                key: key.clone(),
+                version: c.load(Ordering::SeqCst),
+            })
+            .collect()
     }
 
     /// The payload of what is stored if it is a live, valid entry; `Err(true)` for a live lease.
@@ -243,7 +247,7 @@ impl Store for MemoryStore {
         &self,
         key: &EntryKey,
         stamps: &[TagKey],
-        clock: &TagKey,
+        clocks: &[TagKey],
         terms: ClaimTerms,
     ) -> Result<Claim, StoreError> {
         let now = self.clock.now();
@@ -267,7 +271,7 @@ impl Store for MemoryStore {
                 token,
                 refresh: false,
                 stamps: self.stamp(stamps),
-                clock: self.clock_now(clock),
+                clocks: self.clocks_now(clocks),
             }));
             Op::Put(Arc::new(Stored::Lease {
                 token,
@@ -283,7 +287,7 @@ impl Store for MemoryStore {
         key: &EntryKey,
         fresh_until: u64,
         stamps: &[TagKey],
-        clock: &TagKey,
+        clocks: &[TagKey],
         terms: ClaimTerms,
     ) -> Result<Option<Lease>, StoreError> {
         let now = self.clock.now();
@@ -304,7 +308,7 @@ impl Store for MemoryStore {
                 token,
                 refresh: true,
                 stamps: self.stamp(stamps),
-                clock: self.clock_now(clock),
+                clocks: self.clocks_now(clocks),
             });
             Op::Put(Arc::new(Self::with_refresh(
                 stored,
@@ -340,11 +344,20 @@ impl Store for MemoryStore {
             }
             let mut stamps = lease.stamps.clone();
             if !learnt.is_empty() {
-                // Tags known only now: no tag may have been invalidated since the claim. The
-                // versions are read before the clock is checked, and `bump` advances the clock
-                // before any version, so a bump racing with this fill is always seen.
+                // Tags known only now: no tag of their shards may have been invalidated since
+                // the claim. The versions are read before the clocks are checked, and `bump`
+                // advances a clock before any version, so a bump racing with this fill is
+                // always seen.
                 stamps.extend(self.stamp(learnt));
-                if self.tag_clock.load(Ordering::SeqCst) != lease.clock.version {
+                let moved = learnt
+                    .iter()
+                    .any(|t| match (t.clock_shard(), lease.clock_for(t)) {
+                        (Some(i), Some(c)) => {
+                            self.tag_clocks[i].load(Ordering::SeqCst) != c.version
+                        }
+                        _ => true,
+                    });
+                if moved {
                     return refuse();
                 }
             }
@@ -410,9 +423,11 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn bump(&self, stamps: &[TagKey], _clock: &TagKey) -> Result<(), StoreError> {
-        // The clock first: see `fill`.
-        self.tag_clock.store(self.fresh_version(), Ordering::SeqCst);
+    async fn bump(&self, stamps: &[TagKey]) -> Result<(), StoreError> {
+        // The clocks first: see `fill`.
+        for i in stamps.iter().filter_map(TagKey::clock_shard) {
+            self.tag_clocks[i].store(self.fresh_version(), Ordering::SeqCst);
+        }
         let mut versions = self.write_versions();
         for k in stamps {
             if let Some(v) = versions.get_mut(k) {

@@ -86,7 +86,7 @@ pub struct Stamp {
 
 /// A lease to fill one entry: the token in the placeholder (or, for a refresh, in the
 /// entry's refresh lease), the stamp versions read when it was granted, and the namespace's
-/// tag clock then (for tags learnt from the loaded value).
+/// tag clocks then (for tags learnt from the loaded value).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     /// The token written in the placeholder.
@@ -96,8 +96,16 @@ pub struct Lease {
     pub refresh: bool,
     /// The stamp keys and their versions when the lease was granted.
     pub stamps: Vec<Stamp>,
-    /// The tag clock and its value when the lease was granted.
-    pub clock: Stamp,
+    /// The tag clocks and their values when the lease was granted, in shard order (see
+    /// [`crate::key::CLOCK_SHARDS`]).
+    pub clocks: Vec<Stamp>,
+}
+
+impl Lease {
+    /// The clock reading that fences a fill learning `tag`: that of the tag's shard.
+    pub fn clock_for(&self, tag: &TagKey) -> Option<&Stamp> {
+        self.clocks.get(tag.clock_shard()?)
+    }
 }
 
 /// How long what a claim sets up lives.
@@ -151,6 +159,17 @@ pub enum Kind {
     Redis,
 }
 
+/// The clocks a bump of `stamps` advances: those of the tags among them, each once.
+pub(crate) fn clocks_to_advance(stamps: &[TagKey]) -> Vec<TagKey> {
+    let mut out: Vec<TagKey> = Vec::new();
+    for c in stamps.iter().filter_map(TagKey::clock) {
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A cache backend. Implementations only move bytes; keys are made by [`crate::key`] and
 /// values by the codec, so a store never sees user input unescaped.
 #[async_trait]
@@ -173,17 +192,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// On a miss: returns the entry if one became valid meanwhile, `Pending` if another loader
     /// holds the lease, or grants a lease for `terms.lease` and returns the current versions
     /// of `stamps` (creating the missing ones and keeping each alive for at least
-    /// `terms.version_ttl`) and of the tag `clock`.
+    /// `terms.version_ttl`) and of the tag `clocks`.
     async fn claim(
         &self,
         key: &EntryKey,
         stamps: &[TagKey],
-        clock: &TagKey,
+        clocks: &[TagKey],
         terms: ClaimTerms,
     ) -> Result<Claim, StoreError>;
 
     /// For an entry that is valid but stale: grants a refresh lease for `terms.lease`, with
-    /// the current versions of `stamps` and of the tag `clock` (as [`claim`](Store::claim)),
+    /// the current versions of `stamps` and of the tag `clocks` (as [`claim`](Store::claim)),
     /// leaving the entry readable meanwhile. Only the entry the caller saw is refreshed: its
     /// envelope must still say it is fresh until `fresh_until` (see [`crate::envelope`]).
     /// `None` if another refresh lease is held, or if the key holds no such entry (it was
@@ -193,15 +212,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         key: &EntryKey,
         fresh_until: u64,
         stamps: &[TagKey],
-        clock: &TagKey,
+        clocks: &[TagKey],
         terms: ClaimTerms,
     ) -> Result<Option<Lease>, StoreError>;
 
     /// Writes `payload` for `life.ttl` if the lease is still held and its stamps still
     /// current. `learnt` are tags learnt from the loaded value: the entry is stamped with
-    /// their current versions, and written only if the tag clock has not moved since the
-    /// claim (no invalidation of any tag happened during the load). Returns whether it was
-    /// written.
+    /// their current versions, and written only if the clock of each one's shard has not
+    /// moved since the claim (no tag of those shards was invalidated during the load).
+    /// Returns whether it was written.
     async fn fill(
         &self,
         key: &EntryKey,
@@ -227,9 +246,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes entries (and voids their leases, refresh leases included).
     async fn delete(&self, keys: &[EntryKey]) -> Result<(), StoreError>;
 
-    /// Bumps versions: every entry stamped with one of them becomes invalid. Also advances the
-    /// tag `clock`, so fills with tags learnt during a load that overlapped are refused.
-    async fn bump(&self, stamps: &[TagKey], clock: &TagKey) -> Result<(), StoreError>;
+    /// Bumps versions: every entry stamped with one of them becomes invalid. For every tag
+    /// among them, first advances the clock of its shard ([`TagKey::clock`]), so that fills
+    /// learning a tag of that shard during a load that overlapped are refused. Prefixes and
+    /// the epoch advance no clock: they are known before a load, and fenced as stamps.
+    async fn bump(&self, stamps: &[TagKey]) -> Result<(), StoreError>;
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;

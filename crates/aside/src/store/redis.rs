@@ -340,37 +340,37 @@ fn payload_or(v: Value, what: &str) -> Result<Option<Lookup>, StoreError> {
     }
 }
 
-/// The lease a claim script granted: its reply is the tag clock, then a version per stamp.
+/// The lease a claim script granted: its reply is a value per clock, then a version per
+/// stamp.
 fn granted(
     vers: &[Value],
     token: u64,
     refresh: bool,
     stamps: &[TagKey],
-    clock: &TagKey,
+    clocks: &[TagKey],
     what: &str,
 ) -> Result<Lease, StoreError> {
-    let parsed = vers.iter().map(int).collect::<Option<Vec<_>>>();
-    let Some((clock_at, vers)) = parsed.as_deref().and_then(|v| v.split_first()) else {
+    let Some(parsed) = vers.iter().map(int).collect::<Option<Vec<_>>>() else {
         return Err(StoreError::Protocol(format!("{what}: version")));
     };
-    if vers.len() != stamps.len() {
+    if parsed.len() != clocks.len() + stamps.len() {
         return Err(StoreError::Protocol(format!("{what}: stamp count")));
     }
-    Ok(Lease {
-        token,
-        refresh,
-        stamps: stamps
-            .iter()
-            .zip(vers)
+    let (at, vers) = parsed.split_at(clocks.len());
+    let read = |keys: &[TagKey], vals: &[i64]| {
+        keys.iter()
+            .zip(vals)
             .map(|(key, &version)| Stamp {
                 key: key.clone(),
                 version,
             })
-            .collect(),
-        clock: Stamp {
-            key: clock.clone(),
-            version: *clock_at,
-        },
+            .collect()
+    };
+    Ok(Lease {
+        token,
+        refresh,
+        stamps: read(stamps, vers),
+        clocks: read(clocks, at),
     })
 }
 
@@ -400,22 +400,22 @@ impl Store for RedisStore {
         &self,
         key: &EntryKey,
         stamps: &[TagKey],
-        clock: &TagKey,
+        clocks: &[TagKey],
         terms: ClaimTerms,
     ) -> Result<Claim, StoreError> {
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
         let mut conn = self.conn.clone();
         let mut inv = self.scripts.claim.key(key.as_str());
-        inv.key(clock.as_str());
-        for s in stamps {
-            inv.key(s.as_str());
+        for k in clocks.iter().chain(stamps) {
+            inv.key(k.as_str());
         }
         inv.arg(token)
             .arg(ms(terms.lease))
-            .arg(ms(terms.version_ttl));
+            .arg(ms(terms.version_ttl))
+            .arg(clocks.len());
         let v: Value = self.bounded(inv.invoke_async(&mut conn)).await?;
         if let Value::Array(vers) = &v {
-            let lease = granted(vers, token, false, stamps, clock, "claim")?;
+            let lease = granted(vers, token, false, stamps, clocks, "claim")?;
             return Ok(Claim::Granted(lease));
         }
         match payload_or(v, "claim")? {
@@ -430,23 +430,24 @@ impl Store for RedisStore {
         key: &EntryKey,
         fresh_until: u64,
         stamps: &[TagKey],
-        clock: &TagKey,
+        clocks: &[TagKey],
         terms: ClaimTerms,
     ) -> Result<Option<Lease>, StoreError> {
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
         let mut conn = self.conn.clone();
         let mut inv = self.scripts.claim_refresh.key(key.as_str());
-        inv.key(key.refresh_key()).key(clock.as_str());
-        for s in stamps {
-            inv.key(s.as_str());
+        inv.key(key.refresh_key());
+        for k in clocks.iter().chain(stamps) {
+            inv.key(k.as_str());
         }
         inv.arg(token)
             .arg(ms(terms.lease))
             .arg(ms(terms.version_ttl))
-            .arg(fresh_until);
+            .arg(fresh_until)
+            .arg(clocks.len());
         match self.bounded(inv.invoke_async(&mut conn)).await? {
             Value::Array(vers) => {
-                granted(&vers, token, true, stamps, clock, "claim_refresh").map(Some)
+                granted(&vers, token, true, stamps, clocks, "claim_refresh").map(Some)
             }
             Value::Int(0 | 2) => Ok(None),
             other => Err(StoreError::Protocol(format!("claim_refresh: {other:?}"))),
@@ -461,24 +462,33 @@ impl Store for RedisStore {
         payload: Bytes,
         life: Lifetime,
     ) -> Result<bool, StoreError> {
+        let clocks = learnt
+            .iter()
+            .map(|t| lease.clock_for(t))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| StoreError::Protocol("fill: a learnt tag has no clock".into()))?;
         let mut conn = self.conn.clone();
         let mut inv = self.scripts.fill.key(key.as_str());
         inv.key(lease_key(key, lease));
-        inv.key(lease.clock.key.as_str());
         for s in &lease.stamps {
             inv.key(s.key.as_str());
         }
         for k in learnt {
             inv.key(k.as_str());
         }
+        for c in &clocks {
+            inv.key(c.key.as_str());
+        }
         inv.arg(lease.token)
             .arg(ms(life.ttl))
             .arg(payload.as_ref())
             .arg(ms(life.version_ttl))
-            .arg(lease.clock.version)
             .arg(lease.stamps.len());
         for s in &lease.stamps {
             inv.arg(s.version);
+        }
+        for c in &clocks {
+            inv.arg(c.version);
         }
         let n: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
         Ok(n == 1)
@@ -525,16 +535,17 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn bump(&self, stamps: &[TagKey], clock: &TagKey) -> Result<(), StoreError> {
+    async fn bump(&self, stamps: &[TagKey]) -> Result<(), StoreError> {
         if stamps.is_empty() {
             return Ok(());
         }
+        let clocks = super::clocks_to_advance(stamps);
         let mut conn = self.conn.clone();
-        let mut inv = self.scripts.bump.key(clock.as_str());
-        for s in stamps {
-            inv.key(s.as_str());
+        let mut inv = self.scripts.bump.prepare_invoke();
+        for k in clocks.iter().chain(stamps) {
+            inv.key(k.as_str());
         }
-        inv.arg(1);
+        inv.arg(clocks.len());
         let _: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
         Ok(())
     }

@@ -3,7 +3,7 @@
 //!
 //! An entry and its refresh lease share a slot (`ns:e:{<key>}`, `ns:r:{<key>}`, see
 //! [`EntryKey::hash_tagged`]); its stamp keys (the epoch, its prefixes, its tags, the tag
-//! clock) hash to other slots, so no script can see them together. The cluster store keeps the
+//! clocks) hash to other slots, so no script can see them together. The cluster store keeps the
 //! standalone store's guarantees without that atomicity:
 //!
 //! - **Per-entry changes are atomic on the entry's slot.** Claim (placeholder written only if
@@ -16,13 +16,14 @@
 //!   stamps can be compared with the current versions at any later moment, in any order.
 //! - **Versions are read after the lease is taken and before the load**: a claim writes its
 //!   placeholder first, then reads (creating the missing ones) the versions of its stamps and
-//!   the tag clock. A bump after that read makes the entry the load writes invalid; a delete
+//!   the tag clocks. A bump after that read makes the entry the load writes invalid; a delete
 //!   after the placeholder voids the fill. The stamp check a fill makes is only an early
 //!   refusal (it keeps invalid entries out of Redis), not what makes fills safe.
-//! - **Tags learnt from the loaded value**: a fill reads their versions first and the tag
-//!   clock after; [`Store::bump`] advances the clock before any version. A bump whose clock
-//!   advance the fill did not see had not bumped the tags when the fill read them, so the
-//!   entry carries the old versions and is invalid; one it saw refuses the fill.
+//! - **Tags learnt from the loaded value**: a fill reads their versions first and the clocks
+//!   of their shards after; [`Store::bump`] advances the clocks of the tags it bumps before
+//!   any version. A bump whose clock advance the fill did not see had not bumped the tags
+//!   when the fill read them, so the entry carries the old versions and is invalid; one it
+//!   saw refuses the fill.
 //! - **A read takes the entry first, then its stamps' versions**: if they still match, the
 //!   entry was valid when it was read.
 //!
@@ -37,7 +38,7 @@
 //! | fill | 2 (stamps, then compare-and-set); 3 with tags learnt from the value |
 //! | set | 2 (versions, then write) |
 //! | delete, release | 1 |
-//! | bump | 2 (the clock, then the versions) |
+//! | bump | 2 (the clocks of the tags, then the versions); 1 for prefixes and the epoch |
 //!
 //! A claim takes its lease before it reads the versions, so it can fail with the lease
 //! taken (a node of a stamp does not answer in time): it then gives the lease back in the
@@ -230,29 +231,40 @@ impl ClusterStore {
         Ok(out)
     }
 
-    /// The tag clock now (0 if it was never advanced).
-    async fn clock(&self, conn: &ClusterConnection, clock: &TagKey) -> Result<Stamp, StoreError> {
-        let v = self.mget(conn, &[clock.as_str().as_bytes()]).await?;
-        let version = version_of(v.first().and_then(Option::as_deref))
-            .ok_or_else(|| StoreError::Protocol("clock: value".into()))?;
-        Ok(Stamp {
-            key: clock.clone(),
-            version,
-        })
+    /// The tag clocks now (0 for one never advanced).
+    async fn clocks(
+        &self,
+        conn: &ClusterConnection,
+        clocks: &[TagKey],
+    ) -> Result<Vec<Stamp>, StoreError> {
+        let keys: Vec<&[u8]> = clocks.iter().map(|c| c.as_str().as_bytes()).collect();
+        let vals = self.mget(conn, &keys).await?;
+        clocks
+            .iter()
+            .zip(vals)
+            .map(|(key, v)| {
+                let version = version_of(v.as_deref())
+                    .ok_or_else(|| StoreError::Protocol("clock: value".into()))?;
+                Ok(Stamp {
+                    key: key.clone(),
+                    version,
+                })
+            })
+            .collect()
     }
 
-    /// The versions of a lease's stamps and the tag clock, read after the lease was taken.
+    /// The versions of a lease's stamps and the tag clocks, read after the lease was taken.
     async fn lease_for(
         &self,
         conn: &ClusterConnection,
         stamps: &[TagKey],
-        clock: &TagKey,
+        clocks: &[TagKey],
         version_ttl: Duration,
-    ) -> Result<(Vec<Stamp>, Stamp), StoreError> {
+    ) -> Result<(Vec<Stamp>, Vec<Stamp>), StoreError> {
         let keys: Vec<&str> = stamps.iter().map(TagKey::as_str).collect();
-        let (vers, clock) = try_join(
+        let (vers, clocks) = try_join(
             self.versions(conn, &keys, version_ttl),
-            self.clock(conn, clock),
+            self.clocks(conn, clocks),
         )
         .await?;
         let stamps = stamps
@@ -263,7 +275,7 @@ impl ClusterStore {
                 version,
             })
             .collect();
-        Ok((stamps, clock))
+        Ok((stamps, clocks))
     }
 
     /// Gives back, in the background, a lease taken by a call that failed after taking it
@@ -343,7 +355,7 @@ impl Store for ClusterStore {
         &self,
         key: &EntryKey,
         stamps: &[TagKey],
-        clock: &TagKey,
+        clocks: &[TagKey],
         terms: ClaimTerms,
     ) -> Result<Claim, StoreError> {
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
@@ -368,14 +380,14 @@ impl Store for ClusterStore {
                         Value::Int(1) => {
                             taken.store(true, Ordering::Relaxed);
                             // The placeholder is in place: only now read the versions.
-                            let (stamps, clock) = self
-                                .lease_for(&conn, stamps, clock, terms.version_ttl)
+                            let (stamps, clocks) = self
+                                .lease_for(&conn, stamps, clocks, terms.version_ttl)
                                 .await?;
                             return Ok(Claim::Granted(Lease {
                                 token,
                                 refresh: false,
                                 stamps,
-                                clock,
+                                clocks,
                             }));
                         }
                         Value::Int(2) => return Ok(Claim::Pending),
@@ -410,7 +422,7 @@ impl Store for ClusterStore {
         key: &EntryKey,
         fresh_until: u64,
         stamps: &[TagKey],
-        clock: &TagKey,
+        clocks: &[TagKey],
         terms: ClaimTerms,
     ) -> Result<Option<Lease>, StoreError> {
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
@@ -439,9 +451,9 @@ impl Store for ClusterStore {
                     return Err(StoreError::Protocol("claim_refresh: record".into()));
                 };
                 // The refresh lease is held: check the entry and read the versions, all at once.
-                let (valid, (stamps, clock)) = try_join(
+                let (valid, (stamps, clocks)) = try_join(
                     self.current(&conn, &record.stamps().collect::<Vec<_>>()),
-                    self.lease_for(&conn, stamps, clock, terms.version_ttl),
+                    self.lease_for(&conn, stamps, clocks, terms.version_ttl),
                 )
                 .await?;
                 if !valid {
@@ -452,7 +464,7 @@ impl Store for ClusterStore {
                     token,
                     refresh: true,
                     stamps,
-                    clock,
+                    clocks,
                 }))
             })
             .await;
@@ -478,7 +490,13 @@ impl Store for ClusterStore {
         };
         self.bounded(async {
             let conn = self.conn().await?;
-            // Tags known only now: their versions first, the clock after (see the module docs).
+            // Tags known only now: their versions first, the clocks of their shards after (see
+            // the module docs).
+            let clocks = learnt
+                .iter()
+                .map(|t| lease.clock_for(t))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| StoreError::Protocol("fill: a learnt tag has no clock".into()))?;
             let learnt_keys: Vec<&str> = learnt.iter().map(TagKey::as_str).collect();
             let learnt_vers = if learnt.is_empty() {
                 Vec::new()
@@ -490,18 +508,19 @@ impl Store for ClusterStore {
                 .iter()
                 .map(|s| s.key.as_str().as_bytes())
                 .collect();
-            if !learnt.is_empty() {
-                keys.push(lease.clock.key.as_str().as_bytes());
-            }
+            keys.extend(clocks.iter().map(|c| c.key.as_str().as_bytes()));
             let now = self.mget(&conn, &keys).await?;
+            let (now_stamps, now_clocks) = now.split_at(lease.stamps.len());
             let stamps_current = lease
                 .stamps
                 .iter()
-                .zip(&now)
+                .zip(now_stamps)
                 .all(|(s, n)| n.is_some() && version_of(n.as_deref()) == Some(s.version));
-            let clock_still = learnt.is_empty()
-                || version_of(now[keys.len() - 1].as_deref()) == Some(lease.clock.version);
-            if !stamps_current || !clock_still {
+            let clocks_still = clocks
+                .iter()
+                .zip(now_clocks)
+                .all(|(c, n)| version_of(n.as_deref()) == Some(c.version));
+            if !stamps_current || !clocks_still {
                 self.release_key(&conn, &held, lease.token).await?;
                 return Ok(false);
             }
@@ -584,15 +603,25 @@ impl Store for ClusterStore {
         .await
     }
 
-    async fn bump(&self, stamps: &[TagKey], clock: &TagKey) -> Result<(), StoreError> {
+    async fn bump(&self, stamps: &[TagKey]) -> Result<(), StoreError> {
         if stamps.is_empty() {
             return Ok(());
         }
         self.bounded(async {
             let conn = self.conn().await?;
-            // The clock strictly before any version: fills with learnt tags rely on it.
-            let call = self.scripts.bump.on([clock.as_str()]);
-            let _: i64 = call.arg(1).run(&conn).await.map_err(|e| self.error(e))?;
+            // The clocks strictly before any version: fills with learnt tags rely on it.
+            let clocks = super::clocks_to_advance(stamps);
+            let clock_keys: Vec<&str> = clocks.iter().map(TagKey::as_str).collect();
+            try_join_all(by_slot(&clock_keys).into_iter().map(|group| {
+                let n = group.len();
+                let call = self
+                    .scripts
+                    .bump
+                    .on(group.into_iter().map(|i| clock_keys[i]));
+                call.arg(n).run::<i64>(&conn)
+            }))
+            .await
+            .map_err(|e| self.error(e))?;
             let keys: Vec<&str> = stamps.iter().map(TagKey::as_str).collect();
             try_join_all(by_slot(&keys).into_iter().map(|group| {
                 let call = self.scripts.bump.on(group.into_iter().map(|i| keys[i]));

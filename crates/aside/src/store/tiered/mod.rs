@@ -393,10 +393,10 @@ impl Store for TieredStore {
         &self,
         key: &EntryKey,
         stamps: &[TagKey],
-        clock: &TagKey,
+        clocks: &[TagKey],
         terms: ClaimTerms,
     ) -> Result<Claim, StoreError> {
-        self.inner.l2.claim(key, stamps, clock, terms).await
+        self.inner.l2.claim(key, stamps, clocks, terms).await
     }
 
     async fn claim_refresh(
@@ -404,12 +404,12 @@ impl Store for TieredStore {
         key: &EntryKey,
         fresh_until: u64,
         stamps: &[TagKey],
-        clock: &TagKey,
+        clocks: &[TagKey],
         terms: ClaimTerms,
     ) -> Result<Option<Lease>, StoreError> {
         self.inner
             .l2
-            .claim_refresh(key, fresh_until, stamps, clock, terms)
+            .claim_refresh(key, fresh_until, stamps, clocks, terms)
             .await
     }
 
@@ -460,11 +460,11 @@ impl Store for TieredStore {
         self.publish('k', keys.iter().map(EntryKey::as_str)).await
     }
 
-    async fn bump(&self, stamps: &[TagKey], clock: &TagKey) -> Result<(), StoreError> {
+    async fn bump(&self, stamps: &[TagKey]) -> Result<(), StoreError> {
         if stamps.is_empty() {
             return Ok(());
         }
-        let r = self.inner.l2.bump(stamps, clock).await;
+        let r = self.inner.l2.bump(stamps).await;
         if !self
             .inner
             .shared
