@@ -1,5 +1,7 @@
 //! Test support: the real `catalog` binary on a free port, stopped on `Drop`. Databases and
 //! Redis servers come from `testkit`.
+// Each test binary that includes this module uses a different part of it.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -54,6 +56,11 @@ impl Service {
             _stdout: stdout,
             _dir: dir,
         }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The directory it runs in.
