@@ -250,10 +250,10 @@ pub struct Pause {
     /// The process.
     pub pid: u32,
     /// Time between two pauses (from one resume to the next stop).
-    #[serde(serialize_with = "millis")]
+    #[serde(rename = "every_ms", serialize_with = "millis")]
     pub every: Duration,
     /// How long each pause lasts.
-    #[serde(serialize_with = "millis")]
+    #[serde(rename = "length_ms", serialize_with = "millis")]
     pub length: Duration,
 }
 
