@@ -1,6 +1,6 @@
 //! Test support: the real `catalog` binary on a free port, stopped on `Drop`. Databases and
 //! Redis servers come from `testkit`.
-// Each test binary that includes this module uses a different part of it.
+// Each test binary that includes this module uses a part of it.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
