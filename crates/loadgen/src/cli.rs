@@ -1,4 +1,4 @@
-//! The command line: `loadgen run` and `loadgen compare`.
+//! The command line: `loadgen run`, `loadgen compare` and `loadgen check`.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 
+use crate::check::{self, CheckSpec, Pause};
 use crate::dbstats::DbStats;
 use crate::http::Target;
 use crate::keys::{IdFormat, Popularity};
@@ -33,6 +34,101 @@ pub enum Command {
     /// Load several targets with the same load, one after another, and print ratios to a
     /// baseline.
     Compare(CompareArgs),
+    /// Check that no read returns a value older than an acknowledged write: write through
+    /// one instance, read through others, report stale and phantom reads. Exits non-zero on
+    /// any, or when too few reads were checked.
+    Check(CheckArgs),
+}
+
+/// `loadgen check`
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Base URL of the instance the writes go to.
+    #[arg(long, value_name = "URL")]
+    pub writer: String,
+    /// Base URL of an instance to read from; repeat for several (reads go round-robin).
+    #[arg(long = "reader", required = true, value_name = "URL")]
+    pub reader_urls: Vec<String>,
+    /// Ids are numbered 1..=N; every one must exist.
+    #[arg(long, default_value_t = 1000)]
+    pub ids: u64,
+    /// How a number becomes an id: `p{}` for the catalog (p1..pN).
+    #[arg(long, default_value = "p{}")]
+    pub id_format: String,
+    /// Zipf exponent of the ids read and written (id 1 the most popular); uniform when
+    /// absent.
+    #[arg(long, value_name = "EXPONENT")]
+    pub zipf: Option<f64>,
+    /// How long to write and read (a duration, as for `run --duration`).
+    #[arg(short = 'd', long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Stop once this many reads were checked (`--duration` is then a cap).
+    #[arg(long, value_name = "N")]
+    pub reads: Option<u64>,
+    /// Staleness allowed: a read may return a replaced value if its replacement was
+    /// acknowledged less than this before the read began (`100ms` with an L1).
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    pub bound: Duration,
+    /// Writer tasks; each id has exactly one, which writes it one request at a time.
+    #[arg(long, default_value_t = 2)]
+    pub writers: usize,
+    /// Reader tasks.
+    #[arg(long, default_value_t = 8)]
+    pub readers: usize,
+    /// Per-request timeout (a duration).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// A process to stop (SIGSTOP) now and then during the run, and resume (SIGCONT): one
+    /// of the instances, to stall it in the middle of requests.
+    #[arg(long, value_name = "PID")]
+    pub pause_pid: Option<u32>,
+    /// Time between two pauses.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    pub pause_every: Duration,
+    /// How long each pause lasts.
+    #[arg(long, default_value = "5ms", value_parser = parse_duration)]
+    pub pause_for: Duration,
+    /// Fail when fewer reads than this were checked.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub min_reads: u64,
+    /// Random seed of the id choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print one JSON document on stdout instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl CheckArgs {
+    /// The check these flags describe.
+    pub fn spec(&self) -> Result<CheckSpec> {
+        let spec = CheckSpec {
+            writer: Target::parse(&self.writer)?,
+            readers: self
+                .reader_urls
+                .iter()
+                .map(|t| Target::parse(t))
+                .collect::<Result<Vec<_>>>()?,
+            ids: self.ids,
+            id_format: IdFormat::parse(&self.id_format)?,
+            popularity: self.zipf.map_or(Popularity::Uniform, Popularity::Zipf),
+            duration: self.duration,
+            reads: self.reads,
+            bound: self.bound,
+            writers: self.writers,
+            reader_tasks: self.readers,
+            timeout: self.timeout,
+            pause: self.pause_pid.map(|pid| Pause {
+                pid,
+                every: self.pause_every,
+                length: self.pause_for,
+            }),
+            min_reads: self.min_reads,
+            seed: self.seed,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
 }
 
 /// `loadgen run`
@@ -291,6 +387,24 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             finish(&spec, &reports, Some(&baseline), &args.output)
         }
+        Command::Check(args) => {
+            let spec = args.spec()?;
+            // On Ctrl-C the check's future is dropped, which resumes a paused process.
+            let report = tokio::select! {
+                report = check::run_check(&spec) => report?,
+                _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+            };
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", report.table());
+            }
+            let failures = report.failures();
+            if !failures.is_empty() {
+                bail!("consistency check failed: {}", failures.join(", "));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -413,5 +527,72 @@ mod tests {
         assert_eq!(spec.connections, 8);
         assert_eq!(spec.duration, Some(Duration::from_secs(2)));
         assert!(Cli::try_parse_from(["loadgen", "run"]).is_err());
+    }
+
+    #[test]
+    fn check_command_line_parses() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec![
+                "loadgen",
+                "check",
+                "--writer",
+                "http://127.0.0.1:1",
+                "--reader",
+                "http://127.0.0.1:2",
+            ];
+            argv.extend_from_slice(extra);
+            let Command::Check(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not check")
+            };
+            args.spec()
+        };
+        let spec = parse(&[
+            "--reader",
+            "http://127.0.0.1:3",
+            "--ids",
+            "50",
+            "-d",
+            "3s",
+            "--bound",
+            "100ms",
+            "--writers",
+            "3",
+            "--readers",
+            "5",
+            "--pause-pid",
+            "42",
+            "--pause-every",
+            "150ms",
+            "--min-reads",
+            "10",
+        ])
+        .unwrap();
+        assert_eq!(spec.readers.len(), 2);
+        assert_eq!(spec.ids, 50);
+        assert_eq!(spec.duration, Duration::from_secs(3));
+        assert_eq!(spec.bound, Duration::from_millis(100));
+        assert_eq!((spec.writers, spec.reader_tasks), (3, 5));
+        assert_eq!(
+            spec.pause,
+            Some(Pause {
+                pid: 42,
+                every: Duration::from_millis(150),
+                length: Duration::from_millis(5),
+            })
+        );
+        assert_eq!(spec.min_reads, 10);
+        let spec = parse(&[]).unwrap();
+        assert_eq!(
+            (spec.bound, spec.pause, spec.min_reads),
+            (Duration::ZERO, None, 1)
+        );
+        assert!(parse(&["--ids", "2", "--writers", "3"]).is_err());
+        assert!(parse(&["--readers", "0"]).is_err());
+        assert!(parse(&["--pause-pid", "0"]).is_err());
+        assert!(parse(&["--pause-pid", "1", "--pause-for", "0s"]).is_err());
+        assert!(
+            Cli::try_parse_from(["loadgen", "check", "--writer", "http://127.0.0.1:1"]).is_err(),
+            "a reader is required"
+        );
     }
 }

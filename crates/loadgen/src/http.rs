@@ -177,6 +177,31 @@ impl Conn {
     /// Sends one request and reads its response to the end. The body is drained frame by
     /// frame, never collected.
     pub async fn send(&mut self, method: Method, uri: Uri, json: Option<Bytes>) -> Result<Outcome> {
+        self.exchange(method, uri, json, false)
+            .await
+            .map(|(outcome, _)| outcome)
+    }
+
+    /// Sends one request and returns its response with the whole body (for a caller that
+    /// looks inside responses, such as the consistency checker).
+    pub async fn send_collect(
+        &mut self,
+        method: Method,
+        uri: Uri,
+        json: Option<Bytes>,
+    ) -> Result<(Outcome, Bytes)> {
+        self.exchange(method, uri, json, true).await
+    }
+
+    /// One exchange; the body is collected when `keep_body` is set, else drained and an
+    /// empty body returned.
+    async fn exchange(
+        &mut self,
+        method: Method,
+        uri: Uri,
+        json: Option<Bytes>,
+        keep_body: bool,
+    ) -> Result<(Outcome, Bytes)> {
         let req = self.request(method, uri, json)?;
         let sender = &mut self.sender;
         let exchange = async {
@@ -186,10 +211,14 @@ impl Conn {
             let cache = resp.headers().get("x-cache").map(HeaderValue::as_bytes);
             let cache = CacheStatus::from_header(cache);
             let mut body = resp.into_body();
+            let outcome = Outcome { status, cache };
+            if keep_body {
+                return anyhow::Ok((outcome, body.collect().await?.to_bytes()));
+            }
             while let Some(frame) = body.frame().await {
                 frame?;
             }
-            anyhow::Ok(Outcome { status, cache })
+            anyhow::Ok((outcome, Bytes::new()))
         };
         let (outcome, finished) = drive(&mut self.driver, exchange).await;
         // Give the driver one more turn (it does not block): a server that answered with

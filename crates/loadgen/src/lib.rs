@@ -6,11 +6,14 @@
 //! loadgen run http://127.0.0.1:8080 -c 64 -d 10s --prefill --ids 1000
 //! loadgen compare --target seed=http://127.0.0.1:3100 --target catalog=http://127.0.0.1:8080 \
 //!     --pid seed=1234 --pid catalog=5678 --baseline seed --prefill --plot bench.png
+//! loadgen check --writer http://127.0.0.1:8080 --reader http://127.0.0.1:8081 --ids 100 -d 10s
 //! ```
 //!
 //! # Layout
 //! - [`cli`]: the command line and what each subcommand does.
 //! - [`runner`]: one run against one target: prefill, warm-up, measured part, connection loops.
+//! - [`check`]: `loadgen check`, the consistency checker: stale and phantom reads across
+//!   instances after acknowledged writes.
 //! - [`http`]: raw hyper HTTP/1.1 keep-alive connections, one per load task.
 //! - [`keys`]: id formatting and uniform / Zipf key choice.
 //! - [`mix`]: the operation mix and write bodies.
@@ -21,6 +24,7 @@
 //! - [`report`]: tables, ratios and JSON.
 //! - [`plot`]: the PNG of throughput and p99 per second.
 
+pub mod check;
 pub mod cli;
 pub mod cpu;
 pub mod dbstats;

@@ -32,6 +32,18 @@ pub enum CacheStatus {
 }
 
 impl CacheStatus {
+    /// The name used in reports: the header value, `other`, or `none` when absent.
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Stale => "stale",
+            CacheStatus::Bypass => "bypass",
+            CacheStatus::Other => "other",
+            CacheStatus::Absent => "none",
+        }
+    }
+
     /// Classifies a header value (ASCII case-insensitive, surrounding spaces ignored).
     pub fn from_header(value: Option<&[u8]>) -> Self {
         let Some(v) = value else {

@@ -58,6 +58,11 @@ impl Service {
         }
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The directory it runs in.
     pub fn dir(&self) -> &Path {
         self._dir.path()
