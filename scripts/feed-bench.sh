@@ -30,7 +30,8 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$OUT"
 REV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- crates 2>/dev/null || echo ' + uncommitted changes')"
-cargo build --release -p loadgen --bin loadgen -p catalog
+cargo build --release -p loadgen --bin loadgen
+cargo build --release -p catalog
 redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
   --daemonize yes --pidfile "$WORK/redis.pid" --logfile "$WORK/redis.log" --dir "$WORK"
 for db in feed_on_$SUFFIX feed_off_$SUFFIX; do psql -q "$PG/postgres" -c "CREATE DATABASE $db"; done

@@ -55,6 +55,7 @@ pub enum Error {
 pub struct FeedConfig {
     pub(crate) name: String,
     pub(crate) poll_interval: Duration,
+    pub(crate) retry_interval: Duration,
     pub(crate) watch_interval: Duration,
     pub(crate) batch_size: usize,
     pub(crate) retention: Duration,
@@ -73,7 +74,8 @@ impl FeedConfig {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
-            poll_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(50),
+            retry_interval: Duration::from_secs(1),
             watch_interval: Duration::from_millis(25),
             batch_size: 1000,
             retention: Duration::from_secs(300),
@@ -101,11 +103,17 @@ impl FeedConfig {
         &self.name
     }
 
-    /// How often the outbox is read when no wake-up came (PostgreSQL: a lost notification
-    /// costs at most this; SQLite: the slow fallback read). Also the pause between attempts
-    /// while the database does not answer. Default 1 s.
+    /// How often the outbox is read when nothing woke the feed (PostgreSQL with
+    /// [`Wakeup::Poll`](crate::postgres::Wakeup::Poll): the longest a change waits; with
+    /// `Notify`, or on SQLite, a fallback). Default 50 ms.
     pub fn poll_interval(mut self, d: Duration) -> Self {
         self.poll_interval = d;
+        self
+    }
+
+    /// The pause between two attempts while the database does not answer. Default 1 s.
+    pub fn retry_interval(mut self, d: Duration) -> Self {
+        self.retry_interval = d;
         self
     }
 
@@ -178,6 +186,9 @@ impl FeedConfig {
         }
         if self.poll_interval.is_zero() {
             return bad("poll_interval", "must be above zero");
+        }
+        if self.retry_interval.is_zero() {
+            return bad("retry_interval", "must be above zero");
         }
         if self.watch_interval.is_zero() {
             return bad("watch_interval", "must be above zero");

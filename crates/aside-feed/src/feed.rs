@@ -284,6 +284,8 @@ enum Next {
     Now,
     /// Caught up: wait for a wake-up, or the poll interval.
     Idle,
+    /// The database failed: try again after the retry interval.
+    Retry,
 }
 
 struct Engine<C: Codec> {
@@ -324,6 +326,7 @@ impl<C: Codec> Engine<C> {
             let pause = match next {
                 Next::Now => None,
                 Next::Idle => Some(self.config.poll_interval),
+                Next::Retry => Some(self.config.retry_interval),
             };
             if let Some(pause) = pause {
                 let until = Instant::now() + pause;
@@ -337,7 +340,7 @@ impl<C: Codec> Engine<C> {
                 Ok(n) => n,
                 Err(e) => {
                     self.down(&e);
-                    Next::Idle
+                    Next::Retry
                 }
             };
             self.publish();

@@ -83,7 +83,7 @@
 //!
 //! # Failure
 //! The feed never fails a cache call. While the database does not answer, the feed is
-//! [`Status::Down`] and retries every [`FeedConfig::poll_interval`]; entries may then be
+//! [`Status::Down`] and retries every [`FeedConfig::retry_interval`]; entries may then be
 //! stale up to their TTL. A mapping that panics, or gives a key, tag or prefix the cache
 //! refuses, makes the batch void the whole namespace instead.
 

@@ -26,10 +26,20 @@
 //!     FOR EACH ROW EXECUTE FUNCTION aside_feed_capture();
 //! CREATE TRIGGER aside_feed_truncate AFTER TRUNCATE ON t
 //!     FOR EACH STATEMENT EXECUTE FUNCTION aside_feed_capture();
+//! -- only with Wakeup::Notify:
 //! CREATE TRIGGER aside_feed_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON t
 //!     FOR EACH STATEMENT EXECUTE FUNCTION aside_feed_notify();
 //! ```
 //! [`schema_ddl`] and [`trigger_ddl`] give the exact statements, for a migration tool.
+//!
+//! # Waking the feed
+//! By default ([`Wakeup::Poll`]) the feed reads the outbox every
+//! [`poll_interval`](crate::FeedConfig::poll_interval) (50 ms): one index range scan that
+//! finds nothing most of the time. [`Wakeup::Notify`] adds a statement trigger calling
+//! `pg_notify`, so a change wakes the feed within milliseconds; but PostgreSQL serializes the
+//! commits of every transaction that notified (they take one lock on the notification queue
+//! in turn), which caps the write throughput of the watched tables: choose it only where
+//! they are written rarely.
 //!
 //! # Reading in commit-safe order
 //! Row ids and transaction ids are both assigned before commit, so neither is in commit
@@ -107,12 +117,31 @@ pub fn schema_ddl() -> &'static [&'static str] {
     SCHEMA
 }
 
-/// The three triggers of one table (`name` or `schema.name`, exact case), named
-/// `aside_feed_capture`, `aside_feed_truncate` and `aside_feed_notify`.
-pub fn trigger_ddl(table: &str) -> Result<Vec<String>, Error> {
-    let t = quote_table(table)?;
-    Ok(triggers(&t).into_iter().map(|(_, ddl)| ddl).collect())
+/// How a change wakes the feed (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wakeup {
+    /// The feed reads every [`poll_interval`](crate::FeedConfig::poll_interval); writers pay
+    /// nothing more than their outbox rows.
+    Poll,
+    /// A `pg_notify` per statement wakes the feed at once, at the price of serialized commits
+    /// on the watched tables.
+    Notify,
 }
+
+/// The triggers of one table (`name` or `schema.name`, exact case), named
+/// `aside_feed_capture`, `aside_feed_truncate` and, with [`Wakeup::Notify`],
+/// `aside_feed_notify`.
+pub fn trigger_ddl(table: &str, wakeup: Wakeup) -> Result<Vec<String>, Error> {
+    let t = quote_table(table)?;
+    Ok(triggers(&t)
+        .into_iter()
+        .filter(|(name, _)| wakeup == Wakeup::Notify || *name != NOTIFY_TRIGGER)
+        .map(|(_, ddl)| ddl)
+        .collect())
+}
+
+/// The name of the trigger of [`Wakeup::Notify`].
+const NOTIFY_TRIGGER: &str = "aside_feed_notify";
 
 fn triggers(t: &str) -> [(&'static str, String); 3] {
     [
@@ -154,8 +183,10 @@ fn quote_table(table: &str) -> Result<String, Error> {
 }
 
 /// Creates the outbox, the position table, the trigger functions and the triggers of
-/// `tables`, all that is missing, in one transaction (concurrent calls wait for each other).
-/// Triggers already there are left alone, so a restart takes no lock on the tables.
+/// `tables`, all that is missing, in one transaction (concurrent calls wait for each other),
+/// with the feed woken by polling ([`Wakeup::Poll`]; a `NOTIFY` trigger left by
+/// [`install_with`] is dropped). Triggers already there are left alone, so a restart takes no
+/// lock on the tables.
 ///
 /// ```no_run
 /// # async fn f(pool: sqlx::PgPool) -> Result<(), aside_feed::Error> {
@@ -163,6 +194,11 @@ fn quote_table(table: &str) -> Result<String, Error> {
 /// # Ok(()) }
 /// ```
 pub async fn install(pool: &PgPool, tables: &[&str]) -> Result<(), Error> {
+    install_with(pool, tables, Wakeup::Poll).await
+}
+
+/// As [`install`], choosing how changes wake the feed.
+pub async fn install_with(pool: &PgPool, tables: &[&str], wakeup: Wakeup) -> Result<(), Error> {
     let quoted = tables
         .iter()
         .map(|t| quote_table(t))
@@ -184,8 +220,13 @@ pub async fn install(pool: &PgPool, tables: &[&str]) -> Result<(), Error> {
         .fetch_all(&mut *tx)
         .await?;
         for (name, ddl) in triggers(t) {
-            if !present.iter().any(|p| p == name) {
+            let wanted = wakeup == Wakeup::Notify || name != NOTIFY_TRIGGER;
+            let there = present.iter().any(|p| p == name);
+            if wanted && !there {
                 tx.execute(AssertSqlSafe(ddl)).await?;
+            } else if !wanted && there {
+                tx.execute(AssertSqlSafe(format!("DROP TRIGGER {name} ON {t}")))
+                    .await?;
             }
         }
     }

@@ -18,7 +18,8 @@ fn config() -> FeedConfig {
     FeedConfig::new("svc")
 }
 
-/// A poll interval far above every limit of the tests: only the wake-up can be in time.
+/// A poll interval far above every limit of the tests: only the `NOTIFY` wake-up can be in
+/// time.
 fn woken_only() -> FeedConfig {
     config().poll_interval(Duration::from_secs(60))
 }
@@ -75,16 +76,46 @@ async fn install_is_idempotent() {
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(triggers, 6, "three per table, none twice");
+    assert_eq!(triggers, 4, "two per table (capture, truncate), none twice");
     assert!(matches!(
         aside_feed::postgres::install(&pool, &["a.b.c"]).await,
         Err(aside_feed::Error::InvalidTable(_))
     ));
 }
 
+/// The default: no `NOTIFY` trigger (it would serialize the writers' commits); the feed
+/// finds changes by reading every poll interval.
+#[tokio::test]
+async fn without_notify_changes_are_found_by_polling() {
+    let (db, pool) = with_notified_tables(TestPostgres::new().await).await;
+    // Installed again the default way: the NOTIFY trigger goes.
+    aside_feed::postgres::install(&pool, &["products", "categories"])
+        .await
+        .unwrap();
+    let notify_triggers: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_trigger WHERE tgname = 'aside_feed_notify'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(notify_triggers, 0);
+    let cache = cache("pg0");
+    let (feed, _) = start(&pool, &cache, config());
+    up(&feed).await;
+    let mut sql = outside(&db).await;
+    put(&cache, "product:p1").await;
+    sql.execute("INSERT INTO categories VALUES ('c1', 'Lamps')")
+        .await
+        .unwrap();
+    sql.execute("INSERT INTO products VALUES ('p1', 'Lamp', 'c1')")
+        .await
+        .unwrap();
+    assert!(eventually(SECOND, || gone(&cache, "product:p1")).await);
+    feed.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn outside_inserts_updates_deletes_and_truncates_invalidate_within_a_second() {
-    let (db, pool) = with_tables(TestPostgres::new().await).await;
+    let (db, pool) = with_notified_tables(TestPostgres::new().await).await;
     let cache = cache("pg1");
     let (feed, seen) = start(&pool, &cache, woken_only());
     up(&feed).await;
@@ -537,7 +568,7 @@ async fn two_instances_both_invalidate_and_the_position_ends_at_the_head() {
 
 #[tokio::test]
 async fn convergence_of_outside_writes() {
-    let (db, pool) = with_tables(TestPostgres::new().await).await;
+    let (db, pool) = with_notified_tables(TestPostgres::new().await).await;
     let cache = cache("pg8");
     let (feed, _) = start(&pool, &cache, woken_only());
     up(&feed).await;

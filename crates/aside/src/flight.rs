@@ -23,14 +23,17 @@
 //! made the write: a write through another instance sharing the store is seen by the store
 //! read or refuses the fill, like one made here.
 //!
-//! Any invalidation made through this process also bumps a generation counter: a flight that
-//! started before it is not joined by callers that come after it.
+//! An invalidation made through this process also closes the flights of what it invalidates
+//! (its keys, the keys under its prefixes; every flight for a tag or the epoch, since tags
+//! learnt from a value are not known while it loads): callers that come after it start a
+//! flight of their own instead of waiting for a value they could not take. Flights of other
+//! keys go on being joined.
 
-use crate::key::EntryKey;
+use crate::key::{EntryKey, TagKey};
 use bytes::Bytes;
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
@@ -64,18 +67,25 @@ struct Outcome {
 }
 
 struct Call {
-    generation: u64,
     tx: watch::Sender<Option<Outcome>>,
     /// Observations the leader has begun.
     observed: AtomicU64,
+    /// An invalidation of what it loads came through this process: not joined any more.
+    closed: AtomicBool,
+}
+
+impl Call {
+    fn joinable(&self) -> bool {
+        !self.closed.load(Ordering::SeqCst) && self.tx.borrow().is_none()
+    }
 }
 
 /// The set of loads in flight, by key.
 #[derive(Default)]
 pub(crate) struct Flights {
-    // A std Mutex: held for a map lookup only, never across an await.
+    // A std Mutex: held for a map lookup (or, on an invalidation, a pass over the loads in
+    // flight), never across an await.
     calls: Mutex<HashMap<EntryKey, Arc<Call>>>,
-    generation: AtomicU64,
 }
 
 pub(crate) enum Role<'a> {
@@ -99,12 +109,10 @@ pub(crate) struct Leader<'a> {
 
 impl Flights {
     pub(crate) fn join(&self, key: &EntryKey) -> Role<'_> {
-        let generation = self.generation.load(Ordering::SeqCst);
         let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
         // A finished call is about to be unregistered: its outcome is not for newcomers.
         if let Some(call) = calls.get(key)
-            && call.generation == generation
-            && call.tx.borrow().is_none()
+            && call.joinable()
         {
             return Role::Follower(Follower {
                 rx: call.tx.subscribe(),
@@ -113,9 +121,9 @@ impl Flights {
         }
         let (tx, _) = watch::channel(None);
         let call = Arc::new(Call {
-            generation,
             tx,
             observed: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
         });
         calls.insert(key.clone(), call.clone());
         Role::Leader(Leader {
@@ -127,14 +135,24 @@ impl Flights {
 
     /// Whether a flight that a caller would join is running for `key`.
     pub(crate) fn running(&self, key: &EntryKey) -> bool {
-        let generation = self.generation.load(Ordering::SeqCst);
         let calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
-        calls.get(key).is_some_and(|c| c.generation == generation)
+        calls.get(key).is_some_and(|c| c.joinable())
     }
 
-    /// Called on every invalidation: flights already running are not joined any more.
-    pub(crate) fn invalidated(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
+    /// Called on every invalidation made through this process, with what it invalidates:
+    /// the flights of those keys, of keys under those prefixes, and, for a tag or the epoch,
+    /// every flight, are not joined any more.
+    pub(crate) fn invalidated(&self, keys: &[EntryKey], stamps: &[TagKey]) {
+        let calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        if calls.is_empty() {
+            return;
+        }
+        let all = stamps.iter().any(|s| !s.is_prefix());
+        for (key, call) in calls.iter() {
+            if all || keys.contains(key) || stamps.iter().any(|p| key.is_under(p)) {
+                call.closed.store(true, Ordering::SeqCst);
+            }
+        }
     }
 
     #[cfg(test)]
@@ -240,19 +258,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_invalidation_starts_a_new_flight() {
+    async fn an_invalidation_closes_the_flights_of_what_it_invalidates() {
+        let ns = Namespace::new("t").unwrap();
         let f = Flights::default();
-        let _old = f.join(&key("a"));
-        f.invalidated();
-        let Role::Leader(new) = f.join(&key("a")) else {
+        let _a = f.join(&key("list:1"));
+        let _b = f.join(&key("other"));
+        f.invalidated(&[], &[ns.prefix("list:").unwrap()]);
+        let Role::Leader(new) = f.join(&key("list:1")) else {
             panic!("must not join a flight from before the invalidation")
         };
-        assert!(matches!(f.join(&key("a")), Role::Follower(_)));
-        drop(_old);
+        assert!(matches!(f.join(&key("list:1")), Role::Follower(_)));
+        assert!(
+            matches!(f.join(&key("other")), Role::Follower(_)),
+            "a flight of another key is still joined"
+        );
+        drop(_a);
         assert_eq!(
             f.len(),
-            1,
+            2,
             "the old leader does not unregister the new flight"
+        );
+        f.invalidated(&[key("other")], &[]);
+        assert!(matches!(f.join(&key("other")), Role::Leader(_)));
+        assert!(matches!(f.join(&key("list:1")), Role::Follower(_)));
+        f.invalidated(&[], &[ns.tag("x").unwrap()]);
+        assert!(
+            matches!(f.join(&key("list:1")), Role::Leader(_)),
+            "a tag closes every flight"
         );
         drop(new);
     }

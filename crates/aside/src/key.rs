@@ -150,6 +150,16 @@ impl EntryKey {
 }
 
 impl EntryKey {
+    /// Whether this entry is under the key prefix whose version key is `prefix` (false for
+    /// any other kind of version key).
+    pub fn is_under(&self, prefix: &TagKey) -> bool {
+        // Both are `ns:<kind>:<encoded user part>`; encoding keeps prefixes prefixes.
+        match (self.0.split_once(":e:"), prefix.0.split_once(":p:")) {
+            (Some((ns, key)), Some((pns, p))) => ns == pns && key.starts_with(p),
+            _ => false,
+        }
+    }
+
     /// The entry key and the refresh key as the cluster store names them: `ns:e:{<key>}` and
     /// `ns:r:{<key>}`. The hash tag puts both in one slot, so one script can change them
     /// together; user input is encoded, so it holds no `{` or `}` of its own.
@@ -166,6 +176,11 @@ impl TagKey {
     /// The key as sent to the store.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether this is the version key of a key prefix.
+    pub fn is_prefix(&self) -> bool {
+        matches!(layout(&self.0), Some((_, b'p')))
     }
 
     /// For the version key of a tag, the shard of the tag clock that fences fills learning
@@ -348,6 +363,25 @@ mod tests {
         assert_eq!(shards.len(), CLOCK_SHARDS, "tags spread over every shard");
         assert_eq!(ns.prefix("a:").unwrap().clock_shard(), None);
         assert_eq!(ns.epoch().clock(), None);
+    }
+
+    #[test]
+    fn entries_know_the_prefixes_they_are_under() {
+        let ns = ns();
+        let page = ns.entry("products:list:1:20").unwrap();
+        assert!(page.is_under(&ns.prefix("products:").unwrap()));
+        assert!(page.is_under(&ns.prefix("products:list:").unwrap()));
+        assert!(!page.is_under(&ns.prefix("products:lists:").unwrap()));
+        assert!(!page.is_under(&ns.tag("products:list:").unwrap()));
+        let other = Namespace::new("other").unwrap();
+        assert!(!page.is_under(&other.prefix("products:").unwrap()));
+        // Encoded alike: a key with escaped bytes is under its escaped prefix.
+        assert!(
+            ns.entry("a b:c")
+                .unwrap()
+                .is_under(&ns.prefix("a b:").unwrap())
+        );
+        assert!(ns.prefix("a:").unwrap().is_prefix() && !ns.epoch().is_prefix());
     }
 
     #[test]

@@ -913,6 +913,84 @@ async fn a_learnt_tag_fill_during(fx: Fx, stored: bool, invalidate: &str) {
     );
 }
 
+/// Misses and lease requests counted since the last snapshot of `snap` (a snapshot drains
+/// what it reads).
+fn misses_and_claims(snap: &metrics_util::debugging::Snapshotter) -> (u64, usize) {
+    let (mut misses, mut claims) = (0, 0);
+    for (k, _, _, v) in snap.snapshot().into_vec() {
+        match v {
+            metrics_util::debugging::DebugValue::Counter(n)
+                if k.key().name() == "aside_misses_total" =>
+            {
+                misses += n
+            }
+            metrics_util::debugging::DebugValue::Histogram(h)
+                if k.key().name() == "aside_backend_seconds"
+                    && k.key().labels().any(|l| l.value() == "claim") =>
+            {
+                claims += h.len()
+            }
+            _ => {}
+        }
+    }
+    (misses, claims)
+}
+
+/// An invalidation of other keys through this instance does not stop callers from joining a
+/// load of this key: one lease request, one load, for both.
+async fn an_invalidation_of_other_keys_leaves_a_load_joinable(fx: Fx) {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let c = metrics::with_local_recorder(&recorder, || fx.cache());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (read_tx, read_rx) = oneshot::channel();
+    let (go_tx, go_rx) = oneshot::channel::<()>();
+    let leader = {
+        let (c, calls) = (c.clone(), calls.clone());
+        tokio::spawn(async move {
+            c.get_or_load("product:p1", move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                read_tx.send(()).unwrap();
+                go_rx.await.unwrap();
+                Ok::<_, Never>(Some(1u8))
+            })
+            .await
+            .unwrap()
+        })
+    };
+    read_rx.await.unwrap();
+    c.del(["product:p2"]).await.unwrap();
+    c.invalidate_prefix("products:list:").await.unwrap();
+    let follower = {
+        let (c, calls) = (c.clone(), calls.clone());
+        tokio::spawn(async move {
+            c.get_or_load("product:p1", move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, Never>(Some(2u8))
+            })
+            .await
+            .unwrap()
+        })
+    };
+    // A miss is counted right before the caller joins the flight (see above).
+    let (mut misses, mut claims) = (0, 0);
+    while misses < 2 {
+        tokio::task::yield_now().await;
+        let (m, c) = misses_and_claims(&snap);
+        (misses, claims) = (misses + m, claims + c);
+    }
+    go_tx.send(()).unwrap();
+    assert_eq!(leader.await.unwrap(), Some(1));
+    assert_eq!(
+        follower.await.unwrap(),
+        Some(1),
+        "the follower joined the load"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    claims += misses_and_claims(&snap).1;
+    assert_eq!(claims, 1, "one lease request between them");
+}
+
 // ---- stale-while-revalidate and stale-if-error ----
 
 impl Fx {
@@ -1383,6 +1461,10 @@ macro_rules! suite {
             #[tokio::test]
             async fn the_epoch_refuses_every_fill() {
                 super::a_learnt_tag_fill_during($fx, false, "the epoch").await
+            }
+            #[tokio::test]
+            async fn other_keys_invalidated_leave_a_load_joinable() {
+                super::an_invalidation_of_other_keys_leaves_a_load_joinable($fx).await
             }
             #[tokio::test]
             async fn late_follower_after_a_write_elsewhere() {

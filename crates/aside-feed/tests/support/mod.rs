@@ -28,6 +28,16 @@ pub async fn with_tables(db: TestPostgres) -> (TestPostgres, PgPool) {
     (db, pool)
 }
 
+/// As [`with_tables`], with the `NOTIFY` trigger that wakes the feed at once.
+pub async fn with_notified_tables(db: TestPostgres) -> (TestPostgres, PgPool) {
+    let (db, pool) = with_tables(db).await;
+    let tables = ["products", "categories"];
+    aside_feed::postgres::install_with(&pool, &tables, aside_feed::postgres::Wakeup::Notify)
+        .await
+        .unwrap();
+    (db, pool)
+}
+
 pub async fn pool_at(url: &str) -> PgPool {
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)

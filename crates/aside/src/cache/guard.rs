@@ -113,7 +113,7 @@ impl<C: Codec> Cache<C> {
 
     /// Deletes `keys` and bumps `stamps`; what could not be sent is kept for later.
     pub(super) async fn invalidate(&self, keys: &[EntryKey], stamps: &[TagKey]) -> Invalidation {
-        self.inner.flights.invalidated();
+        self.inner.flights.invalidated(keys, stamps);
         let store = &self.inner.store;
         let sent = if self.inner.backlog.is_empty() {
             let r = if keys.is_empty() {
@@ -131,7 +131,7 @@ impl<C: Codec> Cache<C> {
         };
         // Again once applied: a flight that started while this invalidation was on its way
         // may have read what it removes, so callers arriving after it start afresh.
-        self.inner.flights.invalidated();
+        self.inner.flights.invalidated(keys, stamps);
         match sent {
             Ok(()) => Invalidation::Applied,
             Err(_) => {
