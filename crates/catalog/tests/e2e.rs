@@ -647,3 +647,50 @@ async fn on_a_redis_cluster_reads_are_cached_and_writes_seen_at_once() {
     let health = get(&http, &url("/healthz")).await;
     assert_eq!(health.body["cache"], "up");
 }
+
+/// Writes to one product do not stop the cache from filling others: with `p1` written every
+/// 10 ms, the second read of every other product is a hit, and no fill is refused (nobody
+/// reads `p1`, so no fill depends on what changes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrelated_writes_do_not_stop_other_products_from_filling() {
+    let s = stack(&["--db-latency-ms", "20"]).await;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (http, url, done) = (s.http.clone(), s.url("/products/p1"), done.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut n = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                tick.tick().await;
+                let (st, _) = send(
+                    &http,
+                    reqwest::Method::PUT,
+                    &url,
+                    Some(json!({"price": 100 + n})),
+                )
+                .await;
+                assert_eq!(st, StatusCode::OK);
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut second_misses = Vec::new();
+    for i in 10..=50 {
+        let path = format!("/products/p{i}");
+        assert_eq!(s.get(&path).await.status, StatusCode::OK);
+        let again = s.get(&path).await;
+        if again.x_cache != "hit" {
+            second_misses.push(format!("{path}: {}", again.x_cache));
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let writes = writer.await.unwrap();
+    assert!(writes > 10, "the writer kept writing ({writes})");
+    assert!(
+        second_misses.is_empty(),
+        "second reads that missed while p1 was written: {second_misses:?}"
+    );
+    let metrics = metrics_of(&s.http, &s.svc).await;
+    assert_eq!(metric_sum(&metrics, "aside_fills_refused_total"), 0.0);
+}
