@@ -23,9 +23,9 @@
 //!
 //! # Tagging a product with its category
 //! A product's category is known only once it is loaded, so the loader hands the tag back
-//! with the value (`fetch_tagged_encoded`). The engine fences such fills with its tag clock:
-//! a rename that happens while a product is being loaded voids that load's fill, so an old
-//! category name is never stored.
+//! with the value (`fetch_tagged_encoded`). The engine fences such fills with the clock of
+//! the tag's shard: a rename that happens while a product is being loaded voids that load's
+//! fill, so an old category name is never stored; writes of other products do not.
 //!
 //! # Hits are served as stored
 //! Reads hand back the cached JSON bytes as they are (`fetch_*_encoded`): a hit costs no decode

@@ -230,9 +230,11 @@ impl<'a, C: Codec> Entry<'a, C> {
     /// loaded (a product's category, a document's owner): the loader returns them with the
     /// value in a [`Tagged`]. Tags given with [`tags`](Entry::tags) apply too.
     ///
-    /// The fill is fenced like any other: if any tag of the namespace is invalidated while the
-    /// load runs, the value is returned but not stored (the engine cannot know whether the
-    /// invalidated tag was one of these).
+    /// The fill is fenced like any other: if one of these tags, or another tag of the same
+    /// clock shard (one in [`CLOCK_SHARDS`](crate::key::CLOCK_SHARDS), by a hash of the tag),
+    /// is invalidated while the load runs, the value is returned but not stored (the tags are
+    /// not known when the load begins, so the claim reads every shard's clock). Invalidations
+    /// of keys, prefixes and other shards' tags do not refuse it.
     ///
     /// ```
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
