@@ -10,11 +10,13 @@
 //! | `ns:t:<tag>` | the version of a tag |
 //! | `ns:p:<prefix>` | the version of a key prefix (a prefix ending at a `:` of the user key) |
 //! | `ns:g` | the namespace epoch: bumped when invalidations were lost in an outage |
-//! | `ns:c:<i>` | tag clock `i` of [`CLOCK_SHARDS`]: advanced by every invalidation of a tag of shard `i` |
+//! | `ns:c:{ns}:<i>` | tag clock `i` of [`CLOCK_SHARDS`]: advanced by every invalidation of a tag of shard `i` |
 //!
 //! In Redis Cluster the entry and refresh keys carry the user key as a hash tag,
 //! `ns:e:{<key>}` and `ns:r:{<key>}` ([`EntryKey::hash_tagged`]), so an entry and its refresh
-//! lease share a slot; version keys are as above, so they spread over the cluster.
+//! lease share a slot; version keys are as above, so they spread over the cluster. The tag
+//! clocks carry the namespace as a hash tag, so all of them live in one slot: a claim reads
+//! them from one node, and a node that does not answer stops only the claims that need it.
 //!
 //! User input (keys, tags, prefixes) is percent-encoded: every byte outside `[A-Za-z0-9_.:-]`
 //! becomes `%XX`. The encoding is injective, so two distinct user keys never share a Redis key,
@@ -51,7 +53,7 @@ impl Namespace {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
         if ok {
             let clocks = (0..CLOCK_SHARDS)
-                .map(|i| TagKey(format!("{ns}:c:{i}")))
+                .map(|i| TagKey(clock_key(ns, i)))
                 .collect();
             Ok(Self(ns.to_owned(), TagKey(format!("{ns}:g")), clocks))
         } else {
@@ -92,7 +94,8 @@ impl Namespace {
         self.1.clone()
     }
 
-    /// The tag clocks, shard by shard (`ns:c:0` .. `ns:c:15`): a claim reads them all.
+    /// The tag clocks, shard by shard (`ns:c:{ns}:0` .. `ns:c:{ns}:15`): a claim reads them
+    /// all.
     pub fn clocks(&self) -> &[TagKey] {
         &self.2
     }
@@ -198,11 +201,11 @@ impl TagKey {
         Some((hash % CLOCK_SHARDS as u64) as usize)
     }
 
-    /// For the version key of a tag, the key of its shard's clock (`ns:c:<i>`).
+    /// For the version key of a tag, the key of its shard's clock (`ns:c:{ns}:<i>`).
     pub fn clock(&self) -> Option<TagKey> {
         let shard = self.clock_shard()?;
         let (ns, _) = self.0.split_once(':')?;
-        Some(TagKey(format!("{ns}:c:{shard}")))
+        Some(TagKey(clock_key(ns, shard)))
     }
 }
 
@@ -216,6 +219,12 @@ impl fmt::Display for TagKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// The key of tag clock `shard` of namespace `ns`: the namespace as its hash tag, so that a
+/// Redis Cluster keeps every clock of a namespace in one slot.
+fn clock_key(ns: &str, shard: usize) -> String {
+    format!("{ns}:c:{{{ns}}}:{shard}")
 }
 
 fn check(what: &'static str, s: &str) -> Result<(), Error> {
@@ -245,11 +254,11 @@ pub(crate) fn layout(key: &str) -> Option<(&str, u8)> {
     let well_formed = match kind {
         b'e' | b't' | b'p' => rest.len() > 2 && rest.as_bytes()[1] == b':',
         b'g' => rest.len() == 1,
-        b'c' => {
-            rest.len() > 2
-                && rest.as_bytes()[1] == b':'
-                && rest[2..].bytes().all(|b| b.is_ascii_digit())
-        }
+        b'c' => rest
+            .strip_prefix("c:{")
+            .and_then(|r| r.strip_prefix(ns))
+            .and_then(|r| r.strip_prefix("}:"))
+            .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit())),
         _ => false,
     };
     (well_formed && Namespace::new(ns).is_ok()).then_some((ns, kind))
@@ -328,7 +337,7 @@ mod tests {
         );
         assert_eq!(ns.epoch().as_str(), "app:g");
         assert_eq!(ns.clocks().len(), CLOCK_SHARDS);
-        assert_eq!(ns.clocks()[3].as_str(), "app:c:3");
+        assert_eq!(ns.clocks()[3].as_str(), "app:c:{app}:3");
         assert_eq!(ns.entry("a*b{c}").unwrap().as_str(), "app:e:a%2Ab%7Bc%7D");
         assert_eq!(
             ns.entry("product:e:1").unwrap().refresh_key(),
@@ -399,8 +408,19 @@ mod tests {
         assert_eq!(layout(ns.epoch().as_str()), Some(("app", b'g')));
         assert_eq!(layout(ns.clocks()[15].as_str()), Some(("app", b'c')));
         for bad in [
-            "", "app", "app:", "app:t:", "app:x:1", "app:gg", "a b:e:k", "app:e", "app:c",
+            "",
+            "app",
+            "app:",
+            "app:t:",
+            "app:x:1",
+            "app:gg",
+            "a b:e:k",
+            "app:e",
+            "app:c",
             "app:c:x",
+            "app:c:3",
+            "app:c:{other}:3",
+            "app:c:{app}:",
         ] {
             assert_eq!(layout(bad), None, "{bad:?}");
         }

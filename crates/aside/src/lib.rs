@@ -28,6 +28,11 @@
 //! # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
 //! ```
 //!
+//! Changes made to the database by anyone else (a SQL console, a migration, another service)
+//! reach the cache through the companion crate `aside-feed`: triggers record every committed
+//! change in an outbox, and a feed in every instance applies it through a mapping from rows to
+//! keys, tags and prefixes, from a durable position.
+//!
 //! # What it guarantees
 //! | property | how |
 //! | --- | --- |
@@ -38,7 +43,8 @@
 //! | stale-while-revalidate, stale-if-error | past its TTL an entry is served while one background refresh runs, or when the loader fails; never once invalidated |
 //! | no stale sets | fills are fenced: an invalidation during a load voids its write |
 //! | tags and prefixes | versioned stamps: one `INCR`-like bump, whatever the TTLs; no `KEYS`, no `SCAN` |
-//! | Redis failure is not yours | timeouts, circuit breaker, fall back to the loader, invalidations kept and replayed, lazy connect |
+//! | Redis failure is not yours | timeouts, circuit breaker, fall back to the loader, invalidations kept and replayed in the background ([`Cache::flush`] on shutdown), lazy connect |
+//! | no read older than a write | a read that begins after an invalidation returned never gets the value it voided, on any instance: callers joining a load in process take its value only if it is newer than their start; nothing is filled while invalidations are kept; a dropped fetch gives its lease back |
 //! | two tiers (optional) | [`CacheBuilder::l1`]: an in-process L1 in front of Redis, coherent across instances through pub/sub within a bound (100 ms) |
 //! | Redis standalone or Cluster | `redis(url)` (TLS, ACL users) or `redis_cluster(urls)`: the same guarantees with an entry and its stamps on different nodes |
 //! | corrupt or old entries | a miss, removed and counted (`schema_version` for type changes) |
