@@ -63,6 +63,8 @@ catalog() {
 
 count floor 3260 "$TARGET_DIR/release/examples/floor" --listen 127.0.0.1:3260 --redis-url "$REDIS" --ids 1000
 catalog catalog-redis 3261 --redis-url "$REDIS" --cache-namespace instr-redis
+# The hot path alone: without the change feed's background reads of its outbox.
+catalog catalog-redis-no-feed 3264 --redis-url "$REDIS" --cache-namespace instr-nofeed --no-change-feed
 catalog catalog-l1 3262 --redis-url "$REDIS" --cache-namespace instr-l1 --l1-capacity 20000
 catalog catalog-memory 3263
 

@@ -50,6 +50,7 @@ pub struct CacheBuilder<C: Codec = Json> {
     lease_wait: Duration,
     stale_while_revalidate: Duration,
     stale_if_error: Duration,
+    early_refresh: f64,
     command_timeout: Option<Duration>,
     threshold: u32,
     cooldown: Duration,
@@ -79,6 +80,7 @@ impl CacheBuilder<Json> {
             lease_wait: Duration::from_secs(1),
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
+            early_refresh: 1.0,
             command_timeout: None,
             threshold: 3,
             cooldown: Duration::from_secs(1),
@@ -189,6 +191,7 @@ impl<C: Codec> CacheBuilder<C> {
             lease_wait: self.lease_wait,
             stale_while_revalidate: self.stale_while_revalidate,
             stale_if_error: self.stale_if_error,
+            early_refresh: self.early_refresh,
             command_timeout: self.command_timeout,
             threshold: self.threshold,
             cooldown: self.cooldown,
@@ -252,6 +255,24 @@ impl<C: Codec> CacheBuilder<C> {
     /// ```
     pub fn stale_while_revalidate(mut self, d: Duration) -> Self {
         self.stale_while_revalidate = d;
+        self
+    }
+
+    /// Probabilistic early refresh (XFetch, Vattani et al., VLDB 2015): a read of an entry
+    /// that is still fresh but close to the end of its TTL starts its refresh in the
+    /// background, with a probability that grows as the end nears and as loads take longer,
+    /// so that a hot key is refreshed once, shortly before it expires, and its readers never
+    /// meet the expiry. A read at `gap` before the end refreshes when
+    /// `load_time × beta × −ln(u) ≥ gap` (`u` uniform in (0, 1]; `load_time` the cache's
+    /// running average of its loads). Default 1.0; 0 turns it off; at most 10. It applies to
+    /// entries that carry their freshness, i.e. when [`stale_while_revalidate`] or
+    /// [`stale_if_error`] is set (an entry without it simply leaves the store at its TTL),
+    /// and to reads with a loader (`fetch`, `get_or_load`).
+    ///
+    /// [`stale_while_revalidate`]: CacheBuilder::stale_while_revalidate
+    /// [`stale_if_error`]: CacheBuilder::stale_if_error
+    pub fn early_refresh(mut self, beta: f64) -> Self {
+        self.early_refresh = beta;
         self
     }
 
@@ -320,6 +341,9 @@ impl<C: Codec> CacheBuilder<C> {
         if !(0.0..=0.5).contains(&self.jitter) {
             return Err(invalid("jitter", "must be between 0 and 0.5"));
         }
+        if !(0.0..=10.0).contains(&self.early_refresh) {
+            return Err(invalid("early_refresh", "must be between 0 and 10"));
+        }
         if self.lease < Duration::from_millis(1) {
             return Err(invalid("lease", "must be at least 1 ms"));
         }
@@ -379,6 +403,7 @@ impl<C: Codec> CacheBuilder<C> {
                 lease_wait: self.lease_wait,
                 stale_while_revalidate: self.stale_while_revalidate,
                 stale_if_error: self.stale_if_error,
+                early_refresh: self.early_refresh,
             },
             flights: Flights::default(),
             breaker: Breaker::new(self.clock.clone(), self.threshold, self.cooldown),
@@ -386,6 +411,7 @@ impl<C: Codec> CacheBuilder<C> {
             backlog: Backlog::new(self.backlog),
             flush_lock: tokio::sync::Mutex::new(()),
             draining: std::sync::atomic::AtomicBool::new(false),
+            load_time: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 }

@@ -1338,6 +1338,62 @@ async fn a_dropped_fetch_gives_its_lease_back(fx: Fx) {
     assert_eq!(other.get::<u8>("k").await.unwrap(), Some(2));
 }
 
+/// XFetch: a hot key is refreshed once, shortly before its TTL ends, and its readers never
+/// meet the expiry (no stale, no miss). The first load takes 200 ms of the mock clock (the
+/// refresh takes none: a background load moving the clock would age what the test reads).
+async fn a_hot_key_is_refreshed_once_before_it_expires(fx: Fx) {
+    let (b, clock) = fx.timed();
+    let c = b
+        .default_ttl(TTL)
+        .stale_while_revalidate(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let fetch = || {
+        let (calls, clock) = (calls.clone(), clock.clone());
+        c.entry("hot").fetch(move || async move {
+            let n = calls.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+            if n == 1 {
+                clock.advance(Duration::from_millis(200));
+            }
+            Ok::<_, Never>(Some(n))
+        })
+    };
+    assert_eq!(fetch().await.unwrap().status, Status::Miss);
+    // Far from the end (5 s to go, 25 loads' time): no early refresh.
+    clock.advance(TTL / 2);
+    for _ in 0..200 {
+        assert_eq!(fetch().await.unwrap().status, Status::Hit);
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "no refresh far from the end"
+    );
+    // 10 ms before the end: each read refreshes with a probability of 95 %.
+    clock.advance(TTL / 2 - Duration::from_millis(10));
+    for _ in 0..20 {
+        let f = fetch().await.unwrap();
+        // The old value, or already the refreshed one: a hit either way.
+        assert_eq!(f.status, Status::Hit, "still fresh");
+    }
+    let refreshed = eventually(Duration::from_secs(5), || async {
+        c.entry("hot")
+            .fetch(|| async { Ok::<_, Never>(Some(0u64)) })
+            .await
+            .unwrap()
+            .value
+            == Some(2)
+    })
+    .await;
+    assert!(refreshed, "refreshed before the end");
+    // Past the old end: the refreshed entry is fresh; the hot key never went stale.
+    clock.advance(Duration::from_millis(20));
+    let f = fetch().await.unwrap();
+    assert_eq!((f.value, f.status), (Some(2), Status::Hit));
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "exactly one refresh");
+}
+
 macro_rules! suite {
     ($store:ident, $fx:expr) => {
         mod $store {
@@ -1465,6 +1521,10 @@ macro_rules! suite {
             #[tokio::test]
             async fn other_keys_invalidated_leave_a_load_joinable() {
                 super::an_invalidation_of_other_keys_leaves_a_load_joinable($fx).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn early_refresh_before_the_ttl_ends() {
+                super::a_hot_key_is_refreshed_once_before_it_expires($fx).await
             }
             #[tokio::test]
             async fn late_follower_after_a_write_elsewhere() {

@@ -343,6 +343,14 @@ impl<'a, C: Codec> Entry<'a, C> {
                     match cache.age(fresh_until, t.stale_while_revalidate, t.stale_if_error) {
                         Age::Fresh => {
                             m.hits.increment(1);
+                            if let Some(until) = fresh_until
+                                && cache.refresh_early(until)
+                            {
+                                if lazy {
+                                    stamps = inner.ns.stamps_for(self.key, &self.tags)?;
+                                }
+                                cache.revalidate::<T, M, E, F, Fut>(k, until, stamps, t, loader);
+                            }
                             return Ok(hit(d));
                         }
                         Age::Stale => {
@@ -433,6 +441,29 @@ impl<C: Codec> Cache<C> {
     }
 
     /// Where an entry fresh until `fresh_until` stands now.
+    /// XFetch (see [`CacheBuilder::early_refresh`](crate::CacheBuilder::early_refresh)):
+    /// whether a read of an entry fresh until `until` (ms since the epoch) should start its
+    /// refresh now.
+    pub(super) fn refresh_early(&self, until: u64) -> bool {
+        let beta = self.inner.settings.early_refresh;
+        let load_us = self
+            .inner
+            .load_time
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if beta <= 0.0 || load_us == 0 {
+            return false;
+        }
+        let now = self.inner.clock.wall().as_millis() as u64;
+        let gap = until.saturating_sub(now) as f64 / 1e3;
+        let scale = load_us as f64 / 1e6 * beta;
+        // Past 40 scales the chance is below e^-40: not worth a random number.
+        if gap > 40.0 * scale {
+            return false;
+        }
+        let u = rand::random::<f64>().max(f64::MIN_POSITIVE);
+        -u.ln() * scale >= gap
+    }
+
     pub(super) fn age(
         &self,
         fresh_until: Option<u64>,

@@ -239,11 +239,25 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<Tagged<T>, E>>,
 {
-    let m = &cache.inner.metrics;
+    let inner = &cache.inner;
+    let m = &inner.metrics;
     m.loads.increment(1);
-    let start = Instant::now();
+    let start = inner.clock.now();
     let r = loader().await;
-    m.load_seconds.record(start.elapsed().as_secs_f64());
+    let took = inner.clock.now().saturating_sub(start);
+    m.load_seconds.record(took.as_secs_f64());
+    // An average over the last loads (a weight of 1/8 for the newest); the first one counts
+    // whole. Racing updates may lose one sample, which is harmless.
+    let us = took.as_micros().min(u128::from(u64::MAX / 8)) as u64;
+    let old = inner.load_time.load(std::sync::atomic::Ordering::Relaxed);
+    let avg = if old == 0 {
+        us.max(1)
+    } else {
+        (old * 7 + us) / 8
+    };
+    inner
+        .load_time
+        .store(avg.max(1), std::sync::atomic::Ordering::Relaxed);
     r.map_err(|e| {
         m.load_errors.increment(1);
         LoadError::Loader(Arc::new(e))

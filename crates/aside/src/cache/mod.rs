@@ -83,6 +83,8 @@ pub(crate) struct Settings {
     pub(crate) lease_wait: Duration,
     pub(crate) stale_while_revalidate: Duration,
     pub(crate) stale_if_error: Duration,
+    /// XFetch's beta (0: off).
+    pub(crate) early_refresh: f64,
 }
 
 pub(crate) struct Inner<C> {
@@ -96,6 +98,8 @@ pub(crate) struct Inner<C> {
     pub(crate) flush_lock: tokio::sync::Mutex<()>,
     /// Whether a task is replaying the backlog in the background.
     pub(crate) draining: std::sync::atomic::AtomicBool,
+    /// A running average of how long loads take, in µs (for early refresh).
+    pub(crate) load_time: std::sync::atomic::AtomicU64,
     pub(crate) metrics: Metrics,
     pub(crate) clock: Arc<dyn Clock>,
 }
