@@ -644,6 +644,12 @@ async fn bad_input_is_an_error_and_changes_nothing(fx: Fx) {
     assert_eq!(c.get::<u8>("a?b[c]{d} e\n").await.unwrap(), Some(2));
     assert!(Cache::builder().namespace("a:b").build().is_err());
     assert!(Cache::builder().jitter(0.9).build().is_err());
+    for beta in [-1.0, 11.0, f64::NAN] {
+        assert!(
+            Cache::builder().early_refresh(beta).build().is_err(),
+            "early_refresh({beta})"
+        );
+    }
     assert!(
         Cache::builder()
             .default_ttl(Duration::ZERO)

@@ -101,6 +101,13 @@ pub struct Config {
     #[arg(long, env = "CATALOG_STALE_IF_ERROR", default_value = "10m", value_parser = humantime::parse_duration)]
     pub stale_if_error: Duration,
 
+    /// Early refresh (XFetch): a read of a cached entry close to the end of its TTL refreshes
+    /// it in the background with a probability that grows as the end nears, so hot entries
+    /// never expire under their readers. The beta factor: 1 by default, 0 turns it off, up
+    /// to 10 (earlier refreshes).
+    #[arg(long, env = "CATALOG_EARLY_REFRESH", default_value_t = 1.0)]
+    pub early_refresh: f64,
+
     /// Namespace of the cache's keys in Redis (instances sharing one see each other's entries).
     #[arg(long, env = "CATALOG_CACHE_NAMESPACE", default_value = "catalog")]
     pub cache_namespace: String,
@@ -194,6 +201,7 @@ impl fmt::Debug for Config {
             .field("negative_ttl", &self.negative_ttl)
             .field("stale_while_revalidate", &self.stale_while_revalidate)
             .field("stale_if_error", &self.stale_if_error)
+            .field("early_refresh", &self.early_refresh)
             .field("cache_namespace", &self.cache_namespace)
             .field("l1_capacity", &self.l1_capacity)
             .field("l1_ttl", &self.l1_ttl)

@@ -177,7 +177,8 @@ pub async fn build(config: &Config) -> anyhow::Result<AppState> {
             .default_ttl(config.product_ttl)
             .negative_ttl(config.negative_ttl)
             .stale_while_revalidate(config.stale_while_revalidate)
-            .stale_if_error(config.stale_if_error);
+            .stale_if_error(config.stale_if_error)
+            .early_refresh(config.early_refresh);
         match store {
             config::CacheStore::Memory => {}
             config::CacheStore::Redis(url) => {
