@@ -1,6 +1,6 @@
 //! Engine benchmarks on a private redis-server: miss + fill, `get_or_load` with 64 concurrent
 //! callers on one cold key, and tag / prefix invalidation with 0 and 1,000,000 other keys
-//! (against the seed's `KEYS` + `DEL`). `cargo bench -p aside --bench engine`.
+//! (against a `KEYS` + `DEL` of every matching key). `cargo bench -p aside --bench engine`.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};

@@ -1,6 +1,6 @@
 //! Handler tests: `app(state).oneshot(request)` over an in-memory SQLite database (30 seeded
 //! products) and the in-process cache, for every route, status code and validation rule of
-//! DESIGN.md C2.
+//! the HTTP contract of the README.
 #![allow(clippy::unwrap_used)]
 
 use async_trait::async_trait;
