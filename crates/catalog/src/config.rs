@@ -1,6 +1,7 @@
 //! The command line (documented in the README). Every flag has an environment variable; a flag wins over
 //! its variable.
 
+use crate::server::Limits;
 use clap::{Args, Parser, Subcommand};
 use std::fmt;
 use std::time::Duration;
@@ -114,6 +115,11 @@ pub struct Config {
     /// Longest life of a copy in the L1 (it never outlives its Redis entry either).
     #[arg(long, env = "CATALOG_L1_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub l1_ttl: Duration,
+
+    /// Largest request body, in bytes (413 beyond).
+    #[arg(long, env = "CATALOG_MAX_BODY_BYTES", default_value_t = 64 * 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_body_bytes: u32,
 }
 
 /// Where the cache keeps its entries.
@@ -148,6 +154,13 @@ impl Config {
             );
         }
         Ok(Some((self.l1_capacity, self.l1_ttl)))
+    }
+
+    /// The bounds of the server and of each request.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_body: self.max_body_bytes as usize,
+        }
     }
 
     /// The cache's store; an error if both a Redis URL and cluster URLs are given.
@@ -197,6 +210,7 @@ impl fmt::Debug for Config {
             .field("cache_namespace", &self.cache_namespace)
             .field("l1_capacity", &self.l1_capacity)
             .field("l1_ttl", &self.l1_ttl)
+            .field("max_body_bytes", &self.max_body_bytes)
             .finish()
     }
 }

@@ -5,11 +5,11 @@ use crate::error::ApiError;
 use crate::model::Id;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-/// A JSON body (`content-type: application/json`, at most the body limit).
+/// A JSON body (`content-type: application/json`); its size was bounded by
+/// [`Guard`](crate::server::Guard) before.
 #[derive(Debug)]
 pub struct Body<T>(pub T);
 
@@ -29,7 +29,6 @@ where
                     ApiError::invalid("invalid_json", e.body_text())
                 }
                 JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
-                r if r.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
                 r => ApiError::invalid("invalid_body", r.body_text()),
             }),
         }

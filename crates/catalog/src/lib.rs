@@ -25,6 +25,7 @@
 //!   invalidates.
 //! - [`routes`]: the handlers; [`extract`] and [`error`] turn every rejection into the API's
 //!   Error body.
+//! - [`server`]: the bounds of every request (body size) and the layer that enforces them.
 
 pub mod config;
 pub mod db;
@@ -33,6 +34,7 @@ pub mod extract;
 pub mod feed;
 pub mod model;
 pub mod routes;
+pub mod server;
 pub mod service;
 
 use crate::config::Config;
@@ -53,6 +55,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The database change feed, when it runs.
     pub feed: Option<Arc<aside_feed::Feed>>,
+    /// The bounds of each request (and of the server, for [`run`]).
+    pub limits: server::Limits,
 }
 
 impl AppState {
@@ -63,6 +67,7 @@ impl AppState {
             catalog: Arc::new(catalog),
             metrics: metrics_recorder(),
             feed: None,
+            limits: server::Limits::default(),
         }
     }
 }
@@ -216,6 +221,7 @@ pub async fn build(config: &Config) -> anyhow::Result<AppState> {
         catalog: Arc::new(Catalog::new(db::Db::new(repo, options), cache, ttls)),
         metrics,
         feed,
+        limits: config.limits(),
     })
 }
 

@@ -710,6 +710,25 @@ async fn oversized_bodies_are_413() {
 }
 
 #[tokio::test]
+async fn the_body_limit_is_a_flag() {
+    let s = state_with(&["--max-body-bytes", "100"]).await;
+    let body = format!(r#"{{"name":"{}"}}"#, "x".repeat(100));
+    let r = call(&s, Method::PUT, "/products/p1", Some(&body)).await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("100 bytes")
+    );
+    let r = call(&s, Method::PUT, "/products/p1", Some(r#"{"name":"ok"}"#)).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn unknown_routes_and_methods_get_error_bodies() {
     let s = state().await;
     let r = get(&s, "/nothing/here").await;

@@ -3,6 +3,7 @@
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::server::Guard;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request};
@@ -18,17 +19,15 @@ mod categories;
 mod ops;
 mod products;
 
-/// Largest request body accepted (413 beyond).
-pub const BODY_LIMIT: usize = 64 * 1024;
-
 /// The `x-cache` header of product and list reads.
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// Every route, with the API's Error body for unknown routes (404), wrong methods (405),
-/// oversized bodies (413) and panics (500); each request is traced at debug level when the
-/// log filter enables it (`RUST_LOG=tower_http=debug`).
+/// oversized bodies (413) and panics (500), behind the [`Guard`] of the state's limits; each
+/// request is traced at debug level when the log filter enables it
+/// (`RUST_LOG=tower_http=debug`).
 ///
-/// The body limit and the panic guard wrap the router once, around routing, instead of being
+/// The guard and the panic guard wrap the router once, around routing, instead of being
 /// [`Router::layer`]s: a router layer wraps every route in a boxed service of its own, and
 /// each request would clone (allocate) the whole chain again.
 pub fn router(
@@ -60,11 +59,14 @@ pub fn router(
     } else {
         router
     };
-    ServiceBuilder::new()
+    let limits = state.limits.clone();
+    let inner = ServiceBuilder::new()
         .map_response(|r: Response<_>| r.map(Body::new))
         .layer(CatchPanicLayer::custom(panicked as fn(_) -> Response))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .service(router.with_state(state))
+        // The guard bounds bodies before routing: axum's own limit would only repeat it.
+        .layer(DefaultBodyLimit::disable())
+        .service(router.with_state(state));
+    Guard::new(inner, limits)
 }
 
 fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
