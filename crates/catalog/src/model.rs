@@ -13,6 +13,9 @@ pub const MAX_NAME_LEN: usize = 200;
 pub const MAX_LIMIT: u32 = 100;
 /// Page size of `GET /products` when none is given.
 pub const DEFAULT_LIMIT: u32 = 20;
+/// Largest page number of `GET /products`: 2^53 - 1, the largest whole number every JSON
+/// client can send exactly (a double's integer range).
+pub const MAX_PAGE: u64 = (1 << 53) - 1;
 
 /// A product, with its category, as the API returns it (and as it is cached).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -51,8 +54,8 @@ pub struct ProductPage {
     pub products: Vec<Product>,
     /// How many products there are in all.
     pub total: u64,
-    /// This page's number, from 1.
-    pub page: u32,
+    /// This page's number, from 1 to [`MAX_PAGE`].
+    pub page: u64,
     /// The page size.
     pub limit: u32,
     /// How many pages of `limit` products there are.
@@ -283,8 +286,8 @@ fn parse_category(id: &str) -> Result<Id, Invalid> {
 /// `page` and `limit` of `GET /products`, validated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageRequest {
-    /// The page, from 1.
-    pub page: u32,
+    /// The page, from 1 to [`MAX_PAGE`].
+    pub page: u64,
     /// The page size, 1 to 100.
     pub limit: u32,
 }
@@ -312,9 +315,16 @@ impl PageRequest {
         }
         let page = match page {
             None => 1,
-            Some(v) => v.parse::<u32>().ok().filter(|p| *p >= 1).ok_or_else(|| {
-                Invalid::new("invalid_page", "page is a whole number of at least 1")
-            })?,
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|p| (1..=MAX_PAGE).contains(p))
+                .ok_or_else(|| {
+                    Invalid::new(
+                        "invalid_page",
+                        "page is a whole number from 1 to 9007199254740991 (2^53 - 1)",
+                    )
+                })?,
         };
         let limit = match limit {
             None => DEFAULT_LIMIT,
@@ -329,9 +339,13 @@ impl PageRequest {
         Ok(Self { page, limit })
     }
 
-    /// How many products come before this page.
+    /// How many products come before this page. At most (2^53 - 2) * 100, well within the
+    /// databases' 64-bit signed `OFFSET`; saturating all the same, for a request built by
+    /// hand past [`MAX_PAGE`].
     pub fn offset(self) -> u64 {
-        u64::from(self.page - 1) * u64::from(self.limit)
+        self.page
+            .saturating_sub(1)
+            .saturating_mul(u64::from(self.limit))
     }
 }
 
@@ -405,12 +419,29 @@ mod tests {
             "limit=0",
             "limit=101",
             "page=1&page=2",
-            "page=99999999999",
+            "page=9007199254740992",
+            "page=18446744073709551616",
             "limit=%ZZ",
         ] {
             assert!(p(bad).is_err(), "{bad}");
         }
         assert_eq!(PageRequest { page: 3, limit: 20 }.offset(), 40);
+        let last = p("page=9007199254740991&limit=100");
+        assert_eq!(
+            last,
+            Ok(PageRequest {
+                page: MAX_PAGE,
+                limit: 100
+            })
+        );
+        assert_eq!(last.map(PageRequest::offset), Ok((MAX_PAGE - 1) * 100));
+        assert!((MAX_PAGE - 1) * 100 < i64::MAX as u64);
+        assert_eq!(p("page=4294967296&limit=1").map(|r| r.page), Ok(1 << 32));
+        let past = PageRequest {
+            page: u64::MAX,
+            limit: 100,
+        };
+        assert_eq!(past.offset(), u64::MAX, "saturates");
         assert_eq!(total_pages(0, 20), 0);
         assert_eq!(total_pages(1000, 20), 50);
         assert_eq!(total_pages(1001, 20), 51);

@@ -212,6 +212,24 @@ async fn list_pages_newest_first() {
 
     let big = get(&s, "/products?limit=100").await;
     assert_eq!(big.body["products"].as_array().unwrap().len(), 30);
+
+    // Any page a JSON client can send: past 2^32, up to 2^53 - 1.
+    for page in [4_294_967_296_u64, 99_999_999_999, 9_007_199_254_740_991] {
+        for limit in [1, 100] {
+            let r = get(&s, &format!("/products?page={page}&limit={limit}")).await;
+            assert_eq!(r.status, StatusCode::OK, "page {page}: {}", r.body);
+            assert_eq!(r.body["products"], json!([]));
+            assert_eq!(
+                (r.body["page"].as_u64(), r.body["total"].as_u64()),
+                (Some(page), Some(30))
+            );
+        }
+    }
+    let r = get(&s, "/products?page=9007199254740992&limit=1").await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::BAD_REQUEST, "invalid_page")
+    );
 }
 
 #[tokio::test]
@@ -526,7 +544,8 @@ async fn bad_inputs_are_4xx_with_an_error_body_and_change_nothing() {
         "/products?limit=x",
         "/products?page=",
         "/products?page=1&page=2",
-        "/products?page=99999999999",
+        "/products?page=9007199254740992",
+        "/products?page=18446744073709551616",
         "/products?limit=1e2",
     ] {
         cases.push((Method::GET, uri.to_owned(), None));

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use catalog::db::{self, DbError, Options, Repository, seed_product};
-use catalog::model::{Id, NewProduct, ProductPatch, now};
+use catalog::model::{Id, MAX_PAGE, NewProduct, PageRequest, ProductPatch, now};
 use sqlx::{Connection, Executor};
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,6 +102,16 @@ async fn pages_split_and_end(f: Fixture) {
     let past = r.page(1_000_000, 10).await.unwrap();
     assert!(past.products.is_empty());
     assert_eq!(past.total, 25, "the total is known past the last page");
+    // The last page a client may ask for, and an offset past any BIGINT.
+    let last = PageRequest {
+        page: MAX_PAGE,
+        limit: 100,
+    };
+    for offset in [last.offset(), u64::MAX] {
+        let far = r.page(offset, 100).await.unwrap();
+        assert!(far.products.is_empty());
+        assert_eq!(far.total, 25, "offset {offset}");
+    }
     let all = r.page(0, 100).await.unwrap();
     assert_eq!(all.products.len(), 25);
     assert!(
