@@ -1,8 +1,9 @@
 //! The catalog's data: what the API returns and what it accepts, with the validation rules of
 //! the HTTP contract (see the README) in one place.
 
+use crate::extract::{Fields, FromBody};
 use chrono::{DateTime, SubsecRound, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Longest id, in characters.
@@ -158,12 +159,10 @@ pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-/// The body of `POST /products`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+/// The body of `POST /products` (`id`, `name`, `price`, `categoryId`).
+#[derive(Debug)]
 pub struct CreateProduct {
     /// The id; one is generated when absent.
-    #[serde(default, deserialize_with = "present")]
     pub id: Option<String>,
     /// The name.
     pub name: String,
@@ -173,37 +172,59 @@ pub struct CreateProduct {
     pub category_id: String,
 }
 
-/// The body of `PUT /products/{id}`: the fields to change (at least one).
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+impl FromBody for CreateProduct {
+    fn from_fields(fields: Fields) -> Result<Self, Invalid> {
+        let mut f = fields.allow(&["id", "name", "price", "categoryId"])?;
+        let body = Self {
+            id: f.string("id")?,
+            name: Fields::required(f.string("name")?, "name")?,
+            price: Fields::required(f.number("price")?, "price")?,
+            category_id: Fields::required(f.string("categoryId")?, "categoryId")?,
+        };
+        f.finish()?;
+        Ok(body)
+    }
+}
+
+/// The body of `PUT /products/{id}`: the fields to change (at least one). A field given as
+/// `null` is refused, not read as "leave it alone".
+#[derive(Debug, Default)]
 pub struct UpdateProduct {
     /// A new name.
-    #[serde(default, deserialize_with = "present")]
     pub name: Option<String>,
     /// A new price.
-    #[serde(default, deserialize_with = "present")]
     pub price: Option<f64>,
     /// A new category.
-    #[serde(default, deserialize_with = "present")]
     pub category_id: Option<String>,
 }
 
-/// The body of `PUT /categories/{id}`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+impl FromBody for UpdateProduct {
+    fn from_fields(fields: Fields) -> Result<Self, Invalid> {
+        let mut f = fields.allow(&["name", "price", "categoryId"])?;
+        let body = Self {
+            name: f.string("name")?,
+            price: f.number("price")?,
+            category_id: f.string("categoryId")?,
+        };
+        f.finish()?;
+        Ok(body)
+    }
+}
+
+/// The body of `PUT /categories/{id}` (`name`).
+#[derive(Debug)]
 pub struct RenameCategory {
     /// The new name.
     pub name: String,
 }
 
-/// An optional field that, when present, must not be `null`: `{"name": null}` is a type
-/// error, not "leave the name alone".
-fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    T::deserialize(d).map(Some)
+impl FromBody for RenameCategory {
+    fn from_fields(fields: Fields) -> Result<Self, Invalid> {
+        let mut f = fields.allow(&["name"])?;
+        let name = Fields::required(f.string("name")?, "name")?;
+        f.finish()?;
+        Ok(Self { name })
+    }
 }
 
 /// A validated new product.

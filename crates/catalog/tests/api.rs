@@ -632,6 +632,7 @@ async fn bad_inputs_are_4xx_with_an_error_body_and_change_nothing() {
             r.body
         );
         r.error_code();
+        assert_own_message(&r, &format!("{m} {uri} {body:?}"));
     }
     // Bodies that are not declared JSON.
     for ct in [
@@ -655,6 +656,123 @@ async fn bad_inputs_are_4xx_with_an_error_body_and_change_nothing() {
         );
     }
     assert_eq!(snapshot(&s).await, before, "the database is unchanged");
+}
+
+/// The message of a 4xx is the API's own: no serde wording, Rust type names or positions in
+/// the body.
+fn assert_own_message(r: &Reply, what: &str) {
+    let message = r.body["error"]["message"].as_str().unwrap();
+    for serde_said in [
+        "line ",
+        "column",
+        "invalid type",
+        "invalid value",
+        "expected `",
+        "struct ",
+        "f64",
+        "u32",
+        "u64",
+        "String",
+        "Option",
+        "sequence",
+        "Failed to",
+        "serde",
+    ] {
+        assert!(
+            !message.contains(serde_said),
+            "{what}: {message:?} says {serde_said:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bodies_are_json_objects_read_field_by_field() {
+    let s = state().await;
+    let before = snapshot(&s).await;
+    for body in [
+        r#"["x","n",1,"c1"]"#,
+        r#"["n",1,"c1"]"#,
+        "1",
+        "true",
+        "null",
+        r#""x""#,
+    ] {
+        let r = call(&s, Method::POST, "/products", Some(body)).await;
+        assert_eq!(
+            (r.status, r.error_code()),
+            (StatusCode::BAD_REQUEST, "invalid_body"),
+            "{body}: {}",
+            r.body
+        );
+        assert_eq!(
+            r.body["error"]["message"], "the body must be a JSON object",
+            "{body}"
+        );
+    }
+    for (uri, body) in [
+        ("/products/p1", r#"["renamed"]"#),
+        ("/products/p1", r#"["renamed", 3.5, "c2"]"#),
+        ("/categories/c1", r#"["renamed"]"#),
+    ] {
+        let r = call(&s, Method::PUT, uri, Some(body)).await;
+        assert_eq!(
+            (r.status, r.error_code()),
+            (StatusCode::BAD_REQUEST, "invalid_body"),
+            "{uri} {body}"
+        );
+    }
+    assert_eq!(snapshot(&s).await, before, "nothing was written");
+    assert_eq!(get(&s, "/products/x").await.status, StatusCode::NOT_FOUND);
+
+    // Messages say which field and what it must be.
+    for (m, uri, body, message) in [
+        (
+            Method::POST,
+            "/products",
+            r#"{"name":"x","price":"1","categoryId":"c1"}"#,
+            "the field price must be a number, not a string",
+        ),
+        (
+            Method::POST,
+            "/products",
+            r#"{"name":"x","categoryId":"c1"}"#,
+            "the field price is required",
+        ),
+        (
+            Method::PUT,
+            "/products/p1",
+            r#"{"name":null}"#,
+            "the field name must be a string, not null",
+        ),
+        (
+            Method::PUT,
+            "/products/p1",
+            r#"{"name":"a","name":"b"}"#,
+            "the field \"name\" is given twice",
+        ),
+        (
+            Method::PUT,
+            "/products/p1",
+            r#"{"color":"red"}"#,
+            "unknown field \"color\": the fields are name, price, categoryId",
+        ),
+        (
+            Method::PUT,
+            "/categories/c1",
+            r#"{"name":{"a":1}}"#,
+            "the field name must be a string, not an object",
+        ),
+        (
+            Method::PUT,
+            "/products/p1",
+            r#"{"name":"x""#,
+            "the body is not valid JSON (one JSON object, UTF-8)",
+        ),
+    ] {
+        let r = call(&s, m, uri, Some(body)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(r.body["error"]["message"], message, "{body}");
+    }
 }
 
 #[tokio::test]
