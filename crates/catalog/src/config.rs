@@ -120,6 +120,25 @@ pub struct Config {
     #[arg(long, env = "CATALOG_MAX_BODY_BYTES", default_value_t = 64 * 1024,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_body_bytes: u32,
+
+    /// Time a client has to send a request's head; also how long an idle keep-alive
+    /// connection is kept. Past it the connection is closed.
+    #[arg(long, env = "CATALOG_HEADER_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub header_timeout: Duration,
+
+    /// Time a client has to send a request's body once its head is in; past it, 408 and the
+    /// connection is closed.
+    #[arg(long, env = "CATALOG_REQUEST_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    pub request_timeout: Duration,
+}
+
+/// A duration above zero (`0s` would close every connection at once).
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be above 0".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Where the cache keeps its entries.
@@ -160,6 +179,8 @@ impl Config {
     pub fn limits(&self) -> Limits {
         Limits {
             max_body: self.max_body_bytes as usize,
+            header_timeout: self.header_timeout,
+            request_timeout: self.request_timeout,
         }
     }
 
@@ -211,6 +232,8 @@ impl fmt::Debug for Config {
             .field("l1_capacity", &self.l1_capacity)
             .field("l1_ttl", &self.l1_ttl)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("header_timeout", &self.header_timeout)
+            .field("request_timeout", &self.request_timeout)
             .finish()
     }
 }

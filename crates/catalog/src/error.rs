@@ -23,6 +23,8 @@ pub enum ApiError {
     MethodNotAllowed,
     /// 409: the resource exists already.
     Conflict(&'static str),
+    /// 408: the body did not arrive in time.
+    RequestTimeout,
     /// 413: the body is larger than the limit (in bytes).
     PayloadTooLarge(usize),
     /// 415: a body that is not `application/json`.
@@ -67,6 +69,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -87,6 +90,10 @@ impl ApiError {
                 ("method_not_allowed", "this route does not take that method")
             }
             ApiError::Conflict(m) => ("conflict", m),
+            ApiError::RequestTimeout => (
+                "request_timeout",
+                "the request body did not arrive within the request timeout",
+            ),
             ApiError::PayloadTooLarge(limit) => {
                 let message = format!("the body is larger than {limit} bytes");
                 return ("payload_too_large", Cow::Owned(message));

@@ -25,7 +25,8 @@
 //!   invalidates.
 //! - [`routes`]: the handlers; [`extract`] and [`error`] turn every rejection into the API's
 //!   Error body.
-//! - [`server`]: the bounds of every request (body size) and the layer that enforces them.
+//! - [`server`]: the HTTP server and its bounds (timeouts, body size), and the layer that
+//!   enforces the bounds of each request.
 
 pub mod config;
 pub mod db;
@@ -245,10 +246,8 @@ pub async fn run(
     let _upkeep = every(METRICS_UPKEEP, move || metrics.run_upkeep());
     let catalog = state.catalog.clone();
     let feed = state.feed.clone();
-    let served = axum::serve(listener, axum::ServiceExt::into_make_service(app(state)))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server failed");
+    let limits = state.limits.clone();
+    server::serve(listener, app(state), &limits, shutdown).await;
     // The feed first: it applies what it has read and records how far it got.
     if let Some(feed) = feed.and_then(|f| Arc::try_unwrap(f).ok())
         && let Err(e) = feed.shutdown().await
@@ -263,7 +262,7 @@ pub async fn run(
             "shutting down with invalidations the cache did not take; the change feed applies them"
         );
     }
-    served
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,7 +1,14 @@
-//! [`Guard`], the layer in front of the router that reads every request body before the
-//! handlers see it.
+//! The HTTP server: [`serve`], hyper's HTTP/1.1 connection driver with a timer behind an
+//! accept loop, and [`Guard`], the layer in front of the router that reads every request body
+//! before the handlers see it.
 //!
 //! What each bound protects against:
+//! - **Header read timeout** (`--header-timeout`): a client that trickles its headers
+//!   (slowloris) or keeps an idle keep-alive connection open is disconnected; hyper's timer
+//!   runs whenever a connection waits for the head of a request, the first or the next one.
+//! - **Request timeout** (`--request-timeout`): the body of a request must arrive within it
+//!   from the moment its head was read; a stalled body gets a 408 and the connection is
+//!   closed, so it holds no worker.
 //! - **Body limit** (`--max-body-bytes`): a larger body gets a 413. The rest of it is read
 //!   and dropped first (up to [`DRAIN_BYTES`] within [`DRAIN_TIME`], as nginx's lingering
 //!   close does), because a server that closes a socket holding unread data makes the kernel
@@ -15,11 +22,13 @@ use axum::http::{HeaderValue, Request as HttpRequest};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use http_body_util::BodyExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
@@ -33,6 +42,10 @@ pub const DRAIN_TIME: Duration = Duration::from_secs(5);
 pub struct Limits {
     /// Largest request body, in bytes.
     pub max_body: usize,
+    /// Time to receive a request's head, and longest idle time of a keep-alive connection.
+    pub header_timeout: Duration,
+    /// Time to receive a request's body, from its head.
+    pub request_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -40,12 +53,14 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_body: 64 * 1024,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
 
 /// The layer of [`Limits`] in front of the router: reads the body, if there is one, within
-/// the body limit, and hands the handlers a body already in memory.
+/// the body limit and the request timeout, and hands the handlers a body already in memory.
 #[derive(Clone, Debug)]
 pub struct Guard<S> {
     inner: S,
@@ -83,9 +98,10 @@ where
         let inner = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, inner);
         let limits = self.limits.clone();
+        let deadline = Instant::now() + limits.request_timeout;
         GuardFuture::Body {
             future: Box::pin(async move {
-                match read_body(req, &limits).await {
+                match read_body(req, &limits, deadline).await {
                     Ok(req) => inner.oneshot(req).await,
                     Err(refused) => Ok(refused),
                 }
@@ -117,9 +133,9 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for GuardFuture<F>
     }
 }
 
-/// Reads the body of `req` into memory, within the body limit; the request with its body in
-/// memory, or the response refusing it.
-async fn read_body(req: Request, limits: &Limits) -> Result<Request, Response> {
+/// Reads the body of `req` into memory, within the body limit and by `deadline`; the request
+/// with its body in memory, or the response refusing it.
+async fn read_body(req: Request, limits: &Limits, deadline: Instant) -> Result<Request, Response> {
     let (parts, mut body) = req.into_parts();
     let declared = parts
         .headers
@@ -136,12 +152,17 @@ async fn read_body(req: Request, limits: &Limits) -> Result<Request, Response> {
         return Err(drain(body, too_large()).await);
     }
     let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            return Err(closing(
-                ApiError::invalid("invalid_body", "the request body could not be read")
-                    .into_response(),
-            ));
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(closing(ApiError::RequestTimeout.into_response())),
+            Ok(None) => break,
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(_))) => {
+                return Err(closing(
+                    ApiError::invalid("invalid_body", "the request body could not be read")
+                        .into_response(),
+                ));
+            }
         };
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > limit {
@@ -177,4 +198,63 @@ fn closing(mut response: Response) -> Response {
         .headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("close"));
     response
+}
+
+/// Serves `service` on `listener` until `shutdown` completes, then stops accepting and waits
+/// for the requests in flight to finish (idle connections are closed at once).
+pub async fn serve<S>(
+    listener: TcpListener,
+    service: S,
+    limits: &Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let hyper_service =
+        hyper::service::service_fn(move |req: HttpRequest<hyper::body::Incoming>| {
+            service.clone().oneshot(req.map(Body::new))
+        });
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(&e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = http.serve_connection(TokioIo::new(stream), hyper_service.clone());
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// An accept that failed: a connection reset before it was accepted is nothing; running out
+/// of file descriptors (or memory) is waited out rather than spun on.
+async fn accept_failed(e: &std::io::Error) {
+    use std::io::ErrorKind::*;
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted
+    ) {
+        return;
+    }
+    tracing::warn!(error = %e, "accept failed; retrying in a second");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }

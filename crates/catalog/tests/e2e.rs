@@ -402,6 +402,39 @@ async fn default_embedded_setup_seeds_a_sqlite_file_and_stops_on_sigterm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_request_in_flight_finish() {
+    let mut svc = Service::start(&["--db-latency-ms", "1500", "--seed-products", "10"]);
+    let http = Client::new();
+    let url = svc.url("/products/p3");
+    let in_flight = tokio::spawn({
+        let http = http.clone();
+        async move { get(&http, &url).await }
+    });
+    // In flight once its query has started (the latency is spent inside it).
+    let started = eventually(Duration::from_secs(10), || async {
+        let text = http
+            .get(svc.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .any(|l| l.starts_with(r#"catalog_db_queries_total{source="request"} "#))
+    })
+    .await;
+    assert!(started, "the request reached the database");
+    svc.sigterm();
+    let r = in_flight.await.unwrap();
+    assert_eq!(
+        (r.status, r.body["id"].as_str()),
+        (StatusCode::OK, Some("p3"))
+    );
+    assert!(svc.exited(Duration::from_secs(10)), "exits with success");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_sharing_redis_see_each_others_writes_at_once() {
     let a = stack(&[]).await;
     let db_url = a.pg.url.clone();

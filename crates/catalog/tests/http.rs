@@ -8,6 +8,7 @@ use catalog::config::{Cli, Command};
 use clap::Parser;
 use serde_json::Value;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -158,6 +159,14 @@ impl Client {
         })
     }
 
+    /// Whether the server closed the connection (EOF or a reset) within `limit`, reading and
+    /// dropping whatever it sends meanwhile.
+    async fn closed_within(&mut self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, async { while self.fill().await {} })
+            .await
+            .is_ok()
+    }
+
     /// Reads more; false at EOF or on a reset.
     async fn fill(&mut self) -> bool {
         let mut chunk = [0u8; 16 * 1024];
@@ -233,5 +242,80 @@ async fn an_oversized_chunked_body_gets_its_413() {
         .await
         .expect("a response, not a closed connection");
     assert_eq!((r.status, r.code()), (413, "payload_too_large"), "{r:?}");
+    server.stop().await.unwrap();
+}
+
+/// Far above every timeout these tests set: a connection not cut off by then never is.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_cut_off() {
+    let server = Server::start(&["--header-timeout", "1s"]).await;
+    let c = server.connect().await;
+    let (mut read, mut write) = c.stream.into_split();
+    // One byte of a header every 50 ms: a request head that never ends.
+    let trickle = tokio::spawn(async move {
+        write
+            .write_all(b"GET /products/p1 HTTP/1.1\r\nx-slow: ")
+            .await?;
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        for _ in 0..1000 {
+            tick.tick().await;
+            write.write_all(b"a").await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut chunk = [0u8; 1024];
+    let closed = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match read.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the trickling client is still connected");
+    trickle.abort();
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let server = Server::start(&["--header-timeout", "1s"]).await;
+    let mut c = server.connect().await;
+    let r = c
+        .request("GET /products/p1 HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        c.closed_within(PATIENCE).await,
+        "an idle connection is kept"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stalled_body_gets_a_408_and_the_connection_closed() {
+    let server = Server::start(&["--request-timeout", "1s"]).await;
+    let mut c = server.connect().await;
+    let head = "PUT /products/p1 HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"name\"";
+    c.stream.write_all(head.as_bytes()).await.unwrap();
+    let r = tokio::time::timeout(PATIENCE, c.read_reply())
+        .await
+        .expect("an answer to the stalled body")
+        .expect("a response before the close");
+    assert_eq!((r.status, r.code()), (408, "request_timeout"), "{r:?}");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(c.closed_within(PATIENCE).await);
+    // The product is as it was, and the server serves on.
+    let mut other = server.connect().await;
+    let p = other
+        .request("GET /products/p1 HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await;
+    assert_eq!(
+        (p.status, &p.body["name"]),
+        (200, &Value::from("Product 1"))
+    );
     server.stop().await.unwrap();
 }
