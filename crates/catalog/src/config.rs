@@ -130,6 +130,16 @@ pub struct Config {
     /// connection is closed.
     #[arg(long, env = "CATALOG_REQUEST_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
     pub request_timeout: Duration,
+
+    /// Most connections open at once; one more is answered with a 503 and closed.
+    #[arg(long, env = "CATALOG_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Most requests handled at once; one more gets a 503 `overloaded` at once.
+    #[arg(long, env = "CATALOG_MAX_IN_FLIGHT", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
 }
 
 /// A duration above zero (`0s` would close every connection at once).
@@ -177,11 +187,12 @@ impl Config {
 
     /// The bounds of the server and of each request.
     pub fn limits(&self) -> Limits {
-        Limits {
-            max_body: self.max_body_bytes as usize,
-            header_timeout: self.header_timeout,
-            request_timeout: self.request_timeout,
-        }
+        let mut limits = Limits::with_max_in_flight(self.max_in_flight as usize);
+        limits.max_body = self.max_body_bytes as usize;
+        limits.header_timeout = self.header_timeout;
+        limits.request_timeout = self.request_timeout;
+        limits.max_connections = self.max_connections as usize;
+        limits
     }
 
     /// The cache's store; an error if both a Redis URL and cluster URLs are given.
@@ -234,6 +245,8 @@ impl fmt::Debug for Config {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("header_timeout", &self.header_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("max_in_flight", &self.max_in_flight)
             .finish()
     }
 }

@@ -5,7 +5,8 @@
 use crate::db::DbError;
 use crate::model::Invalid;
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use std::borrow::Cow;
@@ -33,6 +34,8 @@ pub enum ApiError {
     Internal,
     /// 503: the database is down or too slow.
     Unavailable,
+    /// 503: too many requests in flight, or connections open.
+    Overloaded,
 }
 
 impl ApiError {
@@ -73,7 +76,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -107,6 +110,10 @@ impl ApiError {
                 "unavailable",
                 "the service is temporarily unavailable, try again",
             ),
+            ApiError::Overloaded => (
+                "overloaded",
+                "the service is serving as many requests as it takes, try again shortly",
+            ),
         };
         (code, Cow::Borrowed(message))
     }
@@ -134,7 +141,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (code, message) = self.code_and_message();
         let body = Json(json!({ "error": { "code": code, "message": message } }));
-        (self.status(), body).into_response()
+        let mut response = (self.status(), body).into_response();
+        if self == ApiError::Overloaded {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

@@ -9,6 +9,10 @@
 //! - **Request timeout** (`--request-timeout`): the body of a request must arrive within it
 //!   from the moment its head was read; a stalled body gets a 408 and the connection is
 //!   closed, so it holds no worker.
+//! - **Connections** (`--max-connections`): a connection past the limit is answered with a
+//!   503 `overloaded` Error and closed, never queued without bound.
+//! - **Requests in flight** (`--max-in-flight`): past it a request gets a 503 `overloaded`
+//!   Error at once (load shedding) instead of queueing behind the database pool.
 //! - **Body limit** (`--max-body-bytes`): a larger body gets a 413. The rest of it is read
 //!   and dropped first (up to [`DRAIN_BYTES`] within [`DRAIN_TIME`], as nginx's lingering
 //!   close does), because a server that closes a socket holding unread data makes the kernel
@@ -26,9 +30,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
@@ -37,7 +44,14 @@ pub const DRAIN_BYTES: u64 = 8 * 1024 * 1024;
 /// Longest time spent reading (and dropping) an oversized body before its 413 is sent.
 pub const DRAIN_TIME: Duration = Duration::from_secs(5);
 
-/// The bounds of the HTTP server and of each request (see the module docs). Cheap to clone.
+/// How long a connection refused past `--max-connections` may take to send its request's
+/// head before the 503 is sent anyway.
+const REFUSAL_READ: Duration = Duration::from_secs(1);
+/// Connections being refused at once; past it a further one is closed without an answer.
+const REFUSALS: usize = 64;
+
+/// The bounds of the HTTP server and of each request (see the module docs). Cheap to clone:
+/// clones share the count of requests in flight.
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// Largest request body, in bytes.
@@ -46,6 +60,33 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Time to receive a request's body, from its head.
     pub request_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+}
+
+impl Limits {
+    /// The defaults with at most `max_in_flight` requests in flight (the other fields are
+    /// public).
+    pub fn with_max_in_flight(max_in_flight: usize) -> Self {
+        let max_in_flight = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            ..Self::default()
+        }
+    }
+
+    /// Most requests in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.max_in_flight - self.in_flight.available_permits()
+    }
 }
 
 impl Default for Limits {
@@ -55,11 +96,15 @@ impl Default for Limits {
             max_body: 64 * 1024,
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            in_flight: Arc::new(Semaphore::new(512)),
+            max_in_flight: 512,
         }
     }
 }
 
-/// The layer of [`Limits`] in front of the router: reads the body, if there is one, within
+/// The layer of [`Limits`] in front of the router: takes a request slot (or sheds the
+/// request with a 503), then reads the body, if there is one, within
 /// the body limit and the request timeout, and hands the handlers a body already in memory.
 #[derive(Clone, Debug)]
 pub struct Guard<S> {
@@ -88,10 +133,16 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
+        let Ok(permit) = self.limits.in_flight.clone().try_acquire_owned() else {
+            return GuardFuture::Ready {
+                response: Some(ApiError::Overloaded.into_response()),
+            };
+        };
         if req.body().is_end_stream() {
             // No body (every GET): straight through, nothing to read.
             return GuardFuture::Direct {
                 inner: self.inner.call(req),
+                _permit: permit,
             };
         }
         // The inner service was made ready for this call: take it, leave a clone.
@@ -101,6 +152,7 @@ where
         let deadline = Instant::now() + limits.request_timeout;
         GuardFuture::Body {
             future: Box::pin(async move {
+                let _permit = permit;
                 match read_body(req, &limits, deadline).await {
                     Ok(req) => inner.oneshot(req).await,
                     Err(refused) => Ok(refused),
@@ -115,8 +167,10 @@ pin_project_lite::pin_project! {
     #[project = GuardProj]
     #[allow(missing_docs)]
     pub enum GuardFuture<F> {
-        /// A request without a body: the inner service's future.
-        Direct { #[pin] inner: F },
+        /// Shed: the response is ready.
+        Ready { response: Option<Response> },
+        /// A request without a body: the inner service's future, and its request slot.
+        Direct { #[pin] inner: F, _permit: OwnedSemaphorePermit },
         /// A request whose body is read first, then the inner service's.
         Body { future: Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>> },
     }
@@ -127,7 +181,11 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for GuardFuture<F>
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            GuardProj::Direct { inner } => inner.poll(cx),
+            GuardProj::Ready { response } => match response.take() {
+                Some(r) => Poll::Ready(Ok(r)),
+                None => Poll::Pending,
+            },
+            GuardProj::Direct { inner, .. } => inner.poll(cx),
             GuardProj::Body { future } => future.as_mut().poll(cx),
         }
     }
@@ -201,7 +259,8 @@ fn closing(mut response: Response) -> Response {
 }
 
 /// Serves `service` on `listener` until `shutdown` completes, then stops accepting and waits
-/// for the requests in flight to finish (idle connections are closed at once).
+/// for the requests in flight to finish (idle connections are closed at once). At most
+/// `limits.max_connections` connections are served at once; one more is refused.
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
@@ -215,6 +274,10 @@ pub async fn serve<S>(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
+    let connections = Arc::new(Semaphore::new(
+        limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
+    let refusals = Arc::new(Semaphore::new(REFUSALS));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let hyper_service =
         hyper::service::service_fn(move |req: HttpRequest<hyper::body::Incoming>| {
@@ -233,12 +296,23 @@ pub async fn serve<S>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    refuse(stream).await;
+                    drop(permit);
+                });
+            }
+            // Past both limits the stream is dropped here: closed without an answer.
+            continue;
+        };
         let conn = http.serve_connection(TokioIo::new(stream), hyper_service.clone());
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);
@@ -257,4 +331,32 @@ async fn accept_failed(e: &std::io::Error) {
     }
     tracing::warn!(error = %e, "accept failed; retrying in a second");
     tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// Answers a connection past `--max-connections` with a 503 `overloaded` Error and closes
+/// it. Its request's head is read first (for at most [`REFUSAL_READ`]), so that closing
+/// leaves no unread request behind (which would reset the connection under the answer).
+async fn refuse(mut stream: TcpStream) {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let _ = tokio::time::timeout(REFUSAL_READ, async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let body = ApiError::Overloaded.body();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(REFUSAL_READ, async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
 }

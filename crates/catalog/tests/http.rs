@@ -297,7 +297,7 @@ async fn an_idle_keep_alive_connection_is_closed() {
 
 #[tokio::test]
 async fn a_stalled_body_gets_a_408_and_the_connection_closed() {
-    let server = Server::start(&["--request-timeout", "1s"]).await;
+    let server = Server::start(&["--request-timeout", "1s", "--max-in-flight", "1"]).await;
     let mut c = server.connect().await;
     let head = "PUT /products/p1 HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"name\"";
     c.stream.write_all(head.as_bytes()).await.unwrap();
@@ -317,5 +317,81 @@ async fn a_stalled_body_gets_a_408_and_the_connection_closed() {
         (p.status, &p.body["name"]),
         (200, &Value::from("Product 1"))
     );
+    server.stop().await.unwrap();
+}
+
+/// A connection that got a 200 for `GET /products/p1`, retried (on new connections) while
+/// the server refuses connections or requests; `None` if none did within [`PATIENCE`].
+async fn served(server: &Server) -> Option<Client> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        let mut c = server.connect().await;
+        if c.stream
+            .write_all(b"GET /products/p1 HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .is_ok()
+            && c.read_reply().await.is_some_and(|r| r.status == 200)
+        {
+            return Some(c);
+        }
+        tokio::task::yield_now().await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn requests_past_max_in_flight_get_a_503_at_once() {
+    let server = Server::start(&["--max-in-flight", "1"]).await;
+    // A request whose body has not all arrived holds the one slot.
+    let mut slow = server.connect().await;
+    let body = r#"{"name":"Held"}"#;
+    let head = format!(
+        "PUT /products/p1 HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    slow.stream.write_all(head.as_bytes()).await.unwrap();
+    slow.stream.write_all(&body.as_bytes()[..3]).await.unwrap();
+    let mut c = server.connect().await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let shed = loop {
+        let r = c
+            .request("GET /products/p2 HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await;
+        if r.status == 503 || tokio::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!((shed.status, shed.code()), (503, "overloaded"), "{shed:?}");
+    assert_eq!(shed.header("retry-after"), Some("1"));
+    slow.stream.write_all(&body.as_bytes()[3..]).await.unwrap();
+    let r = slow.read_reply().await.unwrap();
+    assert_eq!((r.status, &r.body["name"]), (200, &Value::from("Held")));
+    // The slot is free again: served on the same connection that was shed.
+    let r = c
+        .request("GET /products/p2 HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_past_max_connections_gets_a_503_and_is_closed() {
+    let server = Server::start(&["--max-connections", "2"]).await;
+    let first = served(&server).await.expect("a first connection");
+    let _second = served(&server).await.expect("a second connection");
+    let mut third = server.connect().await;
+    third
+        .stream
+        .write_all(b"GET /products/p1 HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let r = third.read_reply().await.expect("an answer, not a reset");
+    assert_eq!((r.status, r.code()), (503, "overloaded"), "{r:?}");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(third.closed_within(PATIENCE).await);
+    // Once one closes, a new connection is served.
+    drop(first);
+    assert!(served(&server).await.is_some(), "a freed place is taken");
     server.stop().await.unwrap();
 }
