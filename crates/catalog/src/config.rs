@@ -2,6 +2,7 @@
 //! its variable.
 
 use crate::server::Limits;
+use aside::store::redact;
 use clap::{Args, Parser, Subcommand};
 use std::fmt;
 use std::time::Duration;
@@ -251,36 +252,24 @@ impl fmt::Debug for Config {
     }
 }
 
-/// A connection URL with its password hidden: `postgres://user:***@host/db`.
-pub fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = &rest[..at];
-            let user = user.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme_end], &rest[at..])
-        }
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
 
     #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact("redis://:secret@h"), "redis://:***@h");
-        assert_eq!(redact("sqlite://catalog.db"), "sqlite://catalog.db");
+    fn debug_output_hides_every_password() {
+        let c = serve(&[
+            "--database-url",
+            "postgres://u@h/db?sslmode=require&password=Sekr/et@1",
+            "--redis-url",
+            "redis://default:p@ss/w0rd@h:6379",
+        ]);
+        let shown = format!("{c:?}");
+        for secret in ["Sekr/et@1", "Sekr", "p@ss/w0rd", "ss/w0"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("sslmode=require"), "{shown}");
     }
 
     #[test]

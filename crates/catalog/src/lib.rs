@@ -161,7 +161,7 @@ pub async fn build(config: &Config) -> anyhow::Result<AppState> {
         timeout: config.db_timeout,
         max_connections: config.db_max_connections,
     };
-    let url = config::redact(&config.database_url);
+    let url = aside::store::redact(&config.database_url);
     let repo = db::connect(&config.database_url, &options)
         .await
         .with_context(|| format!("cannot open the database {url}"))?;

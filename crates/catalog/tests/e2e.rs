@@ -401,6 +401,69 @@ async fn default_embedded_setup_seeds_a_sqlite_file_and_stops_on_sigterm() {
     assert!(svc.terminate(), "exits with success on SIGTERM");
 }
 
+/// Passwords the tests below put into URLs; none may ever be shown.
+const SECRETS: [&str; 4] = ["Sekr3t", "x@y", "Sekr3tQ", "Pa%2Fss"];
+
+fn assert_no_secret(log: &str) {
+    for secret in SECRETS {
+        assert!(!log.contains(secret), "{secret:?} is shown:\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_in_urls_never_reach_the_ready_log() {
+    let pg = TestPostgres::new().await;
+    let redis = TestRedis::start();
+    // Trust authentication ignores the password; the default user of a Redis without
+    // `requirepass` takes any.
+    let database = format!("{}?sslmode=disable&password=Sekr3tQ", pg.url);
+    let redis_url = redis.url().replace("redis://", "redis://default:Pa%2Fss@");
+    let (svc, log) = Service::start_logged(
+        &["--database-url", &database, "--redis-url", &redis_url],
+        "info",
+    );
+    assert!(
+        log.wait_for("catalog ready", Duration::from_secs(10)),
+        "{}",
+        log.text()
+    );
+    let http = Client::new();
+    assert_eq!(
+        get(&http, &svc.url("/products/p1")).await.status,
+        StatusCode::OK
+    );
+    let text = log.text();
+    assert!(text.contains("password=***"), "{text}");
+    assert_no_secret(&text);
+}
+
+#[test]
+fn passwords_in_urls_never_reach_a_start_up_error() {
+    for args in [
+        // Not even a URL to sqlx (the `/` ends the authority early).
+        &["--database-url", "postgres://u:Sekr3t/x@y@127.0.0.1:1/db"][..],
+        // Nothing listens on port 1.
+        &[
+            "--database-url",
+            "postgres://u@127.0.0.1:1/db?password=Sekr3tQ",
+            "--db-timeout",
+            "200ms",
+        ],
+        // Not a URL to redis-rs.
+        &[
+            "--database-url",
+            "sqlite::memory:",
+            "--redis-url",
+            "redis://:Sekr3t/x@y@127.0.0.1:1",
+        ],
+    ] {
+        let (ok, log) = Service::run_to_exit(args);
+        assert!(!ok, "{args:?} started");
+        assert!(log.contains("Error:"), "{args:?}: {log}");
+        assert_no_secret(&log);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_request_in_flight_finish() {
     let mut svc = Service::start(&["--db-latency-ms", "1500", "--seed-products", "10"]);

@@ -13,20 +13,80 @@ use redis::{Client, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Hides the password of a connection URL: `redis://user:***@host:6379`.
+/// Hides the passwords of a connection URL (Redis, PostgreSQL, or any other), for logs and
+/// errors: the password of its userinfo (`redis://user:***@host:6379`), and the value of
+/// every `password`, `passwd`, `pwd` or `sslpassword` parameter, whatever its case
+/// (`postgres://u@h/db?password=***`).
+///
+/// Passwords are often pasted into URLs without percent-encoding, so a password may hold
+/// `/`, `@`, `:`, `?` or `#`: the userinfo is taken to end at the *last* `@` of the URL, and
+/// everything after its first `:` up to there is hidden. A URL whose query holds an `@`
+/// may so lose more than its password (its port, path, query), never less.
 ///
 /// ```
-/// assert_eq!(aside::store::redact("redis://u:secret@h:6379/0"), "redis://u:***@h:6379/0");
+/// use aside::store::redact;
+/// assert_eq!(redact("redis://u:secret@h:6379/0"), "redis://u:***@h:6379/0");
+/// assert_eq!(redact("redis://:p@ss/w:rd@h"), "redis://:***@h");
+/// assert_eq!(redact("postgres://u@h/db?sslmode=require&Password=x"), "postgres://u@h/db?sslmode=require&Password=***");
 /// ```
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let cred = &url[s + 3..at];
-            let user = cred.split(':').next().unwrap_or("");
-            format!("{}://{}:***@{}", &url[..s], user, &url[at + 1..])
-        }
-        _ => url.to_owned(),
+    let mut out = String::with_capacity(url.len() + 3);
+    match url.find("://").map(|s| s + 3) {
+        Some(start) => match url[start..].rfind('@').map(|at| start + at) {
+            Some(at) => {
+                let userinfo = &url[start..at];
+                out.push_str(&url[..start]);
+                match userinfo.find(':') {
+                    Some(colon) => {
+                        out.push_str(&userinfo[..colon]);
+                        out.push_str(":***");
+                    }
+                    None => out.push_str(userinfo),
+                }
+                out.push_str(&url[at..]);
+            }
+            None => out.push_str(url),
+        },
+        None => out.push_str(url),
     }
+    redact_parameters(&out)
+}
+
+/// Parameter names whose values are passwords, lowercase.
+const SECRET_PARAMETERS: [&str; 4] = ["password", "passwd", "pwd", "sslpassword"];
+
+/// `s` with the value of every secret parameter (a name of [`SECRET_PARAMETERS`] in any case,
+/// at the start or after `?`, `&`, `;` or whitespace, then `=`) hidden up to the next `&` or
+/// `#` (or the end).
+fn redact_parameters(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while let Some(eq) = s[i..].find('=').map(|e| i + e) {
+        let name_start = s[..eq]
+            .rfind(|c: char| matches!(c, '?' | '&' | ';') || c.is_whitespace())
+            .map_or(0, |b| b + 1);
+        let name = &s[name_start..eq];
+        let value_end = s[eq + 1..].find(['&', '#']).map_or(s.len(), |e| eq + 1 + e);
+        if SECRET_PARAMETERS
+            .iter()
+            .any(|p| name.eq_ignore_ascii_case(p))
+            && value_end > eq + 1
+        {
+            out.push_str(&s[copied..=eq]);
+            out.push_str("***");
+            copied = value_end;
+            i = value_end;
+        } else {
+            i = eq + 1;
+        }
+        if i >= bytes.len() {
+            break;
+        }
+    }
+    out.push_str(&s[copied..]);
+    out
 }
 
 /// A redis-rs error about `urls` as a build error, with their passwords hidden.
@@ -125,12 +185,71 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(
-            redact("redis://u:secret@h:6379/0"),
-            "redis://u:***@h:6379/0"
-        );
-        assert_eq!(redact("rediss://:secret@h"), "rediss://:***@h");
-        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        for (url, shown) in [
+            ("redis://u:secret@h:6379/0", "redis://u:***@h:6379/0"),
+            ("rediss://:secret@h", "rediss://:***@h"),
+            ("redis://h:6379", "redis://h:6379"),
+            ("redis://u@h:6379", "redis://u@h:6379"),
+            ("sqlite://catalog.db", "sqlite://catalog.db"),
+            ("sqlite::memory:", "sqlite::memory:"),
+            ("postgres://u:pa/ss@h/db", "postgres://u:***@h/db"),
+            ("postgres://u:p@ss@h:5432/db", "postgres://u:***@h:5432/db"),
+            (
+                "postgres://u@h/db?password=x",
+                "postgres://u@h/db?password=***",
+            ),
+            (
+                "postgres://h/db?sslmode=verify-full&PWD=x&sslpassword=y#z",
+                "postgres://h/db?sslmode=verify-full&PWD=***&sslpassword=***#z",
+            ),
+            ("postgres://h/db?passwd=a@b", "postgres://h/db?passwd=***"),
+            ("host=h password=secret", "host=h password=***"),
+            (
+                "postgres://h/db?user_password=x",
+                "postgres://h/db?user_password=x",
+            ),
+            ("postgres://h/db?password=", "postgres://h/db?password="),
+        ] {
+            assert_eq!(redact(url), shown, "{url}");
+        }
+    }
+
+    /// A password: a marker no URL around it holds, then anything `allowed`.
+    fn password(allowed: &'static str) -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::string::string_regex(allowed)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .prop_map(|p| format!("\u{a7}{p}"))
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn no_userinfo_password_is_ever_shown(
+            p in password(".{0,40}"),
+            scheme in "(redis|rediss|postgres|postgresql)",
+            user in "[a-z_]{0,8}",
+            rest in "(:[0-9]{1,5})?(/[a-z0-9_]{0,8})?(\\?[a-z]{1,8}=[a-z0-9]{0,8})?",
+        ) {
+            let url = format!("{scheme}://{user}:{p}@host{rest}");
+            let shown = redact(&url);
+            prop_assert!(!shown.contains(&p), "{url} -> {shown}");
+            prop_assert!(!shown.contains('\u{a7}'), "{url} -> {shown}");
+        }
+
+        #[test]
+        fn no_password_parameter_is_ever_shown(
+            p in password("[^&#]{0,40}"),
+            name in "(?i-u)(password|passwd|pwd|sslpassword)",
+            before in "([a-z]{1,8}=[a-z0-9]{0,8}&){0,2}",
+            after in "(&[a-z]{1,8}=[a-z0-9]{0,8}){0,2}(#[a-z]{0,4})?",
+            userinfo in "([a-z]{1,8}(:[a-z]{1,8})?@)?",
+        ) {
+            let url = format!("postgres://{userinfo}host:5432/db?{before}{name}={p}{after}");
+            let shown = redact(&url);
+            prop_assert!(!shown.contains(&p), "{url} -> {shown}");
+            prop_assert!(!shown.contains('\u{a7}'), "{url} -> {shown}");
+        }
     }
 
     #[test]
