@@ -98,6 +98,50 @@ async fn ttls_are_set_with_jitter_and_tags_outlive_their_entries() {
 }
 
 #[tokio::test]
+async fn a_cached_not_found_is_kept_for_its_negative_ttl_only() {
+    let r = TestRedis::start();
+    let c = Cache::builder()
+        .namespace("t")
+        .redis(r.url())
+        .jitter(0.0)
+        .default_ttl(Duration::from_secs(300))
+        .negative_ttl(Duration::from_secs(30))
+        .stale_while_revalidate(Duration::from_secs(30))
+        .stale_if_error(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let pttl = |key: &'static str| {
+        let r = &r;
+        async move {
+            let ms: i64 = redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut r.conn().await)
+                .await
+                .unwrap();
+            ms
+        }
+    };
+    let missing: Option<u32> = c
+        .get_or_load("missing", || async { Ok::<_, Never>(None) })
+        .await
+        .unwrap();
+    assert_eq!(missing, None);
+    let ms = pttl("t:e:missing").await;
+    assert!(
+        (1..=30_000).contains(&ms),
+        "a not found lives its negative TTL, without the stale windows: {ms} ms"
+    );
+    // A value keeps its grace: it may be served stale.
+    let found = c
+        .get_or_load("found", || async { Ok::<_, Never>(Some(1u32)) })
+        .await
+        .unwrap();
+    assert_eq!(found, Some(1));
+    let ms = pttl("t:e:found").await;
+    assert!(ms > 300_000, "a value is kept past its TTL: {ms} ms");
+}
+
+#[tokio::test]
 async fn corrupt_bytes_are_a_miss_removed_and_counted() {
     let r = TestRedis::start();
     let rec = metrics_util::debugging::DebuggingRecorder::new();

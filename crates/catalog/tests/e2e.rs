@@ -401,6 +401,49 @@ async fn default_embedded_setup_seeds_a_sqlite_file_and_stops_on_sigterm() {
     assert!(svc.terminate(), "exits with success on SIGTERM");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_pages_share_one_prefix_version_key() {
+    let s = stack(&[]).await;
+    let pages = [1_u64, 2, 3, 7, 40, 4_294_967_296, 9_007_199_254_740_991];
+    for page in pages {
+        for limit in [1, 20] {
+            let r = s.get(&format!("/products?page={page}&limit={limit}")).await;
+            assert_eq!(r.status, StatusCode::OK);
+        }
+    }
+    let redis = s.redis.conn().await;
+    let keys = |pattern: &'static str| {
+        let mut redis = redis.clone();
+        async move {
+            let mut k: Vec<String> = redis::cmd("KEYS")
+                .arg(pattern)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            k.sort();
+            k
+        }
+    };
+    assert_eq!(
+        keys("catalog:e:products:list:*").await.len(),
+        pages.len() * 2
+    );
+    assert_eq!(
+        keys("catalog:p:*").await,
+        ["catalog:p:products:", "catalog:p:products:list:"],
+        "however many pages are read, the list pages have one prefix version key"
+    );
+    // Which is the one a write invalidates: every page reloads.
+    let r = s.get("/products?page=1&limit=20").await;
+    assert_eq!(r.x_cache, "hit");
+    assert_eq!(
+        s.put("/products/p1", json!({"price": 1.5})).await,
+        StatusCode::OK
+    );
+    let r = s.get("/products?page=1&limit=20").await;
+    assert_eq!(r.x_cache, "miss");
+}
+
 /// Passwords the tests below put into URLs; none may ever be shown.
 const SECRETS: [&str; 4] = ["Sekr3t", "x@y", "Sekr3tQ", "Pa%2Fss"];
 
