@@ -25,6 +25,7 @@
 //!   invalidates.
 //! - [`routes`]: the handlers; [`extract`] and [`error`] turn every rejection into the API's
 //!   Error body.
+//! - [`openapi`]: the OpenAPI document, generated from the handlers.
 //! - [`server`]: the HTTP server and its bounds (timeouts, body size), and the layer that
 //!   enforces the bounds of each request.
 
@@ -34,6 +35,7 @@ pub mod error;
 pub mod extract;
 pub mod feed;
 pub mod model;
+pub mod openapi;
 pub mod routes;
 pub mod server;
 pub mod service;

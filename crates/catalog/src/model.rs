@@ -5,6 +5,7 @@ use crate::extract::{Fields, FromBody};
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use utoipa::ToSchema;
 
 /// Longest id, in characters.
 pub const MAX_ID_LEN: usize = 64;
@@ -19,7 +20,7 @@ pub const DEFAULT_LIMIT: u32 = 20;
 pub const MAX_PAGE: u64 = (1 << 53) - 1;
 
 /// A product, with its category, as the API returns it (and as it is cached).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Product {
     /// Its id.
@@ -39,7 +40,7 @@ pub struct Product {
 }
 
 /// A category.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Category {
     /// Its id.
     pub id: String,
@@ -48,7 +49,7 @@ pub struct Category {
 }
 
 /// One page of `GET /products`, newest first.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProductPage {
     /// The products of this page (empty past the last page).
@@ -160,15 +161,36 @@ pub fn now() -> DateTime<Utc> {
 }
 
 /// The body of `POST /products` (`id`, `name`, `price`, `categoryId`).
-#[derive(Debug)]
+// The `serde` attributes are read by `ToSchema` only: the body is read by `FromBody`.
+#[derive(Debug, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateProduct {
-    /// The id; one is generated when absent.
+    /// The id (1 to 64 characters of A-Z, a-z, 0-9, `_` and `-`); one is generated when
+    /// absent.
+    #[schema(
+        nullable = false,
+        pattern = r"^[A-Za-z0-9_-]{1,64}$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub id: Option<String>,
-    /// The name.
+    /// The name: 1 to 200 characters, no control characters.
+    #[schema(
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]{1,200}$",
+        min_length = 1,
+        max_length = 200
+    )]
     pub name: String,
-    /// The price.
+    /// The price: at least 0.
+    #[schema(minimum = 0.0)]
     pub price: f64,
-    /// The category's id.
+    /// The category's id, of an existing category (else 400 `unknown_category`).
+    #[schema(
+        pattern = r"^[A-Za-z0-9_-]{1,64}$",
+        min_length = 1,
+        max_length = 64,
+        example = "c3"
+    )]
     pub category_id: String,
 }
 
@@ -188,13 +210,28 @@ impl FromBody for CreateProduct {
 
 /// The body of `PUT /products/{id}`: the fields to change (at least one). A field given as
 /// `null` is refused, not read as "leave it alone".
-#[derive(Debug, Default)]
+#[derive(Debug, Default, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub struct UpdateProduct {
-    /// A new name.
+    /// A new name: 1 to 200 characters, no control characters.
+    #[schema(
+        nullable = false,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]{1,200}$",
+        min_length = 1,
+        max_length = 200
+    )]
     pub name: Option<String>,
-    /// A new price.
+    /// A new price: at least 0.
+    #[schema(nullable = false, minimum = 0.0)]
     pub price: Option<f64>,
-    /// A new category.
+    /// A new category, an existing one (else 400 `unknown_category`).
+    #[schema(
+        nullable = false,
+        pattern = r"^[A-Za-z0-9_-]{1,64}$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub category_id: Option<String>,
 }
 
@@ -212,9 +249,15 @@ impl FromBody for UpdateProduct {
 }
 
 /// The body of `PUT /categories/{id}` (`name`).
-#[derive(Debug)]
+#[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RenameCategory {
-    /// The new name.
+    /// The new name: 1 to 200 characters, no control characters.
+    #[schema(
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]{1,200}$",
+        min_length = 1,
+        max_length = 200
+    )]
     pub name: String,
 }
 

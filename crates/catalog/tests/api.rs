@@ -1264,3 +1264,46 @@ async fn stale_entries_are_refreshed_in_the_background() {
     assert!(refreshed, "the refresh stored a fresh entry");
     assert_eq!(queries() - before, 1, "one database read");
 }
+
+#[tokio::test]
+async fn the_served_openapi_document_is_the_one_in_the_repository() {
+    let s = state().await;
+    let resp = app(s.clone())
+        .oneshot(Request::get("/openapi.json").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+    let served = resp.into_body().collect().await.unwrap().to_bytes();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+    // `UPDATE_OPENAPI=1 cargo test -p catalog --test api openapi` rewrites the file.
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(path, &served).unwrap();
+    }
+    let kept = std::fs::read(path).unwrap_or_default();
+    assert!(
+        served == kept,
+        "crates/catalog/openapi.json differs from the served document: \
+         run UPDATE_OPENAPI=1 cargo test -p catalog --test api openapi"
+    );
+    let doc: Value = serde_json::from_slice(&served).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for route in [
+        "/products",
+        "/products/{id}",
+        "/categories/{id}",
+        "/healthz",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(paths.contains_key(route), "{route} is documented");
+    }
+    let schemas = &doc["components"]["schemas"];
+    for body in ["CreateProduct", "UpdateProduct", "RenameCategory"] {
+        assert_eq!(
+            schemas[body]["additionalProperties"],
+            json!(false),
+            "{body}"
+        );
+    }
+}

@@ -3,8 +3,8 @@
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::openapi::ApiDoc;
 use crate::server::Guard;
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderName;
@@ -14,6 +14,9 @@ use std::convert::Infallible;
 use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 mod categories;
 mod ops;
@@ -38,19 +41,10 @@ pub fn router(
 + Sync
 + 'static {
     let no_id = || async { ApiError::invalid("invalid_id", "the path has no id") };
-    let router = Router::new()
-        .route("/products", get(products::list).post(products::create))
-        .route(
-            "/products/{id}",
-            get(products::get)
-                .put(products::update)
-                .delete(products::delete),
-        )
+    let (router, _) = api().split_for_parts();
+    let router = router
         .route("/products/", get(no_id).put(no_id).delete(no_id))
-        .route("/categories/{id}", put(categories::rename))
         .route("/categories/", put(no_id))
-        .route("/healthz", get(ops::healthz))
-        .route("/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::NotFound("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
     // Request tracing costs a span and a wrapped body per request: only when it is wanted.
@@ -68,6 +62,22 @@ pub fn router(
         .service(router.with_state(state));
     Guard::new(inner, limits)
 }
+
+/// Every documented route, with its OpenAPI paths (see [`crate::openapi`]).
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(products::list, products::create))
+        .routes(routes!(products::get, products::update, products::delete))
+        .routes(routes!(categories::rename))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+}
+
+/// The 503s every route may answer.
+const UNAVAILABLE_DOC: &str = "`unavailable`: the database is down or slower than `--db-timeout`; `overloaded`: past `--max-in-flight` or `--max-connections` (with `retry-after`)";
+/// The 400s of a route with a body.
+const BODY_400_DOC: &str = "`invalid_id`, `invalid_body` (not a JSON object, an unknown or repeated field, a wrong type), `invalid_json`, `invalid_name`, `invalid_price`, `invalid_category_id`, `unknown_category`, `empty_update`";
 
 fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("handler panicked");
