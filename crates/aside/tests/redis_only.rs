@@ -473,11 +473,14 @@ async fn a_read_the_server_refuses_fails_with_the_server_s_error() {
 }
 
 #[tokio::test]
-async fn tls_through_rediss_urls() {
+async fn tls_through_rediss_urls_trusting_a_private_ca() {
     let r = TestRedis::start_tls();
     let c = Cache::builder()
         .namespace("t")
-        .redis(r.url())
+        .redis_config(RedisConfig {
+            tls_ca_file: Some(r.ca_file()),
+            ..RedisConfig::new(r.url())
+        })
         .build()
         .unwrap();
     c.set("k", &"over tls").await.unwrap();
@@ -497,6 +500,35 @@ async fn tls_through_rediss_urls() {
         stats.contains("cmdstat_get:calls=1,") && !stats.contains("cmdstat_mget"),
         "{stats}"
     );
+}
+
+#[tokio::test]
+async fn tls_certificates_are_checked() {
+    let r = TestRedis::start_tls();
+    // Without the CA the server's certificate is unknown, and `#insecure` (a redis-rs
+    // feature this crate does not compile in) turns no check off.
+    for url in [r.url(), format!("{}#insecure", r.url())] {
+        let c = Cache::builder()
+            .namespace("t")
+            .redis(url.as_str())
+            .command_timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let e = c.set("k", &1).await.unwrap_err();
+        assert!(matches!(e, aside::Error::Backend(_)), "{url}: {e}");
+    }
+    // A CA file is for TLS only, and must be readable.
+    for (url, ca) in [
+        ("redis://127.0.0.1:1".to_owned(), r.ca_file()),
+        (r.url(), r.ca_file().with_file_name("missing.pem")),
+    ] {
+        let built = Cache::builder().redis_config(RedisConfig {
+            tls_ca_file: Some(ca),
+            ..RedisConfig::new(url)
+        });
+        let e = built.build().unwrap_err();
+        assert!(e.to_string().contains("tls_ca_file"), "{e}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

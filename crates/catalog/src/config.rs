@@ -55,6 +55,12 @@ pub struct Config {
     )]
     pub redis_cluster_urls: Vec<String>,
 
+    /// A PEM file of the CA (or CAs) to trust for rediss:// URLs (--redis-url or
+    /// --redis-cluster-urls) instead of the system's roots: for a Redis whose certificate a
+    /// private CA signed.
+    #[arg(long, env = "CATALOG_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+
     /// Products to seed into an empty database (with categories c1..c20).
     #[arg(long, env = "CATALOG_SEED_PRODUCTS", default_value_t = 1000)]
     pub seed_products: u32,
@@ -229,6 +235,7 @@ impl fmt::Debug for Config {
                     .map(|u| redact(u))
                     .collect::<Vec<_>>(),
             )
+            .field("redis_ca_file", &self.redis_ca_file)
             .field("seed_products", &self.seed_products)
             .field("db_latency_ms", &self.db_latency_ms)
             .field("no_cache", &self.no_cache)

@@ -189,12 +189,20 @@ pub async fn build(config: &Config) -> anyhow::Result<AppState> {
         match store {
             config::CacheStore::Memory => {}
             config::CacheStore::Redis(url) => {
-                b = b.redis(url);
+                b = b.redis_config(aside::store::RedisConfig {
+                    tls_ca_file: config.redis_ca_file.clone(),
+                    ..aside::store::RedisConfig::new(url)
+                });
                 if let Some((capacity, ttl)) = l1 {
                     b = b.l1(capacity, ttl);
                 }
             }
-            config::CacheStore::Cluster(urls) => b = b.redis_cluster(urls),
+            config::CacheStore::Cluster(urls) => {
+                b = b.redis_cluster_config(aside::store::ClusterConfig {
+                    tls_ca_file: config.redis_ca_file.clone(),
+                    ..aside::store::ClusterConfig::new(urls)
+                });
+            }
         }
         Some(b.build().context("invalid cache settings")?)
     };

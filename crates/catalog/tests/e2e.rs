@@ -444,6 +444,38 @@ async fn list_pages_share_one_prefix_version_key() {
     assert_eq!(r.x_cache, "miss");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_trusting_a_private_ca() {
+    let redis = TestRedis::start_tls();
+    let ca = redis.ca_file().display().to_string();
+    let url = redis.url();
+    let http = Client::new();
+    let trusted = Service::start(&[
+        "--database-url",
+        "sqlite::memory:",
+        "--redis-url",
+        &url,
+        "--redis-ca-file",
+        &ca,
+    ]);
+    let health = get(&http, &trusted.url("/healthz")).await.body;
+    assert_eq!(health["cache"], "up", "{health}");
+    assert_eq!(
+        get(&http, &trusted.url("/products/p1")).await.x_cache,
+        "miss"
+    );
+    assert_eq!(
+        get(&http, &trusted.url("/products/p1")).await.x_cache,
+        "hit"
+    );
+    // Without the CA the certificate is refused: the service serves from the database.
+    let untrusted = Service::start(&["--database-url", "sqlite::memory:", "--redis-url", &url]);
+    let health = get(&http, &untrusted.url("/healthz")).await.body;
+    assert_eq!(health["cache"], "down", "{health}");
+    let r = get(&http, &untrusted.url("/products/p1")).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
 /// Passwords the tests below put into URLs; none may ever be shown.
 const SECRETS: [&str; 4] = ["Sekr3t", "x@y", "Sekr3tQ", "Pa%2Fss"];
 

@@ -9,7 +9,8 @@
 
 use crate::error::{BuildError, StoreError};
 use redis::aio::ConnectionManager;
-use redis::{Client, Value};
+use redis::{Client, TlsCertificates, Value};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,12 +104,48 @@ pub(crate) fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A client for `url` (TLS with `rediss://`), without connecting.
-pub(crate) fn open(url: &str) -> Result<Client, BuildError> {
+/// The certificates to trust for TLS, read from `ca_file` (PEM: the CA, or CAs, that
+/// signed the servers' certificates); `None` without a file (the system's roots are trusted).
+pub(crate) fn tls_certificates(
+    ca_file: Option<&Path>,
+) -> Result<Option<TlsCertificates>, BuildError> {
+    let Some(path) = ca_file else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(path).map_err(|e| BuildError::Invalid {
+        name: "tls_ca_file",
+        reason: format!("cannot read {}: {e}", path.display()),
+    })?;
+    Ok(Some(TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    }))
+}
+
+/// Refuses a CA file for URLs that are not all `rediss://`: it would be silently unused.
+pub(crate) fn check_tls(urls: &[String], ca_file: Option<&Path>) -> Result<(), BuildError> {
+    if ca_file.is_some() && urls.iter().any(|u| !u.starts_with("rediss:")) {
+        return Err(BuildError::Invalid {
+            name: "tls_ca_file",
+            reason: "a CA file needs rediss:// URLs (TLS)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// A client for `url` (TLS with `rediss://`, trusting the CA of `ca_file` if given, else the
+/// system's roots), without connecting.
+pub(crate) fn open(url: &str, ca_file: Option<&Path>) -> Result<Client, BuildError> {
+    let urls = [url.to_owned()];
+    check_tls(&urls, ca_file)?;
     if url.starts_with("rediss:") {
         install_tls_provider();
     }
-    Client::open(url).map_err(|e| url_error(&e, &[url.to_owned()]))
+    match tls_certificates(ca_file)? {
+        Some(certs) => Client::build_with_tls(url, certs),
+        None => Client::open(url),
+    }
+    .map_err(|e| url_error(&e, &urls))
 }
 
 /// A connection manager on `client` that connects on first use and reconnects by itself.
@@ -254,7 +291,7 @@ mod tests {
 
     #[test]
     fn unusable_urls_are_refused_without_showing_passwords() {
-        let e = open("redis://u:secret@h:notaport").unwrap_err();
+        let e = open("redis://u:secret@h:notaport", None).unwrap_err();
         assert!(!e.to_string().contains("secret"), "{e}");
         assert!(matches!(e, BuildError::RedisUrl(_)));
     }

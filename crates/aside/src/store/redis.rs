@@ -26,6 +26,7 @@ use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -48,6 +49,9 @@ pub struct RedisConfig {
     /// (default 65,536; 0 keeps none). Needs RESP3 and `CLIENT TRACKING` (Redis 6 or later;
     /// an ACL user needs `+client|tracking +client|caching`); without them reads use `MGET`.
     pub tracked_versions: u64,
+    /// A PEM file of the CA (or CAs) to trust for a `rediss://` URL instead of the system's
+    /// roots: for a Redis whose certificate a private CA signed (default none).
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -58,6 +62,7 @@ impl fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("stamp_hints", &self.stamp_hints)
             .field("tracked_versions", &self.tracked_versions)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
 }
@@ -71,6 +76,7 @@ impl RedisConfig {
             connect_timeout: Duration::from_secs(1),
             stamp_hints: 100_000,
             tracked_versions: 65_536,
+            tls_ca_file: None,
         }
     }
 }
@@ -130,7 +136,7 @@ impl RedisStore {
     /// bounds store calls cannot be started.
     pub fn new(config: &RedisConfig) -> Result<Self, crate::error::BuildError> {
         crate::deadline::start().map_err(crate::error::BuildError::DeadlineThread)?;
-        let client = client::open(&config.url)?;
+        let client = client::open(&config.url, config.tls_ca_file.as_deref())?;
         let tracker = (config.tracked_versions > 0)
             .then(|| Tracker::new(&client, config.tracked_versions, config.connect_timeout))
             .flatten()

@@ -118,10 +118,15 @@ impl ClusterStore {
             return Err(BuildError::RedisUrl("no cluster node given".into()));
         }
         crate::deadline::start().map_err(BuildError::DeadlineThread)?;
+        client::check_tls(&config.urls, config.tls_ca_file.as_deref())?;
         if config.urls.iter().any(|u| u.starts_with("rediss:")) {
             client::install_tls_provider();
         }
-        let client = ClusterClientBuilder::new(config.urls.iter().map(String::as_str))
+        let mut builder = ClusterClientBuilder::new(config.urls.iter().map(String::as_str));
+        if let Some(certs) = client::tls_certificates(config.tls_ca_file.as_deref())? {
+            builder = builder.certs(certs);
+        }
+        let client = builder
             .connection_timeout(config.connect_timeout)
             // A request to a node that never answers is dropped inside redis-rs too, not only
             // abandoned by the store's own timeout.

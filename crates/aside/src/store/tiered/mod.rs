@@ -248,7 +248,7 @@ impl TieredStore {
                 reason: "must be built inside a Tokio runtime".into(),
             });
         }
-        let client = client::open(&redis.url)?;
+        let client = client::open(&redis.url, redis.tls_ca_file.as_deref())?;
         let bus = client::manager(client.clone(), redis.connect_timeout)?;
         let shared = Arc::new(Shared {
             l1: moka::sync::Cache::builder()
