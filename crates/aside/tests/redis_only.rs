@@ -8,7 +8,7 @@ use aside::store::RedisConfig;
 use aside::{Cache, CacheBuilder, Invalidation, LoadError};
 use std::sync::Arc;
 use std::time::Duration;
-use testkit::{TestRedis, counters, eventually, free_port};
+use testkit::{TcpProxy, TestRedis, counters, eventually, free_port};
 
 type Never = std::convert::Infallible;
 
@@ -314,6 +314,55 @@ async fn a_paused_redis_is_bounded_by_the_timeout_and_missed_invalidations_are_r
         c.get::<String>("product:p3").await.unwrap().as_deref(),
         Some("kept")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_path_opens_the_breaker_and_a_fresh_connection_takes_over() {
+    let r = TestRedis::start();
+    let proxy = TcpProxy::start(&format!("127.0.0.1:{}", r.port)).await;
+    let c = Cache::builder()
+        .namespace("t")
+        .redis(format!("redis://127.0.0.1:{}/", proxy.port))
+        .command_timeout(Duration::from_millis(100))
+        .breaker(3, Duration::from_millis(200))
+        .build()
+        .unwrap();
+    c.set("k", &1u32).await.unwrap();
+    warm_tracking(&r, &c, "k").await;
+    assert_eq!(c.get::<u32>("k").await.unwrap(), Some(1));
+    // The host goes away without a reset: every connection made so far, and every one made
+    // while it lasts, is silent for ever.
+    proxy.blackhole();
+    let mut opened = false;
+    for _ in 0..100 {
+        let v = c
+            .get_or_load("k", || async { Ok::<_, Never>(Some(2u32)) })
+            .await
+            .unwrap();
+        assert_eq!(v, Some(2), "the loader answers while Redis does not");
+        if c.get::<u32>("k")
+            .await
+            .is_err_and(|e| matches!(e, aside::Error::Backend(s) if s.is_circuit_open()))
+        {
+            opened = true;
+            break;
+        }
+    }
+    assert!(opened, "the breaker opens during the blackhole");
+    // The path is back, for new connections only.
+    proxy.set_up(true);
+    let back = eventually(Duration::from_secs(20), || async {
+        c.get::<u32>("k").await.ok() == Some(Some(1))
+    })
+    .await;
+    assert!(back, "reads reach Redis again on fresh connections");
+    // Writes too (they go over the main connection, replaced once it timed out enough).
+    let written = eventually(Duration::from_secs(20), || async {
+        c.set("k", &3u32).await.is_ok()
+    })
+    .await;
+    assert!(written, "writes reach Redis again");
+    assert_eq!(c.get::<u32>("k").await.unwrap(), Some(3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,11 +8,16 @@
 //! per call.
 
 use crate::error::{BuildError, StoreError};
+use metrics::{Counter, counter};
 use redis::aio::ConnectionManager;
-use redis::{Client, TlsCertificates, Value};
+use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
+use redis::{Client, IntoConnectionInfo, TlsCertificates, Value};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+use tracing::warn;
 
 /// Hides the passwords of a connection URL (Redis, PostgreSQL, or any other), for logs and
 /// errors: the password of its userinfo (`redis://user:***@host:6379`), and the value of
@@ -141,11 +146,108 @@ pub(crate) fn open(url: &str, ca_file: Option<&Path>) -> Result<Client, BuildErr
     if url.starts_with("rediss:") {
         install_tls_provider();
     }
+    let info = url
+        .into_connection_info()
+        .map_err(|e| url_error(&e, &urls))?;
+    let tcp = with_keepalive(info.tcp_settings().clone());
+    let info = info.set_tcp_settings(tcp);
     match tls_certificates(ca_file)? {
-        Some(certs) => Client::build_with_tls(url, certs),
-        None => Client::open(url),
+        Some(certs) => Client::build_with_tls(info, certs),
+        None => Client::open(info),
     }
     .map_err(|e| url_error(&e, &urls))
+}
+
+/// How long a connection may be idle before the kernel probes the peer, then the time
+/// between probes: a peer gone without a reset (a host switched off, a path that drops
+/// everything) is found within about [`KEEPALIVE_IDLE`] + 3 × [`KEEPALIVE_INTERVAL`], even
+/// on a connection nothing is sent on, instead of never.
+pub(crate) const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// See [`KEEPALIVE_IDLE`].
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long data sent on a connection may stay unacknowledged before the kernel gives the
+/// connection up (Linux's `TCP_USER_TIMEOUT`; its default is the retransmission limit, about
+/// 15 minutes).
+pub(crate) const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `tcp` with keepalive probes and, on Linux, a user timeout (see [`KEEPALIVE_IDLE`]).
+pub(crate) fn with_keepalive(tcp: TcpSettings) -> TcpSettings {
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL);
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    let (keepalive, tcp) = (
+        keepalive.with_retries(3),
+        tcp.set_user_timeout(TCP_USER_TIMEOUT),
+    );
+    tcp.set_keepalive(keepalive)
+}
+
+/// Consecutive timed-out calls after which a connection is taken for dead and replaced.
+///
+/// A connection to a host that went away without a reset never fails by itself: every call
+/// on it times out, one by one, until the kernel gives up. A timeout alone proves nothing
+/// (a slow command, a paused server), so one is not enough; several in a row, with no reply
+/// in between, are what a dead path looks like, and a fresh connection costs only a connect.
+pub(crate) const REPLACE_AFTER_TIMEOUTS: u32 = 3;
+
+/// A connection manager that is replaced by a fresh one after [`REPLACE_AFTER_TIMEOUTS`]
+/// consecutive timeouts (see there). Cheap to share; [`Link::get`] is a clone of the current
+/// manager.
+pub(crate) struct Link {
+    client: Client,
+    connect_timeout: Duration,
+    current: RwLock<ConnectionManager>,
+    timeouts: AtomicU32,
+    replaced: Counter,
+}
+
+impl Link {
+    /// A link over `client`, not connected yet.
+    pub(crate) fn new(client: Client, connect_timeout: Duration) -> Result<Self, BuildError> {
+        let current = RwLock::new(manager(client.clone(), connect_timeout)?);
+        Ok(Self {
+            client,
+            connect_timeout,
+            current,
+            timeouts: AtomicU32::new(0),
+            replaced: counter!("aside_connections_replaced_total"),
+        })
+    }
+
+    /// The current connection.
+    pub(crate) fn get(&self) -> ConnectionManager {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Counts the outcome of a call made on [`Link::get`]'s connection: a timeout, or
+    /// anything else (an answer, an error the server or the socket reported).
+    pub(crate) fn record<T>(&self, outcome: &Result<T, StoreError>) {
+        if !matches!(outcome, Err(StoreError::Timeout(_))) {
+            if self.timeouts.load(Ordering::Relaxed) != 0 {
+                self.timeouts.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        if self.timeouts.fetch_add(1, Ordering::Relaxed) + 1 < REPLACE_AFTER_TIMEOUTS {
+            return;
+        }
+        self.timeouts.store(0, Ordering::Relaxed);
+        match manager(self.client.clone(), self.connect_timeout) {
+            Ok(fresh) => {
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+                self.replaced.increment(1);
+                warn!(
+                    timeouts = REPLACE_AFTER_TIMEOUTS,
+                    "redis connection replaced after consecutive timeouts"
+                );
+            }
+            Err(e) => warn!(error = %e, "redis connection could not be replaced"),
+        }
+    }
 }
 
 /// A connection manager on `client` that connects on first use and reconnects by itself.
@@ -286,6 +388,17 @@ mod tests {
             let shown = redact(&url);
             prop_assert!(!shown.contains(&p), "{url} -> {shown}");
             prop_assert!(!shown.contains('\u{a7}'), "{url} -> {shown}");
+        }
+    }
+
+    #[test]
+    fn connections_probe_their_peer() {
+        for url in ["redis://127.0.0.1:1/", "rediss://127.0.0.1:1/"] {
+            let client = open(url, None).unwrap();
+            let tcp = client.get_connection_info().tcp_settings();
+            assert!(tcp.keepalive().is_some(), "{url}: keepalive");
+            #[cfg(target_os = "linux")]
+            assert_eq!(tcp.user_timeout(), Some(TCP_USER_TIMEOUT), "{url}");
         }
     }
 

@@ -13,7 +13,7 @@
 //! connection is made lazily: a store can be built while Redis is down, and reconnects by
 //! itself.
 
-use super::client::{self, backend_error, bounded, int, ms, redact};
+use super::client::{self, Link, backend_error, bounded, int, ms, redact};
 use super::hints::Hints;
 use super::lua::{standalone, with_prelude};
 use super::record::{self, payload_of, record_of};
@@ -23,7 +23,6 @@ use crate::error::StoreError;
 use crate::key::{EntryKey, TagKey};
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 use std::fmt;
 use std::path::PathBuf;
@@ -107,7 +106,7 @@ impl Scripts {
 /// A [`Store`] on a standalone Redis server (TLS and ACL users through the URL).
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Arc<Link>,
     scripts: Arc<Scripts>,
     timeout: Duration,
     tokens: Arc<AtomicU64>,
@@ -141,7 +140,7 @@ impl RedisStore {
             .then(|| Tracker::new(&client, config.tracked_versions, config.connect_timeout))
             .flatten()
             .map(Arc::new);
-        let conn = client::manager(client, config.connect_timeout)?;
+        let conn = Arc::new(Link::new(client, config.connect_timeout)?);
         Ok(Self {
             conn,
             scripts: Arc::new(Scripts::new()),
@@ -153,11 +152,27 @@ impl RedisStore {
         })
     }
 
+    /// A call on the main connection, bounded by the command timeout; its outcome counts
+    /// towards replacing the connection (see [`Link`]).
     async fn bounded<T>(
         &self,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        bounded(self.timeout, fut).await
+        let r = bounded(self.timeout, fut).await;
+        self.conn.record(&r);
+        r
+    }
+
+    /// A call on the tracking connection of `t`, bounded by the command timeout; its outcome
+    /// counts towards replacing that connection.
+    async fn bounded_tracked<T>(
+        &self,
+        t: &Tracker,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let r = bounded(self.timeout, fut).await;
+        t.record(&r);
+        r
     }
 }
 
@@ -181,7 +196,7 @@ impl RedisStore {
             Some(redis::Arg::Simple(b)) => b,
             _ => &[],
         };
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         // Sent as it is and the reply taken as it comes: no boxed future, no conversion.
         let reply = self.bounded(conn.send_packed_command(&cmd)).await?;
         let mut vals = match reply {
@@ -257,7 +272,10 @@ impl RedisStore {
     ) -> Result<Lookup, StoreError> {
         let mut cmd = redis::Cmd::with_capacity(2, key.as_str().len() + 3);
         cmd.arg("GET").arg(key.as_str());
-        let entry = match self.bounded(conn.send_packed_command(&cmd)).await? {
+        let entry = match self
+            .bounded_tracked(t, conn.send_packed_command(&cmd))
+            .await?
+        {
             Value::BulkString(b) => b,
             // Not a string (as `MGET` would say): nothing cached there.
             Value::Nil => return Ok(Lookup::Miss),
@@ -308,7 +326,7 @@ impl RedisStore {
             .arg("YES")
             .ignore()
             .add_command(mget);
-        let (now,): (Vec<Value>,) = self.bounded(pipe.query_async(&mut conn)).await?;
+        let (now,): (Vec<Value>,) = self.bounded_tracked(t, pipe.query_async(&mut conn)).await?;
         if now.len() != unknown.len() {
             return Err(StoreError::Protocol("get: version count".into()));
         }
@@ -410,7 +428,7 @@ impl Store for RedisStore {
         terms: ClaimTerms,
     ) -> Result<Claim, StoreError> {
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let mut inv = self.scripts.claim.key(key.as_str());
         inv.key(clock.as_str());
         for s in stamps {
@@ -440,7 +458,7 @@ impl Store for RedisStore {
         terms: ClaimTerms,
     ) -> Result<Option<Lease>, StoreError> {
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let mut inv = self.scripts.claim_refresh.key(key.as_str());
         inv.key(key.refresh_key()).key(clock.as_str());
         for s in stamps {
@@ -467,7 +485,7 @@ impl Store for RedisStore {
         payload: Bytes,
         life: Lifetime,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let mut inv = self.scripts.fill.key(key.as_str());
         inv.key(lease_key(key, lease));
         inv.key(lease.clock.key.as_str());
@@ -491,7 +509,7 @@ impl Store for RedisStore {
     }
 
     async fn release(&self, key: &EntryKey, lease: &Lease) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let mut inv = self.scripts.release.key(lease_key(key, lease));
         inv.arg(lease.token);
         let _: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
@@ -505,7 +523,7 @@ impl Store for RedisStore {
         payload: Bytes,
         life: Lifetime,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let mut inv = self.scripts.set.key(key.as_str());
         inv.key(key.refresh_key());
         for s in stamps {
@@ -522,7 +540,7 @@ impl Store for RedisStore {
         if keys.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let mut cmd = redis::cmd("DEL");
         for k in keys {
             cmd.arg(k.as_str()).arg(k.refresh_key());
@@ -535,7 +553,7 @@ impl Store for RedisStore {
         if stamps.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let mut inv = self.scripts.bump.key(clock.as_str());
         for s in stamps {
             inv.key(s.as_str());
@@ -546,7 +564,7 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let _: String = self
             .bounded(redis::cmd("PING").query_async(&mut conn))
             .await?;

@@ -27,13 +27,15 @@
 //! is being made (or made again) the same. Either way, answers are the same; only the cost
 //! differs.
 
+use super::client::REPLACE_AFTER_TIMEOUTS;
+use crate::error::StoreError;
 use bytes::Bytes;
 use hashbrown::HashTable;
 use metrics::{Counter, counter};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, Value};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tracing::{debug, info};
@@ -204,6 +206,9 @@ pub(crate) struct Tracker {
     connections: Counter,
     state: Mutex<State>,
     connect_timeout: Duration,
+    /// Consecutive timed-out calls on the tracking connection: at
+    /// [`REPLACE_AFTER_TIMEOUTS`] it is taken for dead and made again.
+    timeouts: AtomicU32,
 }
 
 /// Wait after a failed connection attempt before the next.
@@ -228,7 +233,17 @@ impl Tracker {
                 retry_at: Instant::now(),
             }),
             connect_timeout,
+            timeouts: AtomicU32::new(0),
         })
+    }
+
+    /// Counts the outcome of a call on the tracking connection (see [`Tracker::timeouts`]).
+    pub(crate) fn record<T>(&self, outcome: &Result<T, StoreError>) {
+        if matches!(outcome, Err(StoreError::Timeout(_))) {
+            self.timeouts.fetch_add(1, Ordering::Relaxed);
+        } else if self.timeouts.load(Ordering::Relaxed) != 0 {
+            self.timeouts.store(0, Ordering::Relaxed);
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -242,9 +257,16 @@ impl Tracker {
     pub(crate) fn conn(self: &Arc<Self>) -> Option<MultiplexedConnection> {
         let mut st = self.state();
         match &*st {
-            State::Ready(c, alive) if alive.load(Ordering::SeqCst) => return Some(c.clone()),
+            State::Ready(c, alive)
+                if alive.load(Ordering::SeqCst)
+                    && self.timeouts.load(Ordering::Relaxed) < REPLACE_AFTER_TIMEOUTS =>
+            {
+                return Some(c.clone());
+            }
             State::Ready(..) => {
+                // Lost, or silent for several calls in a row (a dead path): made again.
                 debug!("version tracking connection lost");
+                self.timeouts.store(0, Ordering::Relaxed);
                 self.versions.clear();
                 *st = State::Idle {
                     retry_at: Instant::now(),

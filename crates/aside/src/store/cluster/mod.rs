@@ -66,6 +66,7 @@ use futures::future::{try_join, try_join_all};
 use redis::Value;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
+use redis::io::tcp::TcpSettings;
 use scripts::{Scripts, by_slot};
 use std::fmt;
 use std::sync::Arc;
@@ -122,7 +123,8 @@ impl ClusterStore {
         if config.urls.iter().any(|u| u.starts_with("rediss:")) {
             client::install_tls_provider();
         }
-        let mut builder = ClusterClientBuilder::new(config.urls.iter().map(String::as_str));
+        let mut builder = ClusterClientBuilder::new(config.urls.iter().map(String::as_str))
+            .tcp_settings(client::with_keepalive(TcpSettings::default()));
         if let Some(certs) = client::tls_certificates(config.tls_ca_file.as_deref())? {
             builder = builder.certs(certs);
         }
