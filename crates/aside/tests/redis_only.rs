@@ -970,3 +970,141 @@ async fn concurrent_reads_never_see_a_value_invalidated_before_they_began() {
         "{hits} hits in {reads} reads"
     );
 }
+
+/// One command of a RESP request stream (an array of bulk strings, as clients send them):
+/// its arguments and how many bytes it took; `None` until it has arrived whole.
+fn resp_command(buf: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
+    fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
+        let end = at + buf.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+        Some((&buf[at..end], end + 2))
+    }
+    let (head, mut at) = line(buf, 0)?;
+    let n: usize = std::str::from_utf8(head.strip_prefix(b"*")?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let mut args = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (len, next) = line(buf, at)?;
+        let len: usize = std::str::from_utf8(len.strip_prefix(b"$")?)
+            .ok()?
+            .parse()
+            .ok()?;
+        let data = buf.get(next..next + len)?;
+        args.push(data.to_vec());
+        at = next + len + 2;
+        if buf.len() < at {
+            return None;
+        }
+    }
+    Some((args, at))
+}
+
+/// A server in front of `target` that answers every command with `-LOADING` while `loading`
+/// is set, as Redis does while it loads its dataset after a restart, and forwards everything
+/// to `target` from then on (on the same connections). Counts the connections that sent a
+/// `HELLO` and were closed while it was loading.
+struct LoadingFront {
+    port: u16,
+    loading: Arc<std::sync::atomic::AtomicBool>,
+    refused_hellos: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LoadingFront {
+    async fn start(target: String) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let loading = Arc::new(AtomicBool::new(true));
+        let refused_hellos = Arc::new(AtomicUsize::new(0));
+        let (flag, hellos) = (loading.clone(), refused_hellos.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let (flag, hellos, target) = (flag.clone(), hellos.clone(), target.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut saw_hello = false;
+                    let mut chunk = [0u8; 4096];
+                    while flag.load(Ordering::SeqCst) {
+                        while let Some((args, used)) = resp_command(&buf) {
+                            if !flag.load(Ordering::SeqCst) {
+                                break;
+                            }
+                            saw_hello |= args
+                                .first()
+                                .is_some_and(|a| a.eq_ignore_ascii_case(b"HELLO"));
+                            buf.drain(..used);
+                            let reply = b"-LOADING Redis is loading the dataset in memory\r\n";
+                            if client.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                        if !flag.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        match client.read(&mut chunk).await {
+                            Ok(0) | Err(_) => {
+                                if saw_hello {
+                                    hellos.fetch_add(1, Ordering::SeqCst);
+                                }
+                                return;
+                            }
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    // Loaded: what is left of the stream goes to the real server.
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    if server.write_all(&buf).await.is_ok() {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            loading,
+            refused_hellos,
+            task,
+        }
+    }
+}
+
+impl Drop for LoadingFront {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loading_server_only_delays_tracking() {
+    use std::sync::atomic::Ordering;
+    let r = TestRedis::start();
+    let front = LoadingFront::start(format!("127.0.0.1:{}", r.port)).await;
+    let c = Cache::builder()
+        .namespace("t")
+        .redis(format!("redis://127.0.0.1:{}/", front.port))
+        .command_timeout(Duration::from_millis(200))
+        .breaker(1000, Duration::from_millis(10))
+        .build()
+        .unwrap();
+    // While the server loads, reads fail, and the tracking connection is refused with
+    // LOADING (its HELLO answered, the connection given up).
+    let refused = eventually(Duration::from_secs(10), || async {
+        assert!(c.get::<u32>("k").await.is_err(), "no reads while loading");
+        front.refused_hellos.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    assert!(refused, "the tracking connection met LOADING");
+    front.loading.store(false, Ordering::SeqCst);
+    // Loaded: tracking comes back (LOADING was not taken for a refusal of tracking).
+    c.set("k", &1u32).await.unwrap();
+    let tracked = eventually(Duration::from_secs(10), || async {
+        c.get::<u32>("k").await.is_ok() && tracking_on(&r).await
+    })
+    .await;
+    assert!(tracked, "tracking is on once the server has loaded");
+}

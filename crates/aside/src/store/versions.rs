@@ -322,6 +322,7 @@ impl Tracker {
                 info!(error = %e, "version tracking refused by the server; reads use MGET");
                 State::Refused
             }
+            // Not now (LOADING, BUSY, ...) or no answer: tried again later.
             Ok(Err(e)) => {
                 debug!(error = %e, "version tracking connection failed");
                 State::Idle {
@@ -335,13 +336,28 @@ impl Tracker {
     }
 }
 
-/// Whether an error is the server saying no (as opposed to not answering).
+/// Server errors that say "not now" rather than "no": a server loading its dataset after a
+/// restart (`LOADING`), busy with a script (`BUSY`), a replica without its master
+/// (`MASTERDOWN`), a cluster mid-change (`TRYAGAIN`, `CLUSTERDOWN`), a node demoted during a
+/// failover (`READONLY`). A tracking connection refused with one is tried again later.
+const TRANSIENT: [&str; 6] = [
+    "LOADING",
+    "BUSY",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "READONLY",
+];
+
+/// Whether an error is the server saying no for good (as opposed to not answering, or not
+/// now).
 fn refusal(e: &redis::RedisError) -> bool {
     !(e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
-        || e.is_unrecoverable_error())
+        || e.is_unrecoverable_error()
+        || e.code().is_some_and(|code| TRANSIENT.contains(&code)))
 }
 
 #[cfg(test)]
