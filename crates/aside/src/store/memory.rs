@@ -1,7 +1,7 @@
 //! The in-process store on moka: the same semantics as the Redis store, for one process.
 //!
 //! Entries live in a bounded `moka::sync::Cache` (least-recently-used eviction beyond the
-//! capacity, per-entry expiry); versions in a plain `RwLock<HashMap>` ([`Versions`]: read
+//! capacity, per-entry expiry); versions in a plain `RwLock<HashMap>` (`Versions`: read
 //! on every hit, so it is kept cheap). Past `capacity` version keys, the least recently used
 //! sixteenth of them is evicted at once: an evicted version key invalidates only the entries
 //! stamped with it, like a version key evicted from Redis, so a flood of new keys never

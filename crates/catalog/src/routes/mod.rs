@@ -31,7 +31,7 @@ pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 /// (`RUST_LOG=tower_http=debug`).
 ///
 /// The guard and the panic guard wrap the router once, around routing, instead of being
-/// [`Router::layer`]s: a router layer wraps every route in a boxed service of its own, and
+/// [`Router::layer`](axum::Router::layer)s: a router layer wraps every route in a boxed service of its own, and
 /// each request would clone (allocate) the whole chain again.
 pub fn router(
     state: AppState,
