@@ -207,7 +207,8 @@ impl<C: Codec> CacheBuilder<C> {
         self
     }
 
-    /// TTL of a cached "not found" when a call gives none.
+    /// TTL of a cached "not found" when a call gives none. A "not found" is kept for this long
+    /// only: the stale windows are for values.
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.negative_ttl = ttl;
         self

@@ -8,7 +8,7 @@ use aside::store::RedisConfig;
 use aside::{Cache, CacheBuilder, Invalidation, LoadError};
 use std::sync::Arc;
 use std::time::Duration;
-use testkit::{TestRedis, counters, eventually, free_port};
+use testkit::{TcpProxy, TestRedis, counters, eventually, free_port};
 
 type Never = std::convert::Infallible;
 
@@ -95,6 +95,50 @@ async fn ttls_are_set_with_jitter_and_tags_outlive_their_entries() {
         tag_ttl >= 100_000,
         "the tag version outlives its entries: {tag_ttl}"
     );
+}
+
+#[tokio::test]
+async fn a_cached_not_found_is_kept_for_its_negative_ttl_only() {
+    let r = TestRedis::start();
+    let c = Cache::builder()
+        .namespace("t")
+        .redis(r.url())
+        .jitter(0.0)
+        .default_ttl(Duration::from_secs(300))
+        .negative_ttl(Duration::from_secs(30))
+        .stale_while_revalidate(Duration::from_secs(30))
+        .stale_if_error(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let pttl = |key: &'static str| {
+        let r = &r;
+        async move {
+            let ms: i64 = redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut r.conn().await)
+                .await
+                .unwrap();
+            ms
+        }
+    };
+    let missing: Option<u32> = c
+        .get_or_load("missing", || async { Ok::<_, Never>(None) })
+        .await
+        .unwrap();
+    assert_eq!(missing, None);
+    let ms = pttl("t:e:missing").await;
+    assert!(
+        (1..=30_000).contains(&ms),
+        "a not found lives its negative TTL, without the stale windows: {ms} ms"
+    );
+    // A value keeps its grace: it may be served stale.
+    let found = c
+        .get_or_load("found", || async { Ok::<_, Never>(Some(1u32)) })
+        .await
+        .unwrap();
+    assert_eq!(found, Some(1));
+    let ms = pttl("t:e:found").await;
+    assert!(ms > 300_000, "a value is kept past its TTL: {ms} ms");
 }
 
 #[tokio::test]
@@ -273,6 +317,55 @@ async fn a_paused_redis_is_bounded_by_the_timeout_and_missed_invalidations_are_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_path_opens_the_breaker_and_a_fresh_connection_takes_over() {
+    let r = TestRedis::start();
+    let proxy = TcpProxy::start(&format!("127.0.0.1:{}", r.port)).await;
+    let c = Cache::builder()
+        .namespace("t")
+        .redis(format!("redis://127.0.0.1:{}/", proxy.port))
+        .command_timeout(Duration::from_millis(100))
+        .breaker(3, Duration::from_millis(200))
+        .build()
+        .unwrap();
+    c.set("k", &1u32).await.unwrap();
+    warm_tracking(&r, &c, "k").await;
+    assert_eq!(c.get::<u32>("k").await.unwrap(), Some(1));
+    // The host goes away without a reset: every connection made so far, and every one made
+    // while it lasts, is silent for ever.
+    proxy.blackhole();
+    let mut opened = false;
+    for _ in 0..100 {
+        let v = c
+            .get_or_load("k", || async { Ok::<_, Never>(Some(2u32)) })
+            .await
+            .unwrap();
+        assert_eq!(v, Some(2), "the loader answers while Redis does not");
+        if c.get::<u32>("k")
+            .await
+            .is_err_and(|e| matches!(e, aside::Error::Backend(s) if s.is_circuit_open()))
+        {
+            opened = true;
+            break;
+        }
+    }
+    assert!(opened, "the breaker opens during the blackhole");
+    // The path is back, for new connections only.
+    proxy.set_up(true);
+    let back = eventually(Duration::from_secs(20), || async {
+        c.get::<u32>("k").await.ok() == Some(Some(1))
+    })
+    .await;
+    assert!(back, "reads reach Redis again on fresh connections");
+    // Writes too (they go over the main connection, replaced once it timed out enough).
+    let written = eventually(Duration::from_secs(20), || async {
+        c.set("k", &3u32).await.is_ok()
+    })
+    .await;
+    assert!(written, "writes reach Redis again");
+    assert_eq!(c.get::<u32>("k").await.unwrap(), Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_invalidations_are_applied_before_the_first_read() {
     let r = TestRedis::start();
     let c = builder(&r)
@@ -429,11 +522,14 @@ async fn a_read_the_server_refuses_fails_with_the_server_s_error() {
 }
 
 #[tokio::test]
-async fn tls_through_rediss_urls() {
+async fn tls_through_rediss_urls_trusting_a_private_ca() {
     let r = TestRedis::start_tls();
     let c = Cache::builder()
         .namespace("t")
-        .redis(r.url())
+        .redis_config(RedisConfig {
+            tls_ca_file: Some(r.ca_file()),
+            ..RedisConfig::new(r.url())
+        })
         .build()
         .unwrap();
     c.set("k", &"over tls").await.unwrap();
@@ -453,6 +549,35 @@ async fn tls_through_rediss_urls() {
         stats.contains("cmdstat_get:calls=1,") && !stats.contains("cmdstat_mget"),
         "{stats}"
     );
+}
+
+#[tokio::test]
+async fn tls_certificates_are_checked() {
+    let r = TestRedis::start_tls();
+    // Without the CA the server's certificate is unknown, and `#insecure` (a redis-rs
+    // feature this crate does not compile in) turns no check off.
+    for url in [r.url(), format!("{}#insecure", r.url())] {
+        let c = Cache::builder()
+            .namespace("t")
+            .redis(url.as_str())
+            .command_timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let e = c.set("k", &1).await.unwrap_err();
+        assert!(matches!(e, aside::Error::Backend(_)), "{url}: {e}");
+    }
+    // A CA file is for TLS only, and must be readable.
+    for (url, ca) in [
+        ("redis://127.0.0.1:1".to_owned(), r.ca_file()),
+        (r.url(), r.ca_file().with_file_name("missing.pem")),
+    ] {
+        let built = Cache::builder().redis_config(RedisConfig {
+            tls_ca_file: Some(ca),
+            ..RedisConfig::new(url)
+        });
+        let e = built.build().unwrap_err();
+        assert!(e.to_string().contains("tls_ca_file"), "{e}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -844,4 +969,142 @@ async fn concurrent_reads_never_see_a_value_invalidated_before_they_began() {
         hits >= 8 * 200 && hits < reads,
         "{hits} hits in {reads} reads"
     );
+}
+
+/// One command of a RESP request stream (an array of bulk strings, as clients send them):
+/// its arguments and how many bytes it took; `None` until it has arrived whole.
+fn resp_command(buf: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
+    fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
+        let end = at + buf.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+        Some((&buf[at..end], end + 2))
+    }
+    let (head, mut at) = line(buf, 0)?;
+    let n: usize = std::str::from_utf8(head.strip_prefix(b"*")?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let mut args = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (len, next) = line(buf, at)?;
+        let len: usize = std::str::from_utf8(len.strip_prefix(b"$")?)
+            .ok()?
+            .parse()
+            .ok()?;
+        let data = buf.get(next..next + len)?;
+        args.push(data.to_vec());
+        at = next + len + 2;
+        if buf.len() < at {
+            return None;
+        }
+    }
+    Some((args, at))
+}
+
+/// A server in front of `target` that answers every command with `-LOADING` while `loading`
+/// is set, as Redis does while it loads its dataset after a restart, and forwards everything
+/// to `target` from then on (on the same connections). Counts the connections that sent a
+/// `HELLO` and were closed while it was loading.
+struct LoadingFront {
+    port: u16,
+    loading: Arc<std::sync::atomic::AtomicBool>,
+    refused_hellos: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LoadingFront {
+    async fn start(target: String) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let loading = Arc::new(AtomicBool::new(true));
+        let refused_hellos = Arc::new(AtomicUsize::new(0));
+        let (flag, hellos) = (loading.clone(), refused_hellos.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let (flag, hellos, target) = (flag.clone(), hellos.clone(), target.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut saw_hello = false;
+                    let mut chunk = [0u8; 4096];
+                    while flag.load(Ordering::SeqCst) {
+                        while let Some((args, used)) = resp_command(&buf) {
+                            if !flag.load(Ordering::SeqCst) {
+                                break;
+                            }
+                            saw_hello |= args
+                                .first()
+                                .is_some_and(|a| a.eq_ignore_ascii_case(b"HELLO"));
+                            buf.drain(..used);
+                            let reply = b"-LOADING Redis is loading the dataset in memory\r\n";
+                            if client.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                        if !flag.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        match client.read(&mut chunk).await {
+                            Ok(0) | Err(_) => {
+                                if saw_hello {
+                                    hellos.fetch_add(1, Ordering::SeqCst);
+                                }
+                                return;
+                            }
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    // Loaded: what is left of the stream goes to the real server.
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    if server.write_all(&buf).await.is_ok() {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            loading,
+            refused_hellos,
+            task,
+        }
+    }
+}
+
+impl Drop for LoadingFront {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loading_server_only_delays_tracking() {
+    use std::sync::atomic::Ordering;
+    let r = TestRedis::start();
+    let front = LoadingFront::start(format!("127.0.0.1:{}", r.port)).await;
+    let c = Cache::builder()
+        .namespace("t")
+        .redis(format!("redis://127.0.0.1:{}/", front.port))
+        .command_timeout(Duration::from_millis(200))
+        .breaker(1000, Duration::from_millis(10))
+        .build()
+        .unwrap();
+    // While the server loads, reads fail, and the tracking connection is refused with
+    // LOADING (its HELLO answered, the connection given up).
+    let refused = eventually(Duration::from_secs(10), || async {
+        assert!(c.get::<u32>("k").await.is_err(), "no reads while loading");
+        front.refused_hellos.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    assert!(refused, "the tracking connection met LOADING");
+    front.loading.store(false, Ordering::SeqCst);
+    // Loaded: tracking comes back (LOADING was not taken for a refusal of tracking).
+    c.set("k", &1u32).await.unwrap();
+    let tracked = eventually(Duration::from_secs(10), || async {
+        c.get::<u32>("k").await.is_ok() && tracking_on(&r).await
+    })
+    .await;
+    assert!(tracked, "tracking is on once the server has loaded");
 }

@@ -1,6 +1,8 @@
 //! The command line (documented in the README). Every flag has an environment variable; a flag wins over
 //! its variable.
 
+use crate::server::Limits;
+use aside::store::redact;
 use clap::{Args, Parser, Subcommand};
 use std::fmt;
 use std::time::Duration;
@@ -52,6 +54,12 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub redis_cluster_urls: Vec<String>,
+
+    /// A PEM file of the CA (or CAs) to trust for rediss:// URLs (--redis-url or
+    /// --redis-cluster-urls) instead of the system's roots: for a Redis whose certificate a
+    /// private CA signed.
+    #[arg(long, env = "CATALOG_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
 
     /// Products to seed into an empty database (with categories c1..c20).
     #[arg(long, env = "CATALOG_SEED_PRODUCTS", default_value_t = 1000)]
@@ -121,6 +129,40 @@ pub struct Config {
     /// Longest life of a copy in the L1 (it never outlives its Redis entry either).
     #[arg(long, env = "CATALOG_L1_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub l1_ttl: Duration,
+
+    /// Largest request body, in bytes (413 beyond).
+    #[arg(long, env = "CATALOG_MAX_BODY_BYTES", default_value_t = 64 * 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_body_bytes: u32,
+
+    /// Time a client has to send a request's head; also how long an idle keep-alive
+    /// connection is kept. Past it the connection is closed.
+    #[arg(long, env = "CATALOG_HEADER_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub header_timeout: Duration,
+
+    /// Time a client has to send a request's body once its head is in; past it, 408 and the
+    /// connection is closed.
+    #[arg(long, env = "CATALOG_REQUEST_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    pub request_timeout: Duration,
+
+    /// Most connections open at once; one more is answered with a 503 and closed.
+    #[arg(long, env = "CATALOG_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Most requests handled at once; one more gets a 503 `overloaded` at once.
+    #[arg(long, env = "CATALOG_MAX_IN_FLIGHT", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
+}
+
+/// A duration above zero (`0s` would close every connection at once).
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be above 0".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Where the cache keeps its entries.
@@ -157,6 +199,16 @@ impl Config {
         Ok(Some((self.l1_capacity, self.l1_ttl)))
     }
 
+    /// The bounds of the server and of each request.
+    pub fn limits(&self) -> Limits {
+        let mut limits = Limits::with_max_in_flight(self.max_in_flight as usize);
+        limits.max_body = self.max_body_bytes as usize;
+        limits.header_timeout = self.header_timeout;
+        limits.request_timeout = self.request_timeout;
+        limits.max_connections = self.max_connections as usize;
+        limits
+    }
+
     /// The cache's store; an error if both a Redis URL and cluster URLs are given.
     pub fn cache_store(&self) -> Result<CacheStore<'_>, String> {
         let cluster: Vec<&str> = self
@@ -190,6 +242,7 @@ impl fmt::Debug for Config {
                     .map(|u| redact(u))
                     .collect::<Vec<_>>(),
             )
+            .field("redis_ca_file", &self.redis_ca_file)
             .field("seed_products", &self.seed_products)
             .field("db_latency_ms", &self.db_latency_ms)
             .field("no_cache", &self.no_cache)
@@ -205,24 +258,12 @@ impl fmt::Debug for Config {
             .field("cache_namespace", &self.cache_namespace)
             .field("l1_capacity", &self.l1_capacity)
             .field("l1_ttl", &self.l1_ttl)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("header_timeout", &self.header_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("max_in_flight", &self.max_in_flight)
             .finish()
-    }
-}
-
-/// A connection URL with its password hidden: `postgres://user:***@host/db`.
-pub fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = &rest[..at];
-            let user = user.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme_end], &rest[at..])
-        }
-        None => url.to_owned(),
     }
 }
 
@@ -232,13 +273,18 @@ mod tests {
     use clap::Parser;
 
     #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact("redis://:secret@h"), "redis://:***@h");
-        assert_eq!(redact("sqlite://catalog.db"), "sqlite://catalog.db");
+    fn debug_output_hides_every_password() {
+        let c = serve(&[
+            "--database-url",
+            "postgres://u@h/db?sslmode=require&password=Sekr/et@1",
+            "--redis-url",
+            "redis://default:p@ss/w0rd@h:6379",
+        ]);
+        let shown = format!("{c:?}");
+        for secret in ["Sekr/et@1", "Sekr", "p@ss/w0rd", "ss/w0"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("sslmode=require"), "{shown}");
     }
 
     #[test]

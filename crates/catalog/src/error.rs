@@ -5,9 +5,11 @@
 use crate::db::DbError;
 use crate::model::Invalid;
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use std::borrow::Cow;
 use tracing::{error, warn};
 
 /// An API failure.
@@ -22,14 +24,18 @@ pub enum ApiError {
     MethodNotAllowed,
     /// 409: the resource exists already.
     Conflict(&'static str),
-    /// 413: the body is larger than the limit.
-    PayloadTooLarge,
+    /// 408: the body did not arrive in time.
+    RequestTimeout,
+    /// 413: the body is larger than the limit (in bytes).
+    PayloadTooLarge(usize),
     /// 415: a body that is not `application/json`.
     UnsupportedMediaType,
     /// 500: a bug or an unexpected database error.
     Internal,
     /// 503: the database is down or too slow.
     Unavailable,
+    /// 503: too many requests in flight, or connections open.
+    Overloaded,
 }
 
 impl ApiError {
@@ -66,22 +72,35 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
-    fn code_and_message(&self) -> (&'static str, &str) {
-        match self {
+    /// The Error body's `code`.
+    pub fn code(&self) -> &'static str {
+        self.code_and_message().0
+    }
+
+    fn code_and_message(&self) -> (&'static str, Cow<'_, str>) {
+        let (code, message): (_, &str) = match self {
             ApiError::Invalid(i) => (i.code, &i.message),
             ApiError::NotFound(m) => ("not_found", m),
             ApiError::MethodNotAllowed => {
                 ("method_not_allowed", "this route does not take that method")
             }
             ApiError::Conflict(m) => ("conflict", m),
-            ApiError::PayloadTooLarge => ("payload_too_large", "the body is larger than 64 KiB"),
+            ApiError::RequestTimeout => (
+                "request_timeout",
+                "the request body did not arrive within the request timeout",
+            ),
+            ApiError::PayloadTooLarge(limit) => {
+                let message = format!("the body is larger than {limit} bytes");
+                return ("payload_too_large", Cow::Owned(message));
+            }
             ApiError::UnsupportedMediaType => (
                 "unsupported_media_type",
                 "send the body as JSON with content-type: application/json",
@@ -91,7 +110,18 @@ impl ApiError {
                 "unavailable",
                 "the service is temporarily unavailable, try again",
             ),
-        }
+            ApiError::Overloaded => (
+                "overloaded",
+                "the service is serving as many requests as it takes, try again shortly",
+            ),
+        };
+        (code, Cow::Borrowed(message))
+    }
+
+    /// The Error body, as JSON text.
+    pub fn body(&self) -> String {
+        let (code, message) = self.code_and_message();
+        json!({ "error": { "code": code, "message": message } }).to_string()
     }
 }
 
@@ -111,7 +141,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (code, message) = self.code_and_message();
         let body = Json(json!({ "error": { "code": code, "message": message } }));
-        (self.status(), body).into_response()
+        let mut response = (self.status(), body).into_response();
+        if self == ApiError::Overloaded {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

@@ -25,6 +25,9 @@
 //!   invalidates.
 //! - [`routes`]: the handlers; [`extract`] and [`error`] turn every rejection into the API's
 //!   Error body.
+//! - [`openapi`]: the OpenAPI document, generated from the handlers.
+//! - [`server`]: the HTTP server and its bounds (timeouts, body size), and the layer that
+//!   enforces the bounds of each request.
 
 pub mod config;
 pub mod db;
@@ -32,7 +35,9 @@ pub mod error;
 pub mod extract;
 pub mod feed;
 pub mod model;
+pub mod openapi;
 pub mod routes;
+pub mod server;
 pub mod service;
 
 use crate::config::Config;
@@ -53,6 +58,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The database change feed, when it runs.
     pub feed: Option<Arc<aside_feed::Feed>>,
+    /// The bounds of each request (and of the server, for [`run`]).
+    pub limits: server::Limits,
 }
 
 impl AppState {
@@ -63,6 +70,7 @@ impl AppState {
             catalog: Arc::new(catalog),
             metrics: metrics_recorder(),
             feed: None,
+            limits: server::Limits::default(),
         }
     }
 }
@@ -155,7 +163,7 @@ pub async fn build(config: &Config) -> anyhow::Result<AppState> {
         timeout: config.db_timeout,
         max_connections: config.db_max_connections,
     };
-    let url = config::redact(&config.database_url);
+    let url = aside::store::redact(&config.database_url);
     let repo = db::connect(&config.database_url, &options)
         .await
         .with_context(|| format!("cannot open the database {url}"))?;
@@ -182,12 +190,20 @@ pub async fn build(config: &Config) -> anyhow::Result<AppState> {
         match store {
             config::CacheStore::Memory => {}
             config::CacheStore::Redis(url) => {
-                b = b.redis(url);
+                b = b.redis_config(aside::store::RedisConfig {
+                    tls_ca_file: config.redis_ca_file.clone(),
+                    ..aside::store::RedisConfig::new(url)
+                });
                 if let Some((capacity, ttl)) = l1 {
                     b = b.l1(capacity, ttl);
                 }
             }
-            config::CacheStore::Cluster(urls) => b = b.redis_cluster(urls),
+            config::CacheStore::Cluster(urls) => {
+                b = b.redis_cluster_config(aside::store::ClusterConfig {
+                    tls_ca_file: config.redis_ca_file.clone(),
+                    ..aside::store::ClusterConfig::new(urls)
+                });
+            }
         }
         Some(b.build().context("invalid cache settings")?)
     };
@@ -217,6 +233,7 @@ pub async fn build(config: &Config) -> anyhow::Result<AppState> {
         catalog: Arc::new(Catalog::new(db::Db::new(repo, options), cache, ttls)),
         metrics,
         feed,
+        limits: config.limits(),
     })
 }
 
@@ -240,10 +257,8 @@ pub async fn run(
     let _upkeep = every(METRICS_UPKEEP, move || metrics.run_upkeep());
     let catalog = state.catalog.clone();
     let feed = state.feed.clone();
-    let served = axum::serve(listener, axum::ServiceExt::into_make_service(app(state)))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server failed");
+    let limits = state.limits.clone();
+    server::serve(listener, app(state), &limits, shutdown).await;
     // The feed first: it applies what it has read and records how far it got.
     if let Some(feed) = feed.and_then(|f| Arc::try_unwrap(f).ok())
         && let Err(e) = feed.shutdown().await
@@ -258,7 +273,7 @@ pub async fn run(
             "shutting down with invalidations the cache did not take; the change feed applies them"
         );
     }
-    served
+    Ok(())
 }
 
 #[cfg(test)]

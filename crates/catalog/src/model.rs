@@ -1,9 +1,11 @@
 //! The catalog's data: what the API returns and what it accepts, with the validation rules of
 //! the HTTP contract (see the README) in one place.
 
+use crate::extract::{Fields, FromBody};
 use chrono::{DateTime, SubsecRound, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use std::fmt;
+use utoipa::ToSchema;
 
 /// Longest id, in characters.
 pub const MAX_ID_LEN: usize = 64;
@@ -13,9 +15,12 @@ pub const MAX_NAME_LEN: usize = 200;
 pub const MAX_LIMIT: u32 = 100;
 /// Page size of `GET /products` when none is given.
 pub const DEFAULT_LIMIT: u32 = 20;
+/// Largest page number of `GET /products`: 2^53 - 1, the largest whole number every JSON
+/// client can send exactly (a double's integer range).
+pub const MAX_PAGE: u64 = (1 << 53) - 1;
 
 /// A product, with its category, as the API returns it (and as it is cached).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Product {
     /// Its id.
@@ -35,7 +40,7 @@ pub struct Product {
 }
 
 /// A category.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Category {
     /// Its id.
     pub id: String,
@@ -44,15 +49,15 @@ pub struct Category {
 }
 
 /// One page of `GET /products`, newest first.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProductPage {
     /// The products of this page (empty past the last page).
     pub products: Vec<Product>,
     /// How many products there are in all.
     pub total: u64,
-    /// This page's number, from 1.
-    pub page: u32,
+    /// This page's number, from 1 to [`MAX_PAGE`].
+    pub page: u64,
     /// The page size.
     pub limit: u32,
     /// How many pages of `limit` products there are.
@@ -155,52 +160,114 @@ pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-/// The body of `POST /products`.
-#[derive(Debug, Deserialize)]
+/// The body of `POST /products` (`id`, `name`, `price`, `categoryId`).
+// The `serde` attributes are read by `ToSchema` only: the body is read by `FromBody`.
+#[derive(Debug, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateProduct {
-    /// The id; one is generated when absent.
-    #[serde(default, deserialize_with = "present")]
+    /// The id (1 to 64 characters of A-Z, a-z, 0-9, `_` and `-`); one is generated when
+    /// absent.
+    #[schema(
+        nullable = false,
+        pattern = r"^[A-Za-z0-9_-]{1,64}$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub id: Option<String>,
-    /// The name.
+    /// The name: 1 to 200 characters, no control characters.
+    #[schema(
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]{1,200}$",
+        min_length = 1,
+        max_length = 200
+    )]
     pub name: String,
-    /// The price.
+    /// The price: at least 0.
+    #[schema(minimum = 0.0)]
     pub price: f64,
-    /// The category's id.
+    /// The category's id, of an existing category (else 400 `unknown_category`).
+    #[schema(
+        pattern = r"^[A-Za-z0-9_-]{1,64}$",
+        min_length = 1,
+        max_length = 64,
+        example = "c3"
+    )]
     pub category_id: String,
 }
 
-/// The body of `PUT /products/{id}`: the fields to change (at least one).
-#[derive(Debug, Default, Deserialize)]
+impl FromBody for CreateProduct {
+    fn from_fields(fields: Fields) -> Result<Self, Invalid> {
+        let mut f = fields.allow(&["id", "name", "price", "categoryId"])?;
+        let body = Self {
+            id: f.string("id")?,
+            name: Fields::required(f.string("name")?, "name")?,
+            price: Fields::required(f.number("price")?, "price")?,
+            category_id: Fields::required(f.string("categoryId")?, "categoryId")?,
+        };
+        f.finish()?;
+        Ok(body)
+    }
+}
+
+/// The body of `PUT /products/{id}`: the fields to change (at least one). A field given as
+/// `null` is refused, not read as "leave it alone".
+#[derive(Debug, Default, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub struct UpdateProduct {
-    /// A new name.
-    #[serde(default, deserialize_with = "present")]
+    /// A new name: 1 to 200 characters, no control characters.
+    #[schema(
+        nullable = false,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]{1,200}$",
+        min_length = 1,
+        max_length = 200
+    )]
     pub name: Option<String>,
-    /// A new price.
-    #[serde(default, deserialize_with = "present")]
+    /// A new price: at least 0.
+    #[schema(nullable = false, minimum = 0.0)]
     pub price: Option<f64>,
-    /// A new category.
-    #[serde(default, deserialize_with = "present")]
+    /// A new category, an existing one (else 400 `unknown_category`).
+    #[schema(
+        nullable = false,
+        pattern = r"^[A-Za-z0-9_-]{1,64}$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub category_id: Option<String>,
 }
 
-/// The body of `PUT /categories/{id}`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+impl FromBody for UpdateProduct {
+    fn from_fields(fields: Fields) -> Result<Self, Invalid> {
+        let mut f = fields.allow(&["name", "price", "categoryId"])?;
+        let body = Self {
+            name: f.string("name")?,
+            price: f.number("price")?,
+            category_id: f.string("categoryId")?,
+        };
+        f.finish()?;
+        Ok(body)
+    }
+}
+
+/// The body of `PUT /categories/{id}` (`name`).
+#[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RenameCategory {
-    /// The new name.
+    /// The new name: 1 to 200 characters, no control characters.
+    #[schema(
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]{1,200}$",
+        min_length = 1,
+        max_length = 200
+    )]
     pub name: String,
 }
 
-/// An optional field that, when present, must not be `null`: `{"name": null}` is a type
-/// error, not "leave the name alone".
-fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    T::deserialize(d).map(Some)
+impl FromBody for RenameCategory {
+    fn from_fields(fields: Fields) -> Result<Self, Invalid> {
+        let mut f = fields.allow(&["name"])?;
+        let name = Fields::required(f.string("name")?, "name")?;
+        f.finish()?;
+        Ok(Self { name })
+    }
 }
 
 /// A validated new product.
@@ -283,8 +350,8 @@ fn parse_category(id: &str) -> Result<Id, Invalid> {
 /// `page` and `limit` of `GET /products`, validated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageRequest {
-    /// The page, from 1.
-    pub page: u32,
+    /// The page, from 1 to [`MAX_PAGE`].
+    pub page: u64,
     /// The page size, 1 to 100.
     pub limit: u32,
 }
@@ -312,9 +379,16 @@ impl PageRequest {
         }
         let page = match page {
             None => 1,
-            Some(v) => v.parse::<u32>().ok().filter(|p| *p >= 1).ok_or_else(|| {
-                Invalid::new("invalid_page", "page is a whole number of at least 1")
-            })?,
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|p| (1..=MAX_PAGE).contains(p))
+                .ok_or_else(|| {
+                    Invalid::new(
+                        "invalid_page",
+                        "page is a whole number from 1 to 9007199254740991 (2^53 - 1)",
+                    )
+                })?,
         };
         let limit = match limit {
             None => DEFAULT_LIMIT,
@@ -329,9 +403,13 @@ impl PageRequest {
         Ok(Self { page, limit })
     }
 
-    /// How many products come before this page.
+    /// How many products come before this page. At most (2^53 - 2) * 100, well within the
+    /// databases' 64-bit signed `OFFSET`; saturating all the same, for a request built by
+    /// hand past [`MAX_PAGE`].
     pub fn offset(self) -> u64 {
-        u64::from(self.page - 1) * u64::from(self.limit)
+        self.page
+            .saturating_sub(1)
+            .saturating_mul(u64::from(self.limit))
     }
 }
 
@@ -405,12 +483,29 @@ mod tests {
             "limit=0",
             "limit=101",
             "page=1&page=2",
-            "page=99999999999",
+            "page=9007199254740992",
+            "page=18446744073709551616",
             "limit=%ZZ",
         ] {
             assert!(p(bad).is_err(), "{bad}");
         }
         assert_eq!(PageRequest { page: 3, limit: 20 }.offset(), 40);
+        let last = p("page=9007199254740991&limit=100");
+        assert_eq!(
+            last,
+            Ok(PageRequest {
+                page: MAX_PAGE,
+                limit: 100
+            })
+        );
+        assert_eq!(last.map(PageRequest::offset), Ok((MAX_PAGE - 1) * 100));
+        assert!((MAX_PAGE - 1) * 100 < i64::MAX as u64);
+        assert_eq!(p("page=4294967296&limit=1").map(|r| r.page), Ok(1 << 32));
+        let past = PageRequest {
+            page: u64::MAX,
+            limit: 100,
+        };
+        assert_eq!(past.offset(), u64::MAX, "saturates");
         assert_eq!(total_pages(0, 20), 0);
         assert_eq!(total_pages(1000, 20), 50);
         assert_eq!(total_pages(1001, 20), 51);

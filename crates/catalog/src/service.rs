@@ -5,7 +5,7 @@
 //! | --- | --- | --- | --- |
 //! | a product with its category | `product:{id}` | product TTL (5 min) | `category:{categoryId}` (learnt from the loaded product) |
 //! | a missing product | `product:{id}` | negative TTL (30 s) | as above |
-//! | a list page | `products:list:{page}:{limit}` | list TTL (60 s) | (the prefix `products:list:`) |
+//! | a list page | `products:list:{page}_{limit}` | list TTL (60 s) | (the prefix `products:list:`) |
 //!
 //! # Writes
 //! The database statement runs first; only after it has committed are the dependent entries
@@ -180,7 +180,10 @@ impl Catalog {
         let Some(cache) = &self.cache else {
             return Ok((json(&load().await?)?, CacheStatus::Bypass));
         };
-        let key = format!("{LIST_PREFIX}{}:{}", req.page, req.limit);
+        // No `:` after the prefix: the engine keeps a version key for every prefix of a key
+        // that ends at a `:`, and `products:list:{page}:` would make one per page number,
+        // so one request per page would fill the store with them.
+        let key = format!("{LIST_PREFIX}{}_{}", req.page, req.limit);
         let fetched = cache
             .entry(&key)
             .ttl(self.ttls.list)

@@ -212,6 +212,24 @@ async fn list_pages_newest_first() {
 
     let big = get(&s, "/products?limit=100").await;
     assert_eq!(big.body["products"].as_array().unwrap().len(), 30);
+
+    // Any page a JSON client can send: past 2^32, up to 2^53 - 1.
+    for page in [4_294_967_296_u64, 99_999_999_999, 9_007_199_254_740_991] {
+        for limit in [1, 100] {
+            let r = get(&s, &format!("/products?page={page}&limit={limit}")).await;
+            assert_eq!(r.status, StatusCode::OK, "page {page}: {}", r.body);
+            assert_eq!(r.body["products"], json!([]));
+            assert_eq!(
+                (r.body["page"].as_u64(), r.body["total"].as_u64()),
+                (Some(page), Some(30))
+            );
+        }
+    }
+    let r = get(&s, "/products?page=9007199254740992&limit=1").await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::BAD_REQUEST, "invalid_page")
+    );
 }
 
 #[tokio::test]
@@ -526,7 +544,8 @@ async fn bad_inputs_are_4xx_with_an_error_body_and_change_nothing() {
         "/products?limit=x",
         "/products?page=",
         "/products?page=1&page=2",
-        "/products?page=99999999999",
+        "/products?page=9007199254740992",
+        "/products?page=18446744073709551616",
         "/products?limit=1e2",
     ] {
         cases.push((Method::GET, uri.to_owned(), None));
@@ -613,6 +632,7 @@ async fn bad_inputs_are_4xx_with_an_error_body_and_change_nothing() {
             r.body
         );
         r.error_code();
+        assert_own_message(&r, &format!("{m} {uri} {body:?}"));
     }
     // Bodies that are not declared JSON.
     for ct in [
@@ -636,6 +656,123 @@ async fn bad_inputs_are_4xx_with_an_error_body_and_change_nothing() {
         );
     }
     assert_eq!(snapshot(&s).await, before, "the database is unchanged");
+}
+
+/// The message of a 4xx is the API's own: no serde wording, Rust type names or positions in
+/// the body.
+fn assert_own_message(r: &Reply, what: &str) {
+    let message = r.body["error"]["message"].as_str().unwrap();
+    for serde_said in [
+        "line ",
+        "column",
+        "invalid type",
+        "invalid value",
+        "expected `",
+        "struct ",
+        "f64",
+        "u32",
+        "u64",
+        "String",
+        "Option",
+        "sequence",
+        "Failed to",
+        "serde",
+    ] {
+        assert!(
+            !message.contains(serde_said),
+            "{what}: {message:?} says {serde_said:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bodies_are_json_objects_read_field_by_field() {
+    let s = state().await;
+    let before = snapshot(&s).await;
+    for body in [
+        r#"["x","n",1,"c1"]"#,
+        r#"["n",1,"c1"]"#,
+        "1",
+        "true",
+        "null",
+        r#""x""#,
+    ] {
+        let r = call(&s, Method::POST, "/products", Some(body)).await;
+        assert_eq!(
+            (r.status, r.error_code()),
+            (StatusCode::BAD_REQUEST, "invalid_body"),
+            "{body}: {}",
+            r.body
+        );
+        assert_eq!(
+            r.body["error"]["message"], "the body must be a JSON object",
+            "{body}"
+        );
+    }
+    for (uri, body) in [
+        ("/products/p1", r#"["renamed"]"#),
+        ("/products/p1", r#"["renamed", 3.5, "c2"]"#),
+        ("/categories/c1", r#"["renamed"]"#),
+    ] {
+        let r = call(&s, Method::PUT, uri, Some(body)).await;
+        assert_eq!(
+            (r.status, r.error_code()),
+            (StatusCode::BAD_REQUEST, "invalid_body"),
+            "{uri} {body}"
+        );
+    }
+    assert_eq!(snapshot(&s).await, before, "nothing was written");
+    assert_eq!(get(&s, "/products/x").await.status, StatusCode::NOT_FOUND);
+
+    // Messages say which field and what it must be.
+    for (m, uri, body, message) in [
+        (
+            Method::POST,
+            "/products",
+            r#"{"name":"x","price":"1","categoryId":"c1"}"#,
+            "the field price must be a number, not a string",
+        ),
+        (
+            Method::POST,
+            "/products",
+            r#"{"name":"x","categoryId":"c1"}"#,
+            "the field price is required",
+        ),
+        (
+            Method::PUT,
+            "/products/p1",
+            r#"{"name":null}"#,
+            "the field name must be a string, not null",
+        ),
+        (
+            Method::PUT,
+            "/products/p1",
+            r#"{"name":"a","name":"b"}"#,
+            "the field \"name\" is given twice",
+        ),
+        (
+            Method::PUT,
+            "/products/p1",
+            r#"{"color":"red"}"#,
+            "unknown field \"color\": the fields are name, price, categoryId",
+        ),
+        (
+            Method::PUT,
+            "/categories/c1",
+            r#"{"name":{"a":1}}"#,
+            "the field name must be a string, not an object",
+        ),
+        (
+            Method::PUT,
+            "/products/p1",
+            r#"{"name":"x""#,
+            "the body is not valid JSON (one JSON object, UTF-8)",
+        ),
+    ] {
+        let r = call(&s, m, uri, Some(body)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(r.body["error"]["message"], message, "{body}");
+    }
 }
 
 #[tokio::test]
@@ -707,6 +844,25 @@ async fn oversized_bodies_are_413() {
             .error_code(),
         "invalid_name"
     );
+}
+
+#[tokio::test]
+async fn the_body_limit_is_a_flag() {
+    let s = state_with(&["--max-body-bytes", "100"]).await;
+    let body = format!(r#"{{"name":"{}"}}"#, "x".repeat(100));
+    let r = call(&s, Method::PUT, "/products/p1", Some(&body)).await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("100 bytes")
+    );
+    let r = call(&s, Method::PUT, "/products/p1", Some(r#"{"name":"ok"}"#)).await;
+    assert_eq!(r.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -1107,4 +1263,47 @@ async fn stale_entries_are_refreshed_in_the_background() {
     .await;
     assert!(refreshed, "the refresh stored a fresh entry");
     assert_eq!(queries() - before, 1, "one database read");
+}
+
+#[tokio::test]
+async fn the_served_openapi_document_is_the_one_in_the_repository() {
+    let s = state().await;
+    let resp = app(s.clone())
+        .oneshot(Request::get("/openapi.json").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+    let served = resp.into_body().collect().await.unwrap().to_bytes();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+    // `UPDATE_OPENAPI=1 cargo test -p catalog --test api openapi` rewrites the file.
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(path, &served).unwrap();
+    }
+    let kept = std::fs::read(path).unwrap_or_default();
+    assert!(
+        served == kept,
+        "crates/catalog/openapi.json differs from the served document: \
+         run UPDATE_OPENAPI=1 cargo test -p catalog --test api openapi"
+    );
+    let doc: Value = serde_json::from_slice(&served).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for route in [
+        "/products",
+        "/products/{id}",
+        "/categories/{id}",
+        "/healthz",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(paths.contains_key(route), "{route} is documented");
+    }
+    let schemas = &doc["components"]["schemas"];
+    for body in ["CreateProduct", "UpdateProduct", "RenameCategory"] {
+        assert_eq!(
+            schemas[body]["additionalProperties"],
+            json!(false),
+            "{body}"
+        );
+    }
 }

@@ -247,8 +247,8 @@ async fn a_missing_id_costs_one_load_per_negative_ttl() {
         // Within the (jittered) TTL, only the first read loaded.
         assert_eq!(misses, 1);
     }
-    // After the TTL, one more load: the "not found" is served stale once and refreshed in
-    // the background (stale-while-revalidate is on by default).
+    // After the TTL, one more load: a "not found" has no stale window (it is never served
+    // stale, and gone from the cache at its TTL), so the next read is a miss.
     let last = std::sync::Mutex::new(String::new());
     let (svc, seen) = (&s, &last);
     let expired = eventually(Duration::from_secs(20), move || async move {
@@ -261,18 +261,17 @@ async fn a_missing_id_costs_one_load_per_negative_ttl() {
     .await;
     let after_hits = last.into_inner().unwrap();
     assert!(
-        expired && after_hits == "stale",
-        "the negative entry goes stale (then: {after_hits:?})"
+        expired && after_hits == "miss",
+        "the negative entry expires, never served stale (then: {after_hits:?})"
     );
-    // The refresh stores a fresh "not found": hits again, after exactly one more load.
-    let refreshed = eventually(Duration::from_secs(5), || async {
-        let r = s.get("/products/ghost").await;
-        assert_eq!(r.status, StatusCode::NOT_FOUND);
-        r.x_cache == "hit"
-    })
-    .await;
-    assert!(refreshed, "the background refresh stored a fresh entry");
-    assert_eq!(s.queries().await - before, loads + 1, "one refresh");
+    assert_eq!(s.queries().await - before, loads + 1, "one more load");
+    // The miss stored a fresh "not found": hits again, with no further load.
+    let r = s.get("/products/ghost").await;
+    assert_eq!(
+        (r.status, r.x_cache.as_str()),
+        (StatusCode::NOT_FOUND, "hit")
+    );
+    assert_eq!(s.queries().await - before, loads + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,6 +400,177 @@ async fn default_embedded_setup_seeds_a_sqlite_file_and_stops_on_sigterm() {
     .await;
     assert!(healthy, "{}", get(&http, &svc.url("/healthz")).await.body);
     assert!(svc.terminate(), "exits with success on SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_pages_share_one_prefix_version_key() {
+    let s = stack(&[]).await;
+    let pages = [1_u64, 2, 3, 7, 40, 4_294_967_296, 9_007_199_254_740_991];
+    for page in pages {
+        for limit in [1, 20] {
+            let r = s.get(&format!("/products?page={page}&limit={limit}")).await;
+            assert_eq!(r.status, StatusCode::OK);
+        }
+    }
+    let redis = s.redis.conn().await;
+    let keys = |pattern: &'static str| {
+        let mut redis = redis.clone();
+        async move {
+            let mut k: Vec<String> = redis::cmd("KEYS")
+                .arg(pattern)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            k.sort();
+            k
+        }
+    };
+    assert_eq!(
+        keys("catalog:e:products:list:*").await.len(),
+        pages.len() * 2
+    );
+    assert_eq!(
+        keys("catalog:p:*").await,
+        ["catalog:p:products:", "catalog:p:products:list:"],
+        "however many pages are read, the list pages have one prefix version key"
+    );
+    // Which is the one a write invalidates: every page reloads.
+    let r = s.get("/products?page=1&limit=20").await;
+    assert_eq!(r.x_cache, "hit");
+    assert_eq!(
+        s.put("/products/p1", json!({"price": 1.5})).await,
+        StatusCode::OK
+    );
+    let r = s.get("/products?page=1&limit=20").await;
+    assert_eq!(r.x_cache, "miss");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_trusting_a_private_ca() {
+    let redis = TestRedis::start_tls();
+    let ca = redis.ca_file().display().to_string();
+    let url = redis.url();
+    let http = Client::new();
+    let trusted = Service::start(&[
+        "--database-url",
+        "sqlite::memory:",
+        "--redis-url",
+        &url,
+        "--redis-ca-file",
+        &ca,
+    ]);
+    let health = get(&http, &trusted.url("/healthz")).await.body;
+    assert_eq!(health["cache"], "up", "{health}");
+    assert_eq!(
+        get(&http, &trusted.url("/products/p1")).await.x_cache,
+        "miss"
+    );
+    assert_eq!(
+        get(&http, &trusted.url("/products/p1")).await.x_cache,
+        "hit"
+    );
+    // Without the CA the certificate is refused: the service serves from the database.
+    let untrusted = Service::start(&["--database-url", "sqlite::memory:", "--redis-url", &url]);
+    let health = get(&http, &untrusted.url("/healthz")).await.body;
+    assert_eq!(health["cache"], "down", "{health}");
+    let r = get(&http, &untrusted.url("/products/p1")).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+/// Passwords the tests below put into URLs; none may ever be shown.
+const SECRETS: [&str; 4] = ["Sekr3t", "x@y", "Sekr3tQ", "Pa%2Fss"];
+
+fn assert_no_secret(log: &str) {
+    for secret in SECRETS {
+        assert!(!log.contains(secret), "{secret:?} is shown:\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_in_urls_never_reach_the_ready_log() {
+    let pg = TestPostgres::new().await;
+    let redis = TestRedis::start();
+    // Trust authentication ignores the password; the default user of a Redis without
+    // `requirepass` takes any.
+    let database = format!("{}?sslmode=disable&password=Sekr3tQ", pg.url);
+    let redis_url = redis.url().replace("redis://", "redis://default:Pa%2Fss@");
+    let (svc, log) = Service::start_logged(
+        &["--database-url", &database, "--redis-url", &redis_url],
+        "info",
+    );
+    assert!(
+        log.wait_for("catalog ready", Duration::from_secs(10)),
+        "{}",
+        log.text()
+    );
+    let http = Client::new();
+    assert_eq!(
+        get(&http, &svc.url("/products/p1")).await.status,
+        StatusCode::OK
+    );
+    let text = log.text();
+    assert!(text.contains("password=***"), "{text}");
+    assert_no_secret(&text);
+}
+
+#[test]
+fn passwords_in_urls_never_reach_a_start_up_error() {
+    for args in [
+        // Not even a URL to sqlx (the `/` ends the authority early).
+        &["--database-url", "postgres://u:Sekr3t/x@y@127.0.0.1:1/db"][..],
+        // Nothing listens on port 1.
+        &[
+            "--database-url",
+            "postgres://u@127.0.0.1:1/db?password=Sekr3tQ",
+            "--db-timeout",
+            "200ms",
+        ],
+        // Not a URL to redis-rs.
+        &[
+            "--database-url",
+            "sqlite::memory:",
+            "--redis-url",
+            "redis://:Sekr3t/x@y@127.0.0.1:1",
+        ],
+    ] {
+        let (ok, log) = Service::run_to_exit(args);
+        assert!(!ok, "{args:?} started");
+        assert!(log.contains("Error:"), "{args:?}: {log}");
+        assert_no_secret(&log);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_request_in_flight_finish() {
+    let mut svc = Service::start(&["--db-latency-ms", "1500", "--seed-products", "10"]);
+    let http = Client::new();
+    let url = svc.url("/products/p3");
+    let in_flight = tokio::spawn({
+        let http = http.clone();
+        async move { get(&http, &url).await }
+    });
+    // In flight once its query has started (the latency is spent inside it).
+    let started = eventually(Duration::from_secs(10), || async {
+        let text = http
+            .get(svc.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .any(|l| l.starts_with(r#"catalog_db_queries_total{source="request"} "#))
+    })
+    .await;
+    assert!(started, "the request reached the database");
+    svc.sigterm();
+    let r = in_flight.await.unwrap();
+    assert_eq!(
+        (r.status, r.body["id"].as_str()),
+        (StatusCode::OK, Some("p3"))
+    );
+    assert!(svc.exited(Duration::from_secs(10)), "exits with success");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use catalog::db::{self, DbError, Options, Repository, seed_product};
-use catalog::model::{Id, NewProduct, ProductPatch, now};
+use catalog::model::{Id, MAX_PAGE, NewProduct, PageRequest, ProductPatch, now};
 use sqlx::{Connection, Executor};
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,6 +102,16 @@ async fn pages_split_and_end(f: Fixture) {
     let past = r.page(1_000_000, 10).await.unwrap();
     assert!(past.products.is_empty());
     assert_eq!(past.total, 25, "the total is known past the last page");
+    // The last page a client may ask for, and an offset past any BIGINT.
+    let last = PageRequest {
+        page: MAX_PAGE,
+        limit: 100,
+    };
+    for offset in [last.offset(), u64::MAX] {
+        let far = r.page(offset, 100).await.unwrap();
+        assert!(far.products.is_empty());
+        assert_eq!(far.total, 25, "offset {offset}");
+    }
     let all = r.page(0, 100).await.unwrap();
     assert_eq!(all.products.len(), 25);
     assert!(
@@ -407,4 +417,46 @@ async fn postgres_terminated_connection_is_unavailable() {
     assert!(unavailable_with_code(&e, "57P01"), "admin_shutdown: {e:?}");
     locker.execute("ROLLBACK").await.unwrap();
     assert!(repo.delete(&id("p1")).await.unwrap());
+}
+
+/// `url` with `sslmode=MODE` added to its query.
+fn with_sslmode(url: &str, mode: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}sslmode={mode}")
+}
+
+#[tokio::test]
+async fn postgres_sslmode_require_is_tls_or_a_clear_error() {
+    let pg = testkit::TestPostgres::new().await;
+    let mut plain = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    let ssl: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&mut plain)
+        .await
+        .unwrap();
+    let url = with_sslmode(&pg.url, "require");
+    let connected = db::connect(&url, &Options::default()).await;
+    if ssl == "on" {
+        // The server speaks TLS: the service's connections are encrypted.
+        let repo = connected.unwrap();
+        repo.migrate().await.unwrap();
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        let encrypted: bool =
+            sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        assert!(encrypted, "sslmode=require talks TLS");
+    } else {
+        let e = connected.expect_err("no TLS, no connection");
+        assert!(
+            e.to_string().to_lowercase().contains("tls") || e.to_string().contains("SSL"),
+            "{e}"
+        );
+    }
+    // A certificate no root vouches for (the local server's, self-signed) is refused with an
+    // error, never a panic.
+    let e = db::connect(&with_sslmode(&pg.url, "verify-full"), &Options::default())
+        .await
+        .expect_err("verify-full refuses an unknown certificate");
+    assert!(!e.to_string().is_empty());
 }

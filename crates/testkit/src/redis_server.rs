@@ -45,32 +45,74 @@ impl TestRedis {
         r
     }
 
-    /// Starts a TLS-only server with a self-signed certificate made by `openssl`.
+    /// Starts a TLS-only server whose certificate (for `127.0.0.1`) is signed by a private CA
+    /// made by `openssl` for it alone: clients must trust [`TestRedis::ca_file`].
     pub fn start_tls() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        let ok = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=127.0.0.1",
-            ])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "openssl could not make a certificate");
+        let path = |name: &str| dir.path().join(name);
+        let openssl = |args: &[&str]| {
+            let ok = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "openssl {args:?} failed");
+        };
+        // The CA: a self-signed certificate with CA:TRUE (openssl's v3_ca defaults).
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=aside test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        // The server's key and certificate, for the IP address clients connect to.
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(
+            path("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "cert.pem",
+        ]);
+        let (cert, key, ca) = (path("cert.pem"), path("key.pem"), path("ca.pem"));
         let port = free_port();
         let mut r = Self {
             child: None,
@@ -86,7 +128,7 @@ impl TestRedis {
                 "--tls-key-file".into(),
                 key.display().to_string(),
                 "--tls-ca-cert-file".into(),
-                cert.display().to_string(),
+                ca.display().to_string(),
                 "--tls-auth-clients".into(),
                 "no".into(),
             ],
@@ -94,6 +136,11 @@ impl TestRedis {
         };
         r.spawn();
         r
+    }
+
+    /// The PEM file of the private CA that signed a TLS server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
     fn log(&self) -> PathBuf {
@@ -124,19 +171,30 @@ impl TestRedis {
         }
     }
 
-    /// Its URL: `redis://127.0.0.1:PORT/`, or `rediss://...#insecure` for a TLS server (the
-    /// certificate is self-signed).
+    /// Its URL: `redis://127.0.0.1:PORT/`, or `rediss://127.0.0.1:PORT/` for a TLS server
+    /// (whose certificate only [`TestRedis::ca_file`] vouches for).
     pub fn url(&self) -> String {
         if self.tls {
-            format!("rediss://127.0.0.1:{}/#insecure", self.port)
+            format!("rediss://127.0.0.1:{}/", self.port)
         } else {
             format!("redis://127.0.0.1:{}/", self.port)
         }
     }
 
-    /// A plain connection for inspecting what the engine wrote.
+    /// A plain connection for inspecting what the engine wrote (over TLS, trusting the
+    /// private CA, for a TLS server).
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
+        let client = if self.tls {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(self.ca_file()).unwrap()),
+            };
+            redis::Client::build_with_tls(self.url(), certs)
+        } else {
+            redis::Client::open(self.url())
+        };
+        client
             .unwrap()
             .get_multiplexed_async_connection()
             .await

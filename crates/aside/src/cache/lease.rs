@@ -380,8 +380,14 @@ impl<C: Codec> Cache<C> {
             }
         };
         let mut body = Bytes::new();
-        let ttl = if value.is_some() { t.ttl } else { t.negative };
-        let (ttl, fresh_until) = self.lifetime(ttl, t.grace());
+        // A "not found" gets no grace: it is never served stale, and keeping it past its
+        // negative TTL would only let one request per unknown key hold memory for the
+        // stale windows.
+        let (ttl, grace) = match value {
+            Some(_) => (t.ttl, t.grace()),
+            None => (t.negative, Duration::ZERO),
+        };
+        let (ttl, fresh_until) = self.lifetime(ttl, grace);
         let (payload, shared) = match &value {
             Some(v) => match self.encode(v, fresh_until) {
                 Ok(p) => {

@@ -1,11 +1,13 @@
 //! The in-process store on moka: the same semantics as the Redis store, for one process.
 //!
 //! Entries live in a bounded `moka::sync::Cache` (least-recently-used eviction beyond the
-//! capacity, per-entry expiry); versions in a plain `RwLock<HashMap>` (read on every hit, so
-//! it is kept cheap; past `capacity` keys it is cleared, which invalidates every entry, like a
-//! version key evicted from Redis). Every version, whether created or bumped, is drawn from
-//! one counter, so a version key that was dropped and created again never repeats a version
-//! an entry could carry. Expiry is judged by the injected
+//! capacity, per-entry expiry); versions in a plain `RwLock<HashMap>` (`Versions`: read
+//! on every hit, so it is kept cheap). Past `capacity` version keys, the least recently used
+//! sixteenth of them is evicted at once: an evicted version key invalidates only the entries
+//! stamped with it, like a version key evicted from Redis, so a flood of new keys never
+//! invalidates the entries still in use. Every version, whether created or bumped, is drawn
+//! from one counter, so a version key that was dropped and created again never repeats a
+//! version an entry could carry. Expiry is judged by the injected
 //! [`Clock`], so tests move time instead of sleeping; moka's own timer only frees memory.
 //!
 //! Every change of an entry (claim, fill, release, set, delete) runs under moka's per-key lock
@@ -72,11 +74,82 @@ impl moka::Expiry<EntryKey, Arc<Stored>> for ByTtl {
     }
 }
 
+/// The version keys of a [`MemoryStore`], each with when it was last used.
+///
+/// "When" is the number of version keys created before that use: reading it on a hit costs a
+/// shared load of a counter that only creations write, and a store to the key's own slot
+/// only when that number moved since its last use.
+#[derive(Debug, Default)]
+struct Versions {
+    map: HashMap<TagKey, Version>,
+    created: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Version {
+    value: i64,
+    used: AtomicU64,
+}
+
+impl Versions {
+    /// The version of `k`, marked used now.
+    fn get(&self, k: &TagKey) -> Option<i64> {
+        let v = self.map.get(k)?;
+        let now = self.created.load(Ordering::Relaxed);
+        if v.used.load(Ordering::Relaxed) != now {
+            v.used.store(now, Ordering::Relaxed);
+        }
+        Some(v.value)
+    }
+
+    fn insert(&mut self, k: TagKey, value: i64) {
+        let now = self.created.fetch_add(1, Ordering::Relaxed) + 1;
+        self.map.insert(
+            k,
+            Version {
+                value,
+                used: AtomicU64::new(now),
+            },
+        );
+    }
+
+    /// Drops the `n` least recently used version keys (ties broken arbitrarily).
+    fn evict(&mut self, n: usize) {
+        if n == 0 || self.map.is_empty() {
+            return;
+        }
+        if n >= self.map.len() {
+            self.map.clear();
+            return;
+        }
+        let mut used: Vec<u64> = self
+            .map
+            .values()
+            .map(|v| v.used.load(Ordering::Relaxed))
+            .collect();
+        let (_, &mut cut, _) = used.select_nth_unstable(n - 1);
+        // Everything used before `cut` goes, and as many used at `cut` as make `n`.
+        let below = used.iter().filter(|&&u| u < cut).count();
+        let mut at_cut = n - below;
+        self.map.retain(|_, v| {
+            let u = v.used.load(Ordering::Relaxed);
+            if u < cut {
+                false
+            } else if u == cut && at_cut > 0 {
+                at_cut -= 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
 /// A [`Store`] in this process's memory.
 #[derive(Clone, Debug)]
 pub struct MemoryStore {
     entries: moka::sync::Cache<EntryKey, Arc<Stored>>,
-    versions: Arc<RwLock<HashMap<TagKey, i64>>>,
+    versions: Arc<RwLock<Versions>>,
     version_capacity: usize,
     clock: Arc<dyn Clock>,
     next_version: Arc<AtomicI64>,
@@ -118,23 +191,33 @@ impl MemoryStore {
         self.next_version.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn read_versions(&self) -> std::sync::RwLockReadGuard<'_, HashMap<TagKey, i64>> {
+    fn read_versions(&self) -> std::sync::RwLockReadGuard<'_, Versions> {
         self.versions.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write_versions(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<TagKey, i64>> {
+    fn write_versions(&self) -> std::sync::RwLockWriteGuard<'_, Versions> {
         self.versions.write().unwrap_or_else(|p| p.into_inner())
     }
 
     fn version(&self, k: &TagKey) -> i64 {
         if let Some(v) = self.read_versions().get(k) {
-            return *v;
+            return v;
         }
         let mut w = self.write_versions();
-        if w.len() >= self.version_capacity && !w.contains_key(k) {
-            w.clear();
+        if let Some(v) = w.get(k) {
+            return v;
         }
-        *w.entry(k.clone()).or_insert_with(|| self.fresh_version())
+        if w.map.len() >= self.version_capacity {
+            w.evict(self.version_capacity.div_ceil(16));
+        }
+        let v = self.fresh_version();
+        w.insert(k.clone(), v);
+        v
+    }
+
+    /// Version keys held now.
+    pub fn version_count(&self) -> usize {
+        self.read_versions().map.len()
     }
 
     /// The same entry with another refresh lease (or none); moka's timer keeps its expiry.
@@ -168,7 +251,7 @@ impl MemoryStore {
         let versions = self.read_versions();
         stamps
             .iter()
-            .all(|s| versions.get(&s.key) == Some(&s.version))
+            .all(|s| versions.get(&s.key) == Some(s.version))
     }
 
     /// `keys` with their versions now (created if missing).
@@ -430,8 +513,8 @@ impl Store for MemoryStore {
         }
         let mut versions = self.write_versions();
         for k in stamps {
-            if let Some(v) = versions.get_mut(k) {
-                *v = self.fresh_version();
+            if let Some(v) = versions.map.get_mut(k) {
+                v.value = self.fresh_version();
             }
         }
         Ok(())

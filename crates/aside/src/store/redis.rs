@@ -13,7 +13,7 @@
 //! connection is made lazily: a store can be built while Redis is down, and reconnects by
 //! itself.
 
-use super::client::{self, backend_error, bounded, int, ms, redact};
+use super::client::{self, Link, backend_error, bounded, int, ms, redact};
 use super::hints::Hints;
 use super::lua::{standalone, with_prelude};
 use super::record::{self, payload_of, record_of};
@@ -23,9 +23,9 @@ use crate::error::StoreError;
 use crate::key::{EntryKey, TagKey};
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -48,6 +48,9 @@ pub struct RedisConfig {
     /// (default 65,536; 0 keeps none). Needs RESP3 and `CLIENT TRACKING` (Redis 6 or later;
     /// an ACL user needs `+client|tracking +client|caching`); without them reads use `MGET`.
     pub tracked_versions: u64,
+    /// A PEM file of the CA (or CAs) to trust for a `rediss://` URL instead of the system's
+    /// roots: for a Redis whose certificate a private CA signed (default none).
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -58,6 +61,7 @@ impl fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("stamp_hints", &self.stamp_hints)
             .field("tracked_versions", &self.tracked_versions)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
 }
@@ -71,6 +75,7 @@ impl RedisConfig {
             connect_timeout: Duration::from_secs(1),
             stamp_hints: 100_000,
             tracked_versions: 65_536,
+            tls_ca_file: None,
         }
     }
 }
@@ -101,7 +106,7 @@ impl Scripts {
 /// A [`Store`] on a standalone Redis server (TLS and ACL users through the URL).
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Arc<Link>,
     scripts: Arc<Scripts>,
     timeout: Duration,
     tokens: Arc<AtomicU64>,
@@ -130,12 +135,12 @@ impl RedisStore {
     /// bounds store calls cannot be started.
     pub fn new(config: &RedisConfig) -> Result<Self, crate::error::BuildError> {
         crate::deadline::start().map_err(crate::error::BuildError::DeadlineThread)?;
-        let client = client::open(&config.url)?;
+        let client = client::open(&config.url, config.tls_ca_file.as_deref())?;
         let tracker = (config.tracked_versions > 0)
             .then(|| Tracker::new(&client, config.tracked_versions, config.connect_timeout))
             .flatten()
             .map(Arc::new);
-        let conn = client::manager(client, config.connect_timeout)?;
+        let conn = Arc::new(Link::new(client, config.connect_timeout)?);
         Ok(Self {
             conn,
             scripts: Arc::new(Scripts::new()),
@@ -147,11 +152,27 @@ impl RedisStore {
         })
     }
 
+    /// A call on the main connection, bounded by the command timeout; its outcome counts
+    /// towards replacing the connection (see [`Link`]).
     async fn bounded<T>(
         &self,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        bounded(self.timeout, fut).await
+        let r = bounded(self.timeout, fut).await;
+        self.conn.record(&r);
+        r
+    }
+
+    /// A call on the tracking connection of `t`, bounded by the command timeout; its outcome
+    /// counts towards replacing that connection.
+    async fn bounded_tracked<T>(
+        &self,
+        t: &Tracker,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let r = bounded(self.timeout, fut).await;
+        t.record(&r);
+        r
     }
 }
 
@@ -175,7 +196,7 @@ impl RedisStore {
             Some(redis::Arg::Simple(b)) => b,
             _ => &[],
         };
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         // Sent as it is and the reply taken as it comes: no boxed future, no conversion.
         let reply = self.bounded(conn.send_packed_command(&cmd)).await?;
         let mut vals = match reply {
@@ -251,7 +272,10 @@ impl RedisStore {
     ) -> Result<Lookup, StoreError> {
         let mut cmd = redis::Cmd::with_capacity(2, key.as_str().len() + 3);
         cmd.arg("GET").arg(key.as_str());
-        let entry = match self.bounded(conn.send_packed_command(&cmd)).await? {
+        let entry = match self
+            .bounded_tracked(t, conn.send_packed_command(&cmd))
+            .await?
+        {
             Value::BulkString(b) => b,
             // Not a string (as `MGET` would say): nothing cached there.
             Value::Nil => return Ok(Lookup::Miss),
@@ -302,7 +326,7 @@ impl RedisStore {
             .arg("YES")
             .ignore()
             .add_command(mget);
-        let (now,): (Vec<Value>,) = self.bounded(pipe.query_async(&mut conn)).await?;
+        let (now,): (Vec<Value>,) = self.bounded_tracked(t, pipe.query_async(&mut conn)).await?;
         if now.len() != unknown.len() {
             return Err(StoreError::Protocol("get: version count".into()));
         }
@@ -404,7 +428,7 @@ impl Store for RedisStore {
         terms: ClaimTerms,
     ) -> Result<Claim, StoreError> {
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let mut inv = self.scripts.claim.key(key.as_str());
         for k in clocks.iter().chain(stamps) {
             inv.key(k.as_str());
@@ -434,7 +458,7 @@ impl Store for RedisStore {
         terms: ClaimTerms,
     ) -> Result<Option<Lease>, StoreError> {
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let mut inv = self.scripts.claim_refresh.key(key.as_str());
         inv.key(key.refresh_key());
         for k in clocks.iter().chain(stamps) {
@@ -467,7 +491,7 @@ impl Store for RedisStore {
             .map(|t| lease.clock_for(t))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| StoreError::Protocol("fill: a learnt tag has no clock".into()))?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let mut inv = self.scripts.fill.key(key.as_str());
         inv.key(lease_key(key, lease));
         for s in &lease.stamps {
@@ -495,7 +519,7 @@ impl Store for RedisStore {
     }
 
     async fn release(&self, key: &EntryKey, lease: &Lease) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let mut inv = self.scripts.release.key(lease_key(key, lease));
         inv.arg(lease.token);
         let _: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
@@ -509,7 +533,7 @@ impl Store for RedisStore {
         payload: Bytes,
         life: Lifetime,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let mut inv = self.scripts.set.key(key.as_str());
         inv.key(key.refresh_key());
         for s in stamps {
@@ -526,7 +550,7 @@ impl Store for RedisStore {
         if keys.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let mut cmd = redis::cmd("DEL");
         for k in keys {
             cmd.arg(k.as_str()).arg(k.refresh_key());
@@ -540,7 +564,7 @@ impl Store for RedisStore {
             return Ok(());
         }
         let clocks = super::clocks_to_advance(stamps);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let mut inv = self.scripts.bump.prepare_invoke();
         for k in clocks.iter().chain(stamps) {
             inv.key(k.as_str());
@@ -551,7 +575,7 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let _: String = self
             .bounded(redis::cmd("PING").query_async(&mut conn))
             .await?;

@@ -27,13 +27,15 @@
 //! is being made (or made again) the same. Either way, answers are the same; only the cost
 //! differs.
 
+use super::client::REPLACE_AFTER_TIMEOUTS;
+use crate::error::StoreError;
 use bytes::Bytes;
 use hashbrown::HashTable;
 use metrics::{Counter, counter};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, Value};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tracing::{debug, info};
@@ -204,6 +206,9 @@ pub(crate) struct Tracker {
     connections: Counter,
     state: Mutex<State>,
     connect_timeout: Duration,
+    /// Consecutive timed-out calls on the tracking connection: at
+    /// [`REPLACE_AFTER_TIMEOUTS`] it is taken for dead and made again.
+    timeouts: AtomicU32,
 }
 
 /// Wait after a failed connection attempt before the next.
@@ -228,7 +233,17 @@ impl Tracker {
                 retry_at: Instant::now(),
             }),
             connect_timeout,
+            timeouts: AtomicU32::new(0),
         })
+    }
+
+    /// Counts the outcome of a call on the tracking connection (see [`Tracker::timeouts`]).
+    pub(crate) fn record<T>(&self, outcome: &Result<T, StoreError>) {
+        if matches!(outcome, Err(StoreError::Timeout(_))) {
+            self.timeouts.fetch_add(1, Ordering::Relaxed);
+        } else if self.timeouts.load(Ordering::Relaxed) != 0 {
+            self.timeouts.store(0, Ordering::Relaxed);
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -242,9 +257,16 @@ impl Tracker {
     pub(crate) fn conn(self: &Arc<Self>) -> Option<MultiplexedConnection> {
         let mut st = self.state();
         match &*st {
-            State::Ready(c, alive) if alive.load(Ordering::SeqCst) => return Some(c.clone()),
+            State::Ready(c, alive)
+                if alive.load(Ordering::SeqCst)
+                    && self.timeouts.load(Ordering::Relaxed) < REPLACE_AFTER_TIMEOUTS =>
+            {
+                return Some(c.clone());
+            }
             State::Ready(..) => {
+                // Lost, or silent for several calls in a row (a dead path): made again.
                 debug!("version tracking connection lost");
+                self.timeouts.store(0, Ordering::Relaxed);
                 self.versions.clear();
                 *st = State::Idle {
                     retry_at: Instant::now(),
@@ -300,6 +322,7 @@ impl Tracker {
                 info!(error = %e, "version tracking refused by the server; reads use MGET");
                 State::Refused
             }
+            // Not now (LOADING, BUSY, ...) or no answer: tried again later.
             Ok(Err(e)) => {
                 debug!(error = %e, "version tracking connection failed");
                 State::Idle {
@@ -313,13 +336,28 @@ impl Tracker {
     }
 }
 
-/// Whether an error is the server saying no (as opposed to not answering).
+/// Server errors that say "not now" rather than "no": a server loading its dataset after a
+/// restart (`LOADING`), busy with a script (`BUSY`), a replica without its master
+/// (`MASTERDOWN`), a cluster mid-change (`TRYAGAIN`, `CLUSTERDOWN`), a node demoted during a
+/// failover (`READONLY`). A tracking connection refused with one is tried again later.
+const TRANSIENT: [&str; 6] = [
+    "LOADING",
+    "BUSY",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "READONLY",
+];
+
+/// Whether an error is the server saying no for good (as opposed to not answering, or not
+/// now).
 fn refusal(e: &redis::RedisError) -> bool {
     !(e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
-        || e.is_unrecoverable_error())
+        || e.is_unrecoverable_error()
+        || e.code().is_some_and(|code| TRANSIENT.contains(&code)))
 }
 
 #[cfg(test)]

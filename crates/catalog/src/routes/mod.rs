@@ -3,7 +3,8 @@
 
 use crate::AppState;
 use crate::error::ApiError;
-use axum::Router;
+use crate::openapi::ApiDoc;
+use crate::server::Guard;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderName;
@@ -13,23 +14,24 @@ use std::convert::Infallible;
 use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 mod categories;
 mod ops;
 mod products;
 
-/// Largest request body accepted (413 beyond).
-pub const BODY_LIMIT: usize = 64 * 1024;
-
 /// The `x-cache` header of product and list reads.
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// Every route, with the API's Error body for unknown routes (404), wrong methods (405),
-/// oversized bodies (413) and panics (500); each request is traced at debug level when the
-/// log filter enables it (`RUST_LOG=tower_http=debug`).
+/// oversized bodies (413) and panics (500), behind the [`Guard`] of the state's limits; each
+/// request is traced at debug level when the log filter enables it
+/// (`RUST_LOG=tower_http=debug`).
 ///
-/// The body limit and the panic guard wrap the router once, around routing, instead of being
-/// [`Router::layer`]s: a router layer wraps every route in a boxed service of its own, and
+/// The guard and the panic guard wrap the router once, around routing, instead of being
+/// [`Router::layer`](axum::Router::layer)s: a router layer wraps every route in a boxed service of its own, and
 /// each request would clone (allocate) the whole chain again.
 pub fn router(
     state: AppState,
@@ -39,19 +41,10 @@ pub fn router(
 + Sync
 + 'static {
     let no_id = || async { ApiError::invalid("invalid_id", "the path has no id") };
-    let router = Router::new()
-        .route("/products", get(products::list).post(products::create))
-        .route(
-            "/products/{id}",
-            get(products::get)
-                .put(products::update)
-                .delete(products::delete),
-        )
+    let (router, _) = api().split_for_parts();
+    let router = router
         .route("/products/", get(no_id).put(no_id).delete(no_id))
-        .route("/categories/{id}", put(categories::rename))
         .route("/categories/", put(no_id))
-        .route("/healthz", get(ops::healthz))
-        .route("/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::NotFound("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
     // Request tracing costs a span and a wrapped body per request: only when it is wanted.
@@ -60,12 +53,31 @@ pub fn router(
     } else {
         router
     };
-    ServiceBuilder::new()
+    let limits = state.limits.clone();
+    let inner = ServiceBuilder::new()
         .map_response(|r: Response<_>| r.map(Body::new))
         .layer(CatchPanicLayer::custom(panicked as fn(_) -> Response))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .service(router.with_state(state))
+        // The guard bounds bodies before routing: axum's own limit would only repeat it.
+        .layer(DefaultBodyLimit::disable())
+        .service(router.with_state(state));
+    Guard::new(inner, limits)
 }
+
+/// Every documented route, with its OpenAPI paths (see [`crate::openapi`]).
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(products::list, products::create))
+        .routes(routes!(products::get, products::update, products::delete))
+        .routes(routes!(categories::rename))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+}
+
+/// The 503s every route may answer.
+const UNAVAILABLE_DOC: &str = "`unavailable`: the database is down or slower than `--db-timeout`; `overloaded`: past `--max-in-flight` or `--max-connections` (with `retry-after`)";
+/// The 400s of a route with a body.
+const BODY_400_DOC: &str = "`invalid_id`, `invalid_body` (not a JSON object, an unknown or repeated field, a wrong type), `invalid_json`, `invalid_name`, `invalid_price`, `invalid_category_id`, `unknown_category`, `empty_update`";
 
 fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("handler panicked");

@@ -23,20 +23,22 @@ impl Service {
     /// Starts it and waits for its `listening on` line.
     pub fn start(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        Self::start_in(dir, args)
+        Self::start_in(dir, args, "error", Stdio::inherit())
     }
 
-    fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_catalog"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
+    /// Starts it with `RUST_LOG=rust_log`, its stderr collected into the returned [`Log`].
+    pub fn start_logged(args: &[&str], rust_log: &str) -> (Self, Log) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut svc = Self::start_in(dir, args, rust_log, Stdio::piped());
+        let log = Log::collect(svc.child.stderr.take().unwrap());
+        (svc, log)
+    }
+
+    fn start_in(dir: tempfile::TempDir, args: &[&str], rust_log: &str, stderr: Stdio) -> Self {
+        let mut child = Self::command(args, rust_log)
             .current_dir(dir.path())
-            .env_remove("DATABASE_URL")
-            .env_remove("REDIS_URL")
-            .env_remove("CATALOG_LISTEN")
-            .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -61,6 +63,43 @@ impl Service {
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// `catalog serve --listen 127.0.0.1:0 ARGS` with `RUST_LOG=rust_log` and none of the
+    /// environment's settings.
+    fn command(args: &[&str], rust_log: &str) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_catalog"));
+        c.args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env_remove("CATALOG_LISTEN")
+            .env("RUST_LOG", rust_log);
+        c
+    }
+
+    /// Runs it with `args` in a temporary directory to its exit (it must fail to start: it
+    /// is killed after 30 s otherwise); whether it exited successfully, and its stderr.
+    pub fn run_to_exit(args: &[&str]) -> (bool, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Self::command(args, "info")
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Log::collect(child.stderr.take().unwrap());
+        let mut status = None;
+        wait_until(Duration::from_secs(30), || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        log.wait_closed(Duration::from_secs(10));
+        (status.is_some_and(|s| s.success()), log.text())
     }
 
     /// The directory it runs in.
@@ -108,5 +147,51 @@ impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A child's stderr, collected line by line on a thread of its own.
+#[derive(Clone)]
+pub struct Log {
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Log {
+    fn collect(stderr: std::process::ChildStderr) -> Self {
+        let log = Self {
+            text: Default::default(),
+            closed: Default::default(),
+        };
+        let collected = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut text = collected.text.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+            collected
+                .closed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        log
+    }
+
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+
+    /// Waits (at most `limit`, blocking the thread) until a line holding `needle` was
+    /// written; whether one was.
+    pub fn wait_for(&self, needle: &str, limit: Duration) -> bool {
+        wait_until(limit, || self.text().contains(needle))
+    }
+
+    fn wait_closed(&self, limit: Duration) {
+        wait_until(limit, || {
+            self.closed.load(std::sync::atomic::Ordering::SeqCst)
+        });
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::store::redact;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How to reach a Redis Cluster.
@@ -19,6 +20,9 @@ pub struct ClusterConfig {
     pub command_timeout: Duration,
     /// Upper bound of one connection attempt to one node (default 1 s).
     pub connect_timeout: Duration,
+    /// A PEM file of the CA (or CAs) to trust for `rediss://` URLs instead of the system's
+    /// roots (default none).
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for ClusterConfig {
@@ -30,6 +34,7 @@ impl fmt::Debug for ClusterConfig {
             )
             .field("command_timeout", &self.command_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
 }
@@ -41,6 +46,7 @@ impl ClusterConfig {
             urls: urls.into_iter().map(Into::into).collect(),
             command_timeout: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(1),
+            tls_ca_file: None,
         }
     }
 }

@@ -67,6 +67,7 @@ use futures::future::{try_join, try_join_all};
 use redis::Value;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
+use redis::io::tcp::TcpSettings;
 use scripts::{Scripts, by_slot};
 use std::fmt;
 use std::sync::Arc;
@@ -119,10 +120,16 @@ impl ClusterStore {
             return Err(BuildError::RedisUrl("no cluster node given".into()));
         }
         crate::deadline::start().map_err(BuildError::DeadlineThread)?;
+        client::check_tls(&config.urls, config.tls_ca_file.as_deref())?;
         if config.urls.iter().any(|u| u.starts_with("rediss:")) {
             client::install_tls_provider();
         }
-        let client = ClusterClientBuilder::new(config.urls.iter().map(String::as_str))
+        let mut builder = ClusterClientBuilder::new(config.urls.iter().map(String::as_str))
+            .tcp_settings(client::with_keepalive(TcpSettings::default()));
+        if let Some(certs) = client::tls_certificates(config.tls_ca_file.as_deref())? {
+            builder = builder.certs(certs);
+        }
+        let client = builder
             .connection_timeout(config.connect_timeout)
             // A request to a node that never answers is dropped inside redis-rs too, not only
             // abandoned by the store's own timeout.

@@ -45,7 +45,7 @@ mod generations;
 pub use config::L1Config;
 mod subscriber;
 
-use super::client::{self, bounded};
+use super::client::{self, Link, bounded};
 use super::{Claim, ClaimTerms, Kind, Lease, Lifetime, Lookup, RedisConfig, RedisStore, Store};
 use crate::error::{BuildError, StoreError};
 use crate::key::{self, EntryKey, Namespace, TagKey};
@@ -53,7 +53,6 @@ use crate::metrics::L1Metrics;
 use async_trait::async_trait;
 use bytes::Bytes;
 use generations::{Generations, Snapshot};
-use redis::aio::ConnectionManager;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
@@ -188,7 +187,7 @@ struct Inner {
     l2: Arc<dyn Store>,
     shared: Arc<Shared>,
     /// For `PUBLISH` and `PTTL`.
-    bus: ConnectionManager,
+    bus: Link,
     channel: String,
     timeout: Duration,
     capacity: u64,
@@ -248,8 +247,8 @@ impl TieredStore {
                 reason: "must be built inside a Tokio runtime".into(),
             });
         }
-        let client = client::open(&redis.url)?;
-        let bus = client::manager(client.clone(), redis.connect_timeout)?;
+        let client = client::open(&redis.url, redis.tls_ca_file.as_deref())?;
+        let bus = Link::new(client.clone(), redis.connect_timeout)?;
         let shared = Arc::new(Shared {
             l1: moka::sync::Cache::builder()
                 .max_capacity(l1.capacity)
@@ -308,7 +307,9 @@ impl TieredStore {
         &self,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        bounded(self.inner.timeout, fut).await
+        let r = bounded(self.inner.timeout, fut).await;
+        self.inner.bus.record(&r);
+        r
     }
 
     /// Tells the other instances: `op` is `k` (entry keys) or `s` (version keys).
@@ -322,7 +323,7 @@ impl TieredStore {
             msg.push(' ');
             msg.push_str(n);
         }
-        let mut conn = self.inner.bus.clone();
+        let mut conn = self.inner.bus.get();
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(&self.inner.channel).arg(msg);
         match self.bounded(cmd.query_async::<i64>(&mut conn)).await {
@@ -338,7 +339,7 @@ impl TieredStore {
 
     /// The remaining TTL of an entry in the L2, in milliseconds (0 or less: none).
     async fn pttl(&self, key: &EntryKey) -> Result<i64, StoreError> {
-        let mut conn = self.inner.bus.clone();
+        let mut conn = self.inner.bus.get();
         let mut cmd = redis::cmd("PTTL");
         cmd.arg(key.as_str());
         self.bounded(cmd.query_async(&mut conn)).await
