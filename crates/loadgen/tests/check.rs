@@ -112,8 +112,9 @@ fn spec(writer: &str, reader: &str, bound: Duration) -> CheckSpec {
         ids: IDS,
         id_format: IdFormat::parse("p{}").unwrap(),
         popularity: Popularity::Uniform,
-        duration: Duration::from_secs(1),
-        reads: None,
+        // Until 500 reads are checked (or, on a very busy machine, 30 s).
+        duration: Duration::from_secs(30),
+        reads: Some(500),
         bound,
         writers: 2,
         reader_tasks: 4,
