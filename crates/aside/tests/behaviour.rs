@@ -286,6 +286,15 @@ async fn one_load_for_a_stampede(fx: Fx, instances: usize) {
     let snapshotter = recorder.snapshotter();
     let caches: Vec<Cache> =
         metrics::with_local_recorder(&recorder, || (0..instances).map(|_| fx.cache()).collect());
+    // Connected first: the stampede is about single-flight, not about a first command that
+    // opens the connection (and may time out on a busy machine, every task then loading).
+    for c in &caches {
+        let up = eventually(Duration::from_secs(10), || async {
+            c.get::<Product>("product:warm-up").await.is_ok()
+        })
+        .await;
+        assert!(up, "the store did not answer");
+    }
     let barrier = Arc::new(Barrier::new(TASKS));
     let arrived = Arc::new(AtomicUsize::new(0));
     let calls = Arc::new(AtomicUsize::new(0));
