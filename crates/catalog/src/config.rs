@@ -1,6 +1,7 @@
 //! The command line (documented in the README). Every flag has an environment variable; a flag wins over
 //! its variable.
 
+use crate::checker::ConsistencyConfig;
 use crate::server::Limits;
 use aside::store::redact;
 use clap::{Args, Parser, Subcommand};
@@ -116,6 +117,21 @@ pub struct Config {
     #[arg(long, env = "CATALOG_EARLY_REFRESH", default_value_t = 1.0)]
     pub early_refresh: f64,
 
+    /// The fraction of product cache hits that the live consistency checker reads again from
+    /// the database (one in a thousand by default; 0 turns it off, 1 checks every hit). A
+    /// mismatch that no change explains is counted in
+    /// `catalog_consistency_checks_total{result="inconsistent"}` and logged.
+    #[arg(long, env = "CATALOG_CONSISTENCY_SAMPLE", default_value_t = 0.001, value_parser = fraction)]
+    pub consistency_sample: f64,
+
+    /// How long after a sampled hit the checker reads its row.
+    #[arg(long, env = "CATALOG_CONSISTENCY_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub consistency_delay: Duration,
+
+    /// How long the checker waits for a change to explain a mismatch before it counts it.
+    #[arg(long, env = "CATALOG_CONSISTENCY_RECHECK", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub consistency_recheck: Duration,
+
     /// Namespace of the cache's keys in Redis (instances sharing one see each other's entries).
     #[arg(long, env = "CATALOG_CACHE_NAMESPACE", default_value = "catalog")]
     pub cache_namespace: String,
@@ -154,6 +170,15 @@ pub struct Config {
     #[arg(long, env = "CATALOG_MAX_IN_FLIGHT", default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
+}
+
+/// A fraction from 0 to 1.
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        Ok(_) => Err("must be from 0 to 1".into()),
+        Err(_) => Err("must be a number from 0 to 1".into()),
+    }
 }
 
 /// A duration above zero (`0s` would close every connection at once).
@@ -197,6 +222,16 @@ impl Config {
             );
         }
         Ok(Some((self.l1_capacity, self.l1_ttl)))
+    }
+
+    /// The live consistency checker's settings.
+    pub fn consistency(&self) -> ConsistencyConfig {
+        ConsistencyConfig {
+            sample: self.consistency_sample,
+            delay: self.consistency_delay,
+            recheck: self.consistency_recheck,
+            ..ConsistencyConfig::default()
+        }
     }
 
     /// The bounds of the server and of each request.
@@ -255,6 +290,9 @@ impl fmt::Debug for Config {
             .field("stale_while_revalidate", &self.stale_while_revalidate)
             .field("stale_if_error", &self.stale_if_error)
             .field("early_refresh", &self.early_refresh)
+            .field("consistency_sample", &self.consistency_sample)
+            .field("consistency_delay", &self.consistency_delay)
+            .field("consistency_recheck", &self.consistency_recheck)
             .field("cache_namespace", &self.cache_namespace)
             .field("l1_capacity", &self.l1_capacity)
             .field("l1_ttl", &self.l1_ttl)
@@ -298,6 +336,7 @@ mod tests {
         assert!(!c.no_change_feed, "the change feed is on by default");
         assert_eq!(c.product_ttl, Duration::from_secs(300));
         assert_eq!(c.list_ttl, Duration::from_secs(60));
+        assert_eq!(c.consistency_sample, 0.001, "the checker is on by default");
         let Command::Serve(c) = Cli::try_parse_from([
             "catalog",
             "serve",
@@ -348,6 +387,27 @@ mod tests {
         assert_eq!(off, Ok(None), "--no-cache bypasses every tier");
         assert!(Cli::try_parse_from(["catalog", "serve", "--l1-capacity", "-1"]).is_err());
         assert!(Cli::try_parse_from(["catalog", "serve", "--l1-ttl", "soon"]).is_err());
+    }
+
+    #[test]
+    fn the_consistency_sample_is_a_fraction() {
+        assert_eq!(
+            serve(&["--consistency-sample", "0.25"])
+                .consistency()
+                .sample,
+            0.25
+        );
+        assert_eq!(
+            serve(&["--consistency-sample", "0"]).consistency().sample,
+            0.0
+        );
+        for bad in ["-0.1", "1.5", "often", "NaN"] {
+            let e = Cli::try_parse_from(["catalog", "serve", "--consistency-sample", bad]);
+            assert!(
+                e.is_err_and(|e| e.to_string().contains("from 0 to 1")),
+                "{bad} accepted"
+            );
+        }
     }
 
     #[test]

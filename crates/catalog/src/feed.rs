@@ -15,8 +15,33 @@
 //! | a category inserted, updated or deleted | the tag `category:{id}`, the prefix `products:list:` |
 //! | a table truncated | the whole namespace |
 
+use crate::checker::Checker;
 use crate::service::LIST_PREFIX;
 use aside_feed::{Change, Invalidations, Op};
+use std::sync::Arc;
+
+/// The function a feed applies to each change: [`invalidations`], and on the way telling the
+/// consistency checker (if there is one) what changed.
+pub type Mapping = Arc<dyn Fn(&Change) -> Invalidations + Send + Sync>;
+
+/// The catalog's [`Mapping`]: [`invalidations`], each key and tag it voids also recorded as
+/// changed by `checker`.
+pub fn mapping(checker: Option<Arc<Checker>>) -> Mapping {
+    Arc::new(move |change| {
+        let voids = invalidations(change);
+        if let Some(checker) = &checker {
+            if voids.all {
+                checker.changed_everything();
+            }
+            voids
+                .keys
+                .iter()
+                .chain(&voids.tags)
+                .for_each(|k| checker.changed(k));
+        }
+        voids
+    })
+}
 
 /// The feed's name: the key of its durable position in the database. Every instance of the
 /// catalog shares it.

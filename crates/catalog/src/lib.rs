@@ -21,6 +21,8 @@
 //!   one implementation; [`db::sqlite`] and [`db::postgres`], what each does its own way.
 //! - [`service`]: [`Catalog`], cache-aside reads and write-then-invalidate
 //!   writes; its docs list every key, TTL and tag.
+//! - [`checker`]: the live consistency checker: a sample of cache hits read again from the
+//!   database, mismatches no change explains counted and logged.
 //! - [`feed`]: the change feed's mapping from a committed row change (by anyone) to what it
 //!   invalidates.
 //! - [`routes`]: the handlers; [`extract`] and [`error`] turn every rejection into the API's
@@ -29,6 +31,7 @@
 //! - [`server`]: the HTTP server and its bounds (timeouts, body size), and the layer that
 //!   enforces the bounds of each request.
 
+pub mod checker;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -207,6 +210,13 @@ pub async fn build(config: &Config) -> anyhow::Result<AppState> {
         }
         Some(b.build().context("invalid cache settings")?)
     };
+    let db = db::Db::new(repo.clone(), options);
+    let checker = match &cache {
+        Some(_) if config.consistency_sample > 0.0 => {
+            Some(Arc::new(checker::Checker::new(&db, config.consistency())))
+        }
+        _ => None,
+    };
     let feed = match &cache {
         Some(cache) if !config.no_change_feed => {
             if db::sqlite::is_memory(&config.database_url) {
@@ -218,7 +228,8 @@ pub async fn build(config: &Config) -> anyhow::Result<AppState> {
                     .count_queries(
                         metrics::counter!("catalog_db_queries_total", "source" => "feed"),
                     );
-                let started = repo.change_feed(cache.clone(), settings).await;
+                let mapping = feed::mapping(checker.clone());
+                let started = repo.change_feed(cache.clone(), settings, mapping).await;
                 Some(Arc::new(started.context("cannot start the change feed")?))
             }
         }
@@ -230,7 +241,10 @@ pub async fn build(config: &Config) -> anyhow::Result<AppState> {
         negative: config.negative_ttl,
     };
     Ok(AppState {
-        catalog: Arc::new(Catalog::new(db::Db::new(repo, options), cache, ttls)),
+        catalog: Arc::new(match checker {
+            Some(checker) => Catalog::new(db, cache, ttls).with_checker(checker),
+            None => Catalog::new(db, cache, ttls),
+        }),
         metrics,
         feed,
         limits: config.limits(),

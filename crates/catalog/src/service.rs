@@ -31,6 +31,7 @@
 //! Reads hand back the cached JSON bytes as they are (`fetch_*_encoded`): a hit costs no decode
 //! and no re-encode.
 
+use crate::checker::Checker;
 use crate::db::{Db, DbError};
 use crate::error::ApiError;
 use crate::model::{
@@ -38,7 +39,8 @@ use crate::model::{
 };
 use aside::{Cache, LoadError, Status, Tagged};
 use bytes::Bytes;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tracing::warn;
 
 /// Prefix of every list page key.
@@ -114,12 +116,30 @@ pub struct Catalog {
     db: Db,
     cache: Option<Cache>,
     ttls: Ttls,
+    checker: Option<Arc<Checker>>,
 }
 
 impl Catalog {
     /// A catalog over `db`, cached with `cache` (`None`: every read goes to the database).
     pub fn new(db: Db, cache: Option<Cache>, ttls: Ttls) -> Self {
-        Self { db, cache, ttls }
+        Self {
+            db,
+            cache,
+            ttls,
+            checker: None,
+        }
+    }
+
+    /// The same catalog, a sample of its product hits checked by `checker`, which is also
+    /// told of every write it makes.
+    pub fn with_checker(mut self, checker: Arc<Checker>) -> Self {
+        self.checker = Some(checker);
+        self
+    }
+
+    /// The live consistency checker, if there is one.
+    pub fn checker(&self) -> Option<&Arc<Checker>> {
+        self.checker.as_ref()
     }
 
     /// The database.
@@ -139,14 +159,18 @@ impl Catalog {
             let p = self.db.product(id).await?;
             return Ok((p.as_ref().map(json).transpose()?, CacheStatus::Bypass));
         };
+        let began = self
+            .checker
+            .as_ref()
+            .map(|_| (Instant::now(), chrono::Utc::now()));
         let key = format!("product:{id}");
-        let (db, id) = (self.db.clone(), id.clone());
+        let (db, loaded_id) = (self.db.clone(), id.clone());
         let fetched = cache
             .entry(&key)
             .ttl(self.ttls.product)
             .negative_ttl(self.ttls.negative)
             .fetch_tagged_encoded(|| async move {
-                let p = db.product(&id).await?;
+                let p = db.product(&loaded_id).await?;
                 let tag = p.as_ref().map(|p| format!("category:{}", p.category_id));
                 Ok::<_, DbError>(match tag {
                     Some(t) => Tagged::from(p).tag(t),
@@ -155,7 +179,14 @@ impl Catalog {
             })
             .await;
         match fetched {
-            Ok(f) => Ok((f.value, f.status.into())),
+            Ok(f) => {
+                if let (Some(checker), Some((at, at_wall)), Status::Hit) =
+                    (&self.checker, began, f.status)
+                {
+                    checker.hit(id, f.value.as_ref(), at, at_wall);
+                }
+                Ok((f.value, f.status.into()))
+            }
             Err(LoadError::Loader(e)) => Err(ApiError::from_db(&e)),
             Err(LoadError::Cache(e)) => Err(cache_bug(&e)),
         }
@@ -238,6 +269,9 @@ impl Catalog {
             let tag = format!("category:{id}");
             log_invalidation(cache.invalidate_tag(&tag).await);
             log_invalidation(cache.invalidate_prefix(LIST_PREFIX).await);
+            if let Some(checker) = &self.checker {
+                checker.changed(&tag);
+            }
         }
         Ok(r?)
     }
@@ -246,8 +280,12 @@ impl Catalog {
     /// every list page.
     async fn after_product_write(&self, id: &Id, changed: bool) {
         if changed && let Some(cache) = &self.cache {
-            log_invalidation(cache.del([format!("product:{id}")]).await);
+            let key = format!("product:{id}");
+            log_invalidation(cache.del([key.as_str()]).await);
             log_invalidation(cache.invalidate_prefix(LIST_PREFIX).await);
+            if let Some(checker) = &self.checker {
+                checker.changed(&key);
+            }
         }
     }
 }

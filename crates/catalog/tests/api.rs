@@ -1040,6 +1040,7 @@ impl Repository for Broken {
         &self,
         _: aside::Cache,
         _: aside_feed::FeedConfig,
+        _: catalog::feed::Mapping,
     ) -> db::Result<aside_feed::Feed> {
         self.fail().await
     }

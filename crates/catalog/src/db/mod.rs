@@ -131,6 +131,7 @@ pub trait Repository: Send + Sync + fmt::Debug + 'static {
         &self,
         cache: aside::Cache,
         config: aside_feed::FeedConfig,
+        mapping: crate::feed::Mapping,
     ) -> Result<aside_feed::Feed>;
 
     /// Into an empty database (no categories, no products), writes the seed data in one
@@ -244,6 +245,19 @@ impl Db {
             slots: Arc::new(tokio::sync::Semaphore::new(
                 options.max_connections.max(1) as usize
             )),
+        }
+    }
+
+    /// The same database, its round trips counted apart: as
+    /// `catalog_db_queries_total{source}` and in [`queries`](Db::queries) of the new handle
+    /// only. It shares the connection slots.
+    pub fn with_source(&self, source: &'static str) -> Self {
+        let counter = metrics::counter!("catalog_db_queries_total", "source" => source);
+        counter.increment(0);
+        Self {
+            queries: Arc::default(),
+            counter,
+            ..self.clone()
         }
     }
 

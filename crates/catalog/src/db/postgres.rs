@@ -55,8 +55,14 @@ impl Backend for Postgres {
         pool: PgPool,
         cache: aside::Cache,
         config: aside_feed::FeedConfig,
+        mapping: crate::feed::Mapping,
     ) -> std::result::Result<aside_feed::Feed, aside_feed::Error> {
-        aside_feed::Feed::postgres(pool, cache, crate::feed::invalidations, config)
+        aside_feed::Feed::postgres(
+            pool,
+            cache,
+            move |c: &aside_feed::Change| mapping(c),
+            config,
+        )
     }
 }
 

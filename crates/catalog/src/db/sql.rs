@@ -49,6 +49,7 @@ pub trait Backend: Database + sealed::Sealed {
         pool: Pool<Self>,
         cache: aside::Cache,
         config: aside_feed::FeedConfig,
+        mapping: crate::feed::Mapping,
     ) -> std::result::Result<aside_feed::Feed, aside_feed::Error>;
 }
 
@@ -250,11 +251,12 @@ where
         &self,
         cache: aside::Cache,
         config: aside_feed::FeedConfig,
+        mapping: crate::feed::Mapping,
     ) -> Result<aside_feed::Feed> {
         D::install_feed(&self.pool)
             .await
             .map_err(super::DbError::Feed)?;
-        D::start_feed(self.pool.clone(), cache, config).map_err(super::DbError::Feed)
+        D::start_feed(self.pool.clone(), cache, config, mapping).map_err(super::DbError::Feed)
     }
 
     async fn seed(&self, products: u32) -> Result<bool> {

@@ -85,8 +85,14 @@ impl Backend for Sqlite {
         pool: SqlitePool,
         cache: aside::Cache,
         config: aside_feed::FeedConfig,
+        mapping: crate::feed::Mapping,
     ) -> std::result::Result<aside_feed::Feed, aside_feed::Error> {
-        aside_feed::Feed::sqlite(pool, cache, crate::feed::invalidations, config)
+        aside_feed::Feed::sqlite(
+            pool,
+            cache,
+            move |c: &aside_feed::Change| mapping(c),
+            config,
+        )
     }
 }
 
