@@ -275,12 +275,6 @@ mod tests {
     use super::*;
     use crate::keys::{IdFormat, Popularity};
 
-    const NO_BOUND: Duration = Duration::ZERO;
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
     #[test]
     fn own_keys_partition_the_ids() {
         let spec_keys = |ids: u64, writers: usize, popularity| {
@@ -292,12 +286,12 @@ mod tests {
                     ids,
                     id_format: IdFormat::parse("p{}").unwrap(),
                     popularity,
-                    duration: ms(1),
+                    duration: Duration::from_millis(1),
                     reads: None,
-                    bound: NO_BOUND,
+                    bound: Duration::ZERO,
                     writers,
                     reader_tasks: 1,
-                    timeout: ms(1),
+                    timeout: Duration::from_millis(1),
                     pause: None,
                     min_reads: 0,
                     seed: 1,
