@@ -107,16 +107,9 @@ impl Feed {
         C: Codec,
         F: Fn(&Change) -> Invalidations + Send + Sync + 'static,
     {
-        config.validate()?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        let backend = Backend::Postgres(crate::postgres::PgBackend::new(pool, &config, &runtime));
-        Ok(Self::start(
-            backend,
-            cache,
-            Arc::new(mapping),
-            config,
-            &runtime,
-        ))
+        Self::start(cache, Arc::new(mapping), config, |config, runtime| {
+            Backend::Postgres(crate::postgres::PgBackend::new(pool, config, runtime))
+        })
     }
 
     /// Starts a feed on a SQLite database file prepared with
@@ -136,25 +129,22 @@ impl Feed {
         C: Codec,
         F: Fn(&Change) -> Invalidations + Send + Sync + 'static,
     {
-        config.validate()?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        let backend = Backend::Sqlite(Box::new(crate::sqlite::SqliteBackend::new(pool, &config)));
-        Ok(Self::start(
-            backend,
-            cache,
-            Arc::new(mapping),
-            config,
-            &runtime,
-        ))
+        Self::start(cache, Arc::new(mapping), config, |config, _| {
+            Backend::Sqlite(Box::new(crate::sqlite::SqliteBackend::new(pool, config)))
+        })
     }
 
+    /// Checks the settings, finds the runtime, makes the backend with `backend` and spawns
+    /// the task.
     fn start<C: Codec>(
-        backend: Backend,
         cache: Cache<C>,
         mapping: Mapping,
         config: FeedConfig,
-        runtime: &tokio::runtime::Handle,
-    ) -> Feed {
+        backend: impl FnOnce(&FeedConfig, &tokio::runtime::Handle) -> Backend,
+    ) -> Result<Feed, Error> {
+        config.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let backend = backend(&config, &runtime);
         let shared = Arc::new(SharedHandle(Shared {
             state: Mutex::new(State::default()),
             behind_after: config.behind_after,
@@ -163,11 +153,11 @@ impl Feed {
         let (stop, stopped) = watch::channel(false);
         let engine = Engine::new(backend, cache, mapping, config, shared.clone(), stopped);
         let task = runtime.spawn(engine.run());
-        Feed {
+        Ok(Feed {
             shared,
             stop,
             task: Some(task),
-        }
+        })
     }
 
     /// How the feed is doing.
