@@ -379,12 +379,7 @@ impl Store for ClusterStore {
         payload: Bytes,
         life: Lifetime,
     ) -> Result<bool, StoreError> {
-        let (entry_key, refresh_key) = key.hash_tagged();
-        let held = if lease.refresh {
-            refresh_key
-        } else {
-            entry_key.clone()
-        };
+        let (entry_key, held) = lease_keys(key, lease);
         self.bounded(async {
             let conn = self.conn().await?;
             // Tags known only now: their versions first, the clocks of their shards after (see
@@ -441,12 +436,7 @@ impl Store for ClusterStore {
     }
 
     async fn release(&self, key: &EntryKey, lease: &Lease) -> Result<(), StoreError> {
-        let (entry_key, refresh_key) = key.hash_tagged();
-        let held = if lease.refresh {
-            refresh_key
-        } else {
-            entry_key
-        };
+        let (_, held) = lease_keys(key, lease);
         self.bounded(async {
             let conn = self.conn().await?;
             self.release_key(&conn, &held, lease.token).await
@@ -543,6 +533,18 @@ impl Store for ClusterStore {
         })
         .await
     }
+}
+
+/// The entry's key and the key `lease` is held on (the refresh key for a refresh lease), both
+/// in the entry's slot.
+fn lease_keys(key: &EntryKey, lease: &Lease) -> (String, String) {
+    let (entry_key, refresh_key) = key.hash_tagged();
+    let held = if lease.refresh {
+        refresh_key
+    } else {
+        entry_key.clone()
+    };
+    (entry_key, held)
 }
 
 #[cfg(test)]
