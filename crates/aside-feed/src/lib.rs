@@ -86,6 +86,15 @@
 //! [`Status::Down`] and retries every [`FeedConfig::retry_interval`]; entries may then be
 //! stale up to their TTL. A mapping that panics, or gives a key, tag or prefix the cache
 //! refuses, makes the batch void the whole namespace instead.
+//!
+//! # Layout
+//! - `feed/`: the [`Feed`] handle and its [`Stats`] (`mod.rs`), the state its task publishes
+//!   (`state.rs`), the task's loop (`engine.rs`), a batch's rows turned into invalidations
+//!   and applied (`batch.rs`), the durable position and pruning (`position.rs`).
+//! - `change.rs`: [`Change`], [`Invalidations`] and how one batch's answers are merged.
+//! - `backend.rs`: what the feed asks of a database, and the dispatch to the one it runs on.
+//! - [`postgres`], [`sqlite`]: the triggers, the outbox and the reads of each database.
+//! - `config.rs`: [`FeedConfig`] and [`Error`].
 
 #[cfg(not(any(feature = "postgres", feature = "sqlite")))]
 compile_error!("aside-feed needs the `postgres` feature, the `sqlite` feature, or both");

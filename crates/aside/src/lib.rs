@@ -71,8 +71,9 @@
 //!   - `store/redis.rs`: [`RedisStore`](store::RedisStore), standalone Redis;
 //!     `store/versions.rs`: its versions held in process, kept exact by client tracking;
 //!     `store/hints.rs`: the learnt tags of entries, so a read names them;
-//!   - `store/cluster/`: [`ClusterStore`](store::ClusterStore), Redis Cluster, with its
-//!     per-slot scripts (`scripts.rs`) and settings (`config.rs`);
+//!   - `store/cluster/`: [`ClusterStore`](store::ClusterStore), Redis Cluster: the store
+//!     (`mod.rs`), its reads of stamps across slots (`stamps.rs`), its per-slot scripts
+//!     (`scripts.rs`) and settings (`config.rs`);
 //!   - `store/tiered/`: [`TieredStore`](store::TieredStore), an L1 in front of Redis: the
 //!     store (`mod.rs`, where a copy is voided), its generation table (`generations.rs`),
 //!     the subscriber task that proves the bound (`subscriber.rs`), settings (`config.rs`);

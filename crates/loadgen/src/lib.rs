@@ -13,7 +13,8 @@
 //! - [`cli`]: the command line and what each subcommand does.
 //! - [`runner`]: one run against one target: prefill, warm-up, measured part, connection loops.
 //! - [`check`]: `loadgen check`, the consistency checker: stale and phantom reads across
-//!   instances after acknowledged writes.
+//!   instances after acknowledged writes (`check/`: the run, prices, the history and verdict
+//!   of each id, the HTTP tasks, pauses, the report).
 //! - [`http`]: raw hyper HTTP/1.1 keep-alive connections, one per load task.
 //! - [`keys`]: id formatting and uniform / Zipf key choice.
 //! - [`mix`]: the operation mix and write bodies.

@@ -53,12 +53,13 @@
 
 mod config;
 mod scripts;
+mod stamps;
 
 pub use config::ClusterConfig;
 
-use super::client::{self, backend_error, int, ms, redact};
+use super::client::{self, backend_error, ms, redact};
 use super::record::{self, encode_record, parse_record, record_of, version_of};
-use super::{Claim, ClaimTerms, Kind, Lease, Lifetime, Lookup, Stamp, Store};
+use super::{Claim, ClaimTerms, Kind, Lease, Lifetime, Lookup, Store};
 use crate::error::{BuildError, StoreError};
 use crate::key::{EntryKey, TagKey};
 use async_trait::async_trait;
@@ -172,117 +173,6 @@ impl ClusterStore {
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         client::bounded(self.timeout, fut).await
-    }
-
-    /// The values of `keys` now (one `MGET`, which redis-rs sends to every slot at once).
-    async fn mget(
-        &self,
-        conn: &ClusterConnection,
-        keys: &[&[u8]],
-    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut cmd = redis::cmd("MGET");
-        for k in keys {
-            cmd.arg(*k);
-        }
-        let vals: Vec<Option<Vec<u8>>> = cmd
-            .query_async(&mut conn.clone())
-            .await
-            .map_err(|e| self.error(e))?;
-        if vals.len() != keys.len() {
-            return Err(StoreError::Protocol("mget: reply length".into()));
-        }
-        Ok(vals)
-    }
-
-    /// Whether every stamp of a record still holds the version it recorded.
-    async fn current(
-        &self,
-        conn: &ClusterConnection,
-        stamps: &[(&[u8], &[u8])],
-    ) -> Result<bool, StoreError> {
-        let keys: Vec<&[u8]> = stamps.iter().map(|(k, _)| *k).collect();
-        let now = self.mget(conn, &keys).await?;
-        Ok(stamps
-            .iter()
-            .zip(&now)
-            .all(|((_, v), n)| n.as_deref() == Some(*v)))
-    }
-
-    /// The versions of `keys`, each created if missing and kept alive for at least
-    /// `version_ttl`: one script per slot, every slot at once.
-    async fn versions(
-        &self,
-        conn: &ClusterConnection,
-        keys: &[&str],
-        version_ttl: Duration,
-    ) -> Result<Vec<i64>, StoreError> {
-        let groups = by_slot(keys);
-        let replies = try_join_all(groups.iter().map(|group| {
-            let call = self.scripts.versions.on(group.iter().map(|&i| keys[i]));
-            call.arg(ms(version_ttl)).run::<Vec<Value>>(conn)
-        }))
-        .await
-        .map_err(|e| self.error(e))?;
-        let mut out = vec![0; keys.len()];
-        for (group, vals) in groups.iter().zip(&replies) {
-            if vals.len() != group.len() {
-                return Err(StoreError::Protocol("versions: reply length".into()));
-            }
-            for (&i, v) in group.iter().zip(vals) {
-                out[i] = int(v).ok_or_else(|| StoreError::Protocol("versions: value".into()))?;
-            }
-        }
-        Ok(out)
-    }
-
-    /// The tag clocks now (0 for one never advanced).
-    async fn clocks(
-        &self,
-        conn: &ClusterConnection,
-        clocks: &[TagKey],
-    ) -> Result<Vec<Stamp>, StoreError> {
-        let keys: Vec<&[u8]> = clocks.iter().map(|c| c.as_str().as_bytes()).collect();
-        let vals = self.mget(conn, &keys).await?;
-        clocks
-            .iter()
-            .zip(vals)
-            .map(|(key, v)| {
-                let version = version_of(v.as_deref())
-                    .ok_or_else(|| StoreError::Protocol("clock: value".into()))?;
-                Ok(Stamp {
-                    key: key.clone(),
-                    version,
-                })
-            })
-            .collect()
-    }
-
-    /// The versions of a lease's stamps and the tag clocks, read after the lease was taken.
-    async fn lease_for(
-        &self,
-        conn: &ClusterConnection,
-        stamps: &[TagKey],
-        clocks: &[TagKey],
-        version_ttl: Duration,
-    ) -> Result<(Vec<Stamp>, Vec<Stamp>), StoreError> {
-        let keys: Vec<&str> = stamps.iter().map(TagKey::as_str).collect();
-        let (vers, clocks) = try_join(
-            self.versions(conn, &keys, version_ttl),
-            self.clocks(conn, clocks),
-        )
-        .await?;
-        let stamps = stamps
-            .iter()
-            .zip(vers)
-            .map(|(key, version)| Stamp {
-                key: key.clone(),
-                version,
-            })
-            .collect();
-        Ok((stamps, clocks))
     }
 
     /// Gives back, in the background, a lease taken by a call that failed after taking it
@@ -489,12 +379,7 @@ impl Store for ClusterStore {
         payload: Bytes,
         life: Lifetime,
     ) -> Result<bool, StoreError> {
-        let (entry_key, refresh_key) = key.hash_tagged();
-        let held = if lease.refresh {
-            refresh_key
-        } else {
-            entry_key.clone()
-        };
+        let (entry_key, held) = lease_keys(key, lease);
         self.bounded(async {
             let conn = self.conn().await?;
             // Tags known only now: their versions first, the clocks of their shards after (see
@@ -551,12 +436,7 @@ impl Store for ClusterStore {
     }
 
     async fn release(&self, key: &EntryKey, lease: &Lease) -> Result<(), StoreError> {
-        let (entry_key, refresh_key) = key.hash_tagged();
-        let held = if lease.refresh {
-            refresh_key
-        } else {
-            entry_key
-        };
+        let (_, held) = lease_keys(key, lease);
         self.bounded(async {
             let conn = self.conn().await?;
             self.release_key(&conn, &held, lease.token).await
@@ -653,6 +533,18 @@ impl Store for ClusterStore {
         })
         .await
     }
+}
+
+/// The entry's key and the key `lease` is held on (the refresh key for a refresh lease), both
+/// in the entry's slot.
+fn lease_keys(key: &EntryKey, lease: &Lease) -> (String, String) {
+    let (entry_key, refresh_key) = key.hash_tagged();
+    let held = if lease.refresh {
+        refresh_key
+    } else {
+        entry_key.clone()
+    };
+    (entry_key, held)
 }
 
 #[cfg(test)]
