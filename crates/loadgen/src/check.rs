@@ -31,7 +31,12 @@
 //! may still be applied by the server after later writes, so the service may rightly
 //! return it.
 //!
-//! The pure part ([`Prices`], [`History`], [`Verdict`]) does no I/O; [`run_check`] does
+//! After the run, what the service holds for each id (read straight from its database,
+//! say) can be judged against the id's writes ([`CheckReport::judge_stored`]): a value
+//! older than the last acknowledged one that no failed write explains is a **lost write**
+//! ([`Stored::Lost`]).
+//!
+//! The pure part ([`Prices`], [`History`], [`Verdict`], [`Stored`]) does no I/O; [`run_check`] does
 //! the HTTP, the optional pausing of a process (`SIGSTOP` / `SIGCONT`, so it stalls in
 //! the middle of requests as under a long GC pause or a scheduling hiccup) and the report.
 
@@ -181,6 +186,27 @@ impl History {
         self.failed.len()
     }
 
+    /// The highest value acknowledged (0: none).
+    pub fn last_acknowledged(&self) -> u64 {
+        self.acked.last().map_or(0, |&(_, v)| v)
+    }
+
+    /// Judges `value`, the value the service holds for this id once every write has been
+    /// answered (for instance its row, read straight from the database after the run).
+    pub fn judge_stored(&self, value: u64) -> Stored {
+        let highest_sent = self.sent.last().map_or(0, |&(_, v)| v);
+        let acknowledged = self.last_acknowledged();
+        if value > highest_sent {
+            Stored::Phantom { highest_sent }
+        } else if value >= acknowledged {
+            Stored::Kept
+        } else if self.failed.binary_search(&value).is_ok() {
+            Stored::Unsettled
+        } else {
+            Stored::Lost { acknowledged }
+        }
+    }
+
     /// The highest value sent at or before `by` (0: none).
     pub fn highest_sent(&self, by: Instant) -> u64 {
         let i = self.sent.partition_point(|&(at, _)| at <= by);
@@ -229,6 +255,28 @@ impl History {
             }
         }
     }
+}
+
+/// What the value a service holds after the run says about the writes of its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// The last acknowledged value, or a later one whose write failed (it may have been
+    /// applied).
+    Kept,
+    /// Older than the last acknowledged value, but the value of a failed write, which the
+    /// server may have applied after later writes. Allowed.
+    Unsettled,
+    /// A lost write: older than the last acknowledged value, and no failed write explains
+    /// it.
+    Lost {
+        /// The last acknowledged value.
+        acknowledged: u64,
+    },
+    /// Never sent: a bug of the service or of the checker.
+    Phantom {
+        /// The highest value sent (0: none).
+        highest_sent: u64,
+    },
 }
 
 /// One read as a reader task recorded it, judged once every [`History`] is complete.
@@ -405,6 +453,10 @@ pub struct CheckReport {
     pub writes_acknowledged: u64,
     /// Writes that did not (their value may or may not have been applied).
     pub writes_failed: u64,
+    /// Why writes failed, by HTTP status or failure (`io`, `timeout`), and the writers'
+    /// failed attempts to connect (`connect`: nothing was sent, so these are not in
+    /// `writes_failed`).
+    pub write_errors: BTreeMap<String, u64>,
     /// Reads of a value older than one acknowledged during the read or within the bound
     /// (allowed).
     pub concurrent: u64,
@@ -426,6 +478,10 @@ pub struct CheckReport {
     pub min_reads: u64,
     /// No violation, no phantom, and at least `min_reads` reads.
     pub passed: bool,
+    /// Every id's writes, by key number - 1 (id `n` at `n - 1`), to judge what the service
+    /// holds after the run with [`CheckReport::judge_stored`]. Not in the JSON report.
+    #[serde(skip)]
+    pub histories: Vec<History>,
 }
 
 impl CheckReport {
@@ -447,6 +503,25 @@ impl CheckReport {
         out
     }
 
+    /// The prices this run wrote.
+    pub fn prices(&self) -> Prices {
+        Prices::above(self.price_base)
+    }
+
+    /// Judges `price`, what the service holds for key number `key` (`1..=ids`) once the
+    /// run is over, against the writes of that id: `None` for a key outside the run.
+    pub fn judge_stored(&self, key: u64, price: f64) -> Option<Stored> {
+        let history = self
+            .histories
+            .get(usize::try_from(key.checked_sub(1)?).ok()?)?;
+        Some(match self.prices().decode(price) {
+            Some(value) => history.judge_stored(value),
+            None => Stored::Phantom {
+                highest_sent: history.highest_sent(Instant::now()),
+            },
+        })
+    }
+
     /// The report as tables for a terminal.
     pub fn table(&self) -> String {
         use std::fmt::Write;
@@ -457,15 +532,7 @@ impl CheckReport {
             .map(|(k, v)| format!("{k} {v}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let errors = if self.read_errors.is_empty() {
-            "none".to_owned()
-        } else {
-            self.read_errors
-                .iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let errors = counts(&self.read_errors);
         let pause = match &self.pause {
             Some(p) => format!(
                 "pid {} stopped every {} ms for {} ms: {} pauses",
@@ -490,6 +557,7 @@ impl CheckReport {
             "  writes       {} acknowledged, {} failed",
             self.writes_acknowledged, self.writes_failed
         );
+        let _ = writeln!(s, "  write errors {}", counts(&self.write_errors));
         let _ = writeln!(s, "  reads        {} checked ({by_cache})", self.reads);
         let _ = writeln!(s, "  read errors  {errors}");
         let _ = writeln!(
@@ -555,6 +623,19 @@ impl CheckReport {
     }
 }
 
+/// Counts by kind as `kind n, kind n` (`none` when there are none), as the report's
+/// tables show errors.
+pub fn counts(counts: &BTreeMap<String, u64>) -> String {
+    if counts.is_empty() {
+        return "none".to_owned();
+    }
+    counts
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64() * 1000.0)
 }
@@ -587,6 +668,7 @@ struct WriterDone {
     histories: Vec<History>,
     acknowledged: u64,
     failed: u64,
+    errors: BTreeMap<String, u64>,
 }
 
 /// What one reader task leaves.
@@ -674,9 +756,13 @@ pub async fn run_check(spec: &CheckSpec) -> Result<CheckReport> {
     // Every id's history, by key number - 1.
     let mut histories = vec![History::new(); spec.ids as usize];
     let (mut acknowledged, mut failed) = (0, 0);
+    let mut write_errors = BTreeMap::new();
     for done in writers {
         acknowledged += done.acknowledged;
         failed += done.failed;
+        for (k, n) in done.errors {
+            *write_errors.entry(k).or_default() += n;
+        }
         for (i, h) in done.histories.into_iter().enumerate() {
             let key = i * spec.writers + done.w;
             if let Some(slot) = histories.get_mut(key) {
@@ -698,6 +784,7 @@ pub async fn run_check(spec: &CheckSpec) -> Result<CheckReport> {
         reads_by_cache: BTreeMap::new(),
         writes_acknowledged: acknowledged,
         writes_failed: failed,
+        write_errors,
         concurrent: 0,
         unsettled: 0,
         violations: 0,
@@ -708,6 +795,7 @@ pub async fn run_check(spec: &CheckSpec) -> Result<CheckReport> {
         pauses,
         min_reads: spec.min_reads,
         passed: false,
+        histories: Vec::new(),
     };
     let mut reads: Vec<ReadRecord> = Vec::new();
     for done in readers {
@@ -721,6 +809,7 @@ pub async fn run_check(spec: &CheckSpec) -> Result<CheckReport> {
         judge_one(&mut report, spec, &histories, prices, start, read);
     }
     report.passed = report.failures().is_empty();
+    report.histories = histories;
     Ok(report)
 }
 
@@ -880,6 +969,7 @@ async fn writer_task(w: usize, shared: Arc<Shared>) -> WriterDone {
         histories: vec![History::new(); owned],
         acknowledged: 0,
         failed: 0,
+        errors: BTreeMap::new(),
     };
     let mut next = vec![0u64; owned];
     let mut rng = SmallRng::seed_from_u64(spec.seed.wrapping_add(1_000_000 + w as u64));
@@ -892,7 +982,10 @@ async fn writer_task(w: usize, shared: Arc<Shared>) -> WriterDone {
             Some(c) => c,
             None => match connect(&spec.writer, &shared).await {
                 Some(c) => conn.insert(c),
-                None => continue,
+                None => {
+                    *done.errors.entry("connect".to_owned()).or_default() += 1;
+                    continue;
+                }
             },
         };
         let n = own_key(&shared, w, &mut rng);
@@ -913,13 +1006,21 @@ async fn writer_task(w: usize, shared: Arc<Shared>) -> WriterDone {
                 history.acknowledge(at, value);
                 done.acknowledged += 1;
             }
-            Ok(Ok(_)) => {
+            Ok(Ok(o)) => {
                 history.failed(value);
                 done.failed += 1;
+                *done.errors.entry(o.status.to_string()).or_default() += 1;
             }
-            _ => {
+            Ok(Err(_)) => {
                 history.failed(value);
                 done.failed += 1;
+                *done.errors.entry("io".to_owned()).or_default() += 1;
+                conn = None;
+            }
+            Err(_) => {
+                history.failed(value);
+                done.failed += 1;
+                *done.errors.entry("timeout".to_owned()).or_default() += 1;
                 conn = None;
             }
         }
@@ -1221,6 +1322,33 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_stored_value_older_than_the_last_ack_is_a_lost_write() {
+        let t0 = Instant::now();
+        let mut h = written(t0, &[(1, 0, 10), (2, 20, 30)]);
+        h.sent(t0 + ms(40), 3);
+        h.failed(3);
+        h.sent(t0 + ms(50), 4);
+        h.acknowledge(t0 + ms(60), 4);
+        h.sent(t0 + ms(70), 5);
+        h.failed(5);
+        assert_eq!(h.last_acknowledged(), 4);
+        assert_eq!(h.judge_stored(4), Stored::Kept);
+        // The failed write after the last ack may have been applied.
+        assert_eq!(h.judge_stored(5), Stored::Kept);
+        // The failed write before it may have been applied late, over it.
+        assert_eq!(h.judge_stored(3), Stored::Unsettled);
+        // An acknowledged value that was replaced, or what was there before the run.
+        assert_eq!(h.judge_stored(2), Stored::Lost { acknowledged: 4 });
+        assert_eq!(h.judge_stored(0), Stored::Lost { acknowledged: 4 });
+        assert_eq!(h.judge_stored(6), Stored::Phantom { highest_sent: 5 });
+        // An id never written keeps the value from before the run.
+        let empty = History::new();
+        assert_eq!(empty.last_acknowledged(), 0);
+        assert_eq!(empty.judge_stored(0), Stored::Kept);
+        assert_eq!(empty.judge_stored(1), Stored::Phantom { highest_sent: 0 });
     }
 
     #[test]
