@@ -447,6 +447,8 @@ pub struct CheckReport {
     /// Reads that gave no price, by HTTP status or failure (`connect`, `io`, `timeout`,
     /// `body`).
     pub read_errors: BTreeMap<String, u64>,
+    /// The same, for each reader URL apart (in the order of `readers`).
+    pub read_errors_by_reader: Vec<BTreeMap<String, u64>>,
     /// Checked reads by `x-cache` header (`none`: absent).
     pub reads_by_cache: BTreeMap<String, u64>,
     /// Writes that got a 2xx.
@@ -560,6 +562,11 @@ impl CheckReport {
         let _ = writeln!(s, "  write errors {}", counts(&self.write_errors));
         let _ = writeln!(s, "  reads        {} checked ({by_cache})", self.reads);
         let _ = writeln!(s, "  read errors  {errors}");
+        if !self.read_errors.is_empty() {
+            for (url, by) in self.readers.iter().zip(&self.read_errors_by_reader) {
+                let _ = writeln!(s, "    from {url}: {}", counts(by));
+            }
+        }
         let _ = writeln!(
             s,
             "  older values {} while a newer write was acknowledged (allowed), {} of failed writes (allowed)",
@@ -674,7 +681,8 @@ struct WriterDone {
 /// What one reader task leaves.
 struct ReaderDone {
     reads: Vec<ReadRecord>,
-    errors: BTreeMap<String, u64>,
+    /// By reader URL (its index), then kind.
+    errors: BTreeMap<(usize, String), u64>,
 }
 
 enum Done {
@@ -781,6 +789,7 @@ pub async fn run_check(spec: &CheckSpec) -> Result<CheckReport> {
         seconds,
         reads: 0,
         read_errors: BTreeMap::new(),
+        read_errors_by_reader: vec![BTreeMap::new(); spec.readers.len()],
         reads_by_cache: BTreeMap::new(),
         writes_acknowledged: acknowledged,
         writes_failed: failed,
@@ -799,8 +808,11 @@ pub async fn run_check(spec: &CheckSpec) -> Result<CheckReport> {
     };
     let mut reads: Vec<ReadRecord> = Vec::new();
     for done in readers {
-        for (k, n) in done.errors {
-            *report.read_errors.entry(k).or_default() += n;
+        for ((reader, k), n) in done.errors {
+            *report.read_errors.entry(k.clone()).or_default() += n;
+            if let Some(by) = report.read_errors_by_reader.get_mut(reader) {
+                *by.entry(k).or_default() += n;
+            }
         }
         reads.extend(done.reads);
     }
@@ -1037,8 +1049,8 @@ async fn reader_task(r: usize, shared: Arc<Shared>) -> ReaderDone {
     let mut rng = SmallRng::seed_from_u64(spec.seed.wrapping_add(r as u64));
     let mut conns: Vec<Option<Conn>> = spec.readers.iter().map(|_| None).collect();
     let mut turn = r;
-    let error = |done: &mut ReaderDone, what: String| {
-        *done.errors.entry(what).or_default() += 1;
+    let error = |done: &mut ReaderDone, reader: usize, what: String| {
+        *done.errors.entry((reader, what)).or_default() += 1;
     };
     while shared.running() {
         let reader = turn % spec.readers.len();
@@ -1053,7 +1065,7 @@ async fn reader_task(r: usize, shared: Arc<Shared>) -> ReaderDone {
             None => match connect(target, &shared).await {
                 Some(c) => slot.insert(c),
                 None => {
-                    error(&mut done, "connect".to_owned());
+                    error(&mut done, reader, "connect".to_owned());
                     continue;
                 }
             },
@@ -1080,15 +1092,15 @@ async fn reader_task(r: usize, shared: Arc<Shared>) -> ReaderDone {
                         shared.stop.store(true, Ordering::Relaxed);
                     }
                 }
-                Err(_) => error(&mut done, "body".to_owned()),
+                Err(_) => error(&mut done, reader, "body".to_owned()),
             },
-            Ok(Ok((o, _))) => error(&mut done, o.status.to_string()),
+            Ok(Ok((o, _))) => error(&mut done, reader, o.status.to_string()),
             Ok(Err(_)) => {
-                error(&mut done, "io".to_owned());
+                error(&mut done, reader, "io".to_owned());
                 *slot = None;
             }
             Err(_) => {
-                error(&mut done, "timeout".to_owned());
+                error(&mut done, reader, "timeout".to_owned());
                 *slot = None;
             }
         }

@@ -3,7 +3,7 @@
 //! that while), one that makes prices up is caught, and a paused process is always resumed.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -187,6 +187,7 @@ async fn an_honest_service_passes() {
     );
     assert_eq!(r.writes_failed, 0);
     assert!(r.read_errors.is_empty(), "{:?}", r.read_errors);
+    assert!(r.read_errors_by_reader.iter().all(BTreeMap::is_empty));
     assert_eq!(r.reads_by_cache.get("hit"), Some(&r.reads));
     // Reads overlapped writes: the checker did look at the edge.
     assert!(r.concurrent > 0, "{}", r.table());
@@ -400,15 +401,29 @@ async fn a_service_that_goes_away_gives_connect_errors() {
     })
     .await;
     let mut s = spec(&a, &b, Duration::ZERO);
-    // Runs its whole second: the reads stop coming once the service is gone.
+    // Runs its whole two seconds: the reads stop coming once the service is gone. A
+    // request sent on a connection the going service no longer reads times out, and the
+    // next one has to connect.
     s.reads = None;
-    s.duration = Duration::from_secs(1);
+    s.duration = Duration::from_secs(2);
+    s.timeout = Duration::from_millis(250);
     s.min_reads = 1;
     let r = run_check(&s).await.unwrap();
     assert!(r.writes_acknowledged >= 49, "{}", r.table());
     let some = |n: Option<&u64>| n.is_some_and(|&n| n > 0);
     assert!(some(r.write_errors.get("connect")), "{}", r.table());
     assert!(some(r.read_errors.get("connect")), "{}", r.table());
+    // Both readers are gone: each has its share.
+    assert_eq!(r.read_errors_by_reader.len(), 2);
+    for by in &r.read_errors_by_reader {
+        assert!(some(by.get("connect")), "{:?}", r.read_errors_by_reader);
+    }
+    let summed: u64 = r
+        .read_errors_by_reader
+        .iter()
+        .flat_map(|b| b.values())
+        .sum();
+    assert_eq!(summed, r.read_errors.values().sum::<u64>());
     // Nothing was sent on a failed connect: no write failed.
     assert_eq!(
         r.writes_failed,
