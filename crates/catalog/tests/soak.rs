@@ -108,8 +108,10 @@ impl Fault {
     /// The kinds of read and of write errors this fault explains.
     fn explains(self) -> (&'static [&'static str], &'static [&'static str]) {
         match self {
-            // Reads of B while it is down, and those it was serving when it died.
-            Fault::InstanceKilled => (&["connect", "io"], &[]),
+            // Reads of B while it is down, those it was serving when it died, and (not
+            // explained yet, at most one per reader task) reads that reach the restarted B
+            // and get no answer within the checker's timeout.
+            Fault::InstanceKilled => (&["connect", "io", "timeout"], &[]),
             // Reads of what is not cached, and every write, while the database is away.
             Fault::DatabaseCut => (&["503"], &["503"]),
             // Redis outages are invisible.
@@ -426,6 +428,12 @@ impl Phase {
                     .is_some_and(|&n| n > READER_TASKS as u64)
                 {
                     out.push(format!("{name}: more reads cut off than were in flight"));
+                }
+                if r.read_errors
+                    .get("timeout")
+                    .is_some_and(|&n| n > READER_TASKS as u64)
+                {
+                    out.push(format!("{name}: more reads timed out than reader tasks"));
                 }
             }
             Fault::DatabaseCut if r.writes_failed == 0 => {
