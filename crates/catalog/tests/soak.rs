@@ -15,7 +15,7 @@
 //!   invisible to readers and writers), reads of B that cannot connect (or are cut off in
 //!   flight) while B is down, 503s while PostgreSQL is unreachable.
 //!
-//! Each phase lasts `SOAK_PHASE_SECONDS` (15 by default); faults are scheduled by the clock
+//! Each phase lasts `SOAK_PHASE_SECONDS` (10 by default); faults are scheduled by the clock
 //! from the phase's start. The per-phase table is printed (`--nocapture` to see it) before
 //! anything is asserted.
 #![allow(clippy::unwrap_used)]
@@ -34,7 +34,7 @@ use support::{Log, Service};
 use testkit::{TcpProxy, TestCluster, TestPostgres, TestRedis, metric_sum};
 
 /// A phase's length unless `SOAK_PHASE_SECONDS` says otherwise.
-const PHASE: Duration = Duration::from_secs(15);
+const PHASE: Duration = Duration::from_secs(10);
 /// How long an outage lasts (the slow and lossy path lasts twice as long).
 const OUTAGE: Duration = Duration::from_secs(2);
 /// Ids written and read: few, so that reads of each overlap its writes.
