@@ -56,6 +56,36 @@ async fn nothing_is_filled_while_an_invalidation_is_kept() {
     assert_eq!(c.health().pending_invalidations, 1);
 }
 
+/// The store answers again while the breaker, opened by the outage, waits out its cooldown
+/// (the mocked clock does not move): reads still skip the store, but a write's invalidation
+/// is sent and applied before it is acknowledged. Skipped by the breaker, it would be kept
+/// while other instances, whose breakers had closed, served the entry it was to remove.
+#[tokio::test]
+async fn an_invalidation_is_sent_while_the_breaker_is_still_open() {
+    let memory = Arc::new(MemoryStore::new(100));
+    let store = Arc::new(ChaosStore::new(memory.clone()));
+    let c = Cache::builder()
+        .store(store.clone())
+        .clock(Arc::new(aside::clock::MockClock::default()))
+        .breaker(3, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    c.set("k", &1u32).await.unwrap();
+    store.fail(Failing::Everything);
+    for _ in 0..3 {
+        assert!(c.get::<u32>("k").await.is_err());
+    }
+    store.fail(Failing::Nothing);
+    assert!(c.get::<u32>("k").await.is_err(), "the breaker is open");
+    assert_eq!(c.del(["k"]).await.unwrap(), Invalidation::Applied);
+    let key = aside::key::Namespace::new("aside")
+        .unwrap()
+        .entry("k")
+        .unwrap();
+    assert_eq!(memory.get(&key, &[]).await.unwrap(), Lookup::Miss);
+    assert_eq!(c.health().pending_invalidations, 0);
+}
+
 /// A private Redis, a writer instance and a reader instance on it, `k` cached as 1.
 async fn two_instances() -> (TestRedis, Cache, Cache, Arc<AtomicUsize>) {
     let r = TestRedis::start();

@@ -419,6 +419,49 @@ async fn postgres_terminated_connection_is_unavailable() {
     assert!(repo.delete(&id("p1")).await.unwrap());
 }
 
+#[tokio::test]
+async fn postgres_out_of_reach_is_unavailable() {
+    let pg = testkit::TestPostgres::new().await;
+    let proxy = testkit::TcpProxy::start("127.0.0.1:5432").await;
+    let repo = db::connect(&pg.url_via(proxy.port), &Options::default())
+        .await
+        .unwrap();
+    repo.migrate().await.unwrap();
+    assert!(repo.seed(3).await.unwrap());
+    // Connections closed, new ones closed as soon as they are accepted (in the middle of
+    // the client's first exchange): an outage, not a bad statement.
+    proxy.set_up(false);
+    for _ in 0..3 {
+        let e = repo.product(&id("p1")).await.unwrap_err();
+        assert!(e.is_unavailable(), "{e:?}");
+    }
+    proxy.set_up(true);
+    assert!(repo.product(&id("p1")).await.unwrap().is_some());
+}
+
+/// A server that reads the client's first message and hangs up (a FIN, nothing unread):
+/// the client meets the end of the stream in the middle of its first exchange, which sqlx
+/// reports as a protocol error.
+#[tokio::test]
+async fn postgres_hanging_up_at_connect_is_unavailable() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            // The SSLRequest: a length (8) and a code.
+            let mut first = [0u8; 8];
+            let _ = c.read_exact(&mut first).await;
+        }
+    });
+    let url = format!("postgres://postgres@127.0.0.1:{port}/catalog");
+    let e = db::connect(&url, &Options::default()).await.unwrap_err();
+    assert!(
+        matches!(e, DbError::Unavailable(sqlx::Error::Protocol(_))),
+        "{e:?}"
+    );
+}
+
 /// `url` with `sslmode=MODE` added to its query.
 fn with_sslmode(url: &str, mode: &str) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };

@@ -3,7 +3,7 @@
 //! that while), one that makes prices up is caught, and a paused process is always resumed.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use loadgen::check::{CheckSpec, Pause, run_check};
+use loadgen::check::{CheckSpec, Pause, Stored, run_check};
 use loadgen::http::Target;
 use loadgen::keys::{IdFormat, Popularity};
 use serde_json::{Value, json};
@@ -27,11 +27,21 @@ struct Slot {
 }
 
 /// A product store whose reads may lie on purpose.
+#[derive(Default)]
 struct Fake {
     /// For this long after a write, reads return the price it replaced.
     stale_for: Duration,
     /// Reads return a price nobody wrote.
     make_up: bool,
+    /// Every this many writes, one is refused with a 503 (0: none).
+    refuse_every: u64,
+    /// Writes are acknowledged and thrown away.
+    discard: bool,
+    /// After this many writes the service goes away: it stops listening and closes its
+    /// connections (0: never).
+    stop_after: u64,
+    writes: std::sync::atomic::AtomicU64,
+    stop: tokio::sync::Notify,
     slots: Mutex<HashMap<String, Slot>>,
 }
 
@@ -61,6 +71,16 @@ async fn write(
     Json(body): Json<Value>,
 ) -> impl IntoResponse {
     let price = body["price"].as_f64().unwrap();
+    let n = f.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    if n == f.stop_after {
+        f.stop.notify_one();
+    }
+    if f.refuse_every > 0 && n % f.refuse_every == 0 {
+        return (StatusCode::SERVICE_UNAVAILABLE, "{}").into_response();
+    }
+    if f.discard {
+        return Json(json!({ "id": id, "price": price })).into_response();
+    }
     let mut slots = f.slots.lock().unwrap();
     let Some(slot) = slots.get_mut(&id) else {
         return (StatusCode::NOT_FOUND, "{}").into_response();
@@ -73,6 +93,17 @@ async fn write(
 
 /// The fake on two ports (two "instances" sharing one store): their base URLs.
 async fn serve(stale_for: Duration, make_up: bool) -> (String, String) {
+    let (a, b, _) = serve_fake(Fake {
+        stale_for,
+        make_up,
+        ..Fake::default()
+    })
+    .await;
+    (a, b)
+}
+
+/// `fake`, seeded, on two ports: their base URLs, and the fake to look into.
+async fn serve_fake(fake: Fake) -> (String, String, Arc<Fake>) {
     let slots = (1..=IDS)
         .map(|n| {
             let seeded = n as f64 + 0.99;
@@ -84,22 +115,39 @@ async fn serve(stale_for: Duration, make_up: bool) -> (String, String) {
             (format!("p{n}"), slot)
         })
         .collect();
-    let fake = Arc::new(Fake {
-        stale_for,
-        make_up,
-        slots: Mutex::new(slots),
-    });
+    *fake.slots.lock().unwrap() = slots;
+    let fake = Arc::new(fake);
     let app = Router::new()
         .route("/products/{id}", get(read).put(write))
-        .with_state(fake);
+        .with_state(fake.clone());
+    let (stopped, _) = tokio::sync::watch::channel(false);
+    let stopper = fake.clone();
+    let stopped_tx = stopped.clone();
+    tokio::spawn(async move {
+        stopper.stop.notified().await;
+        stopped_tx.send_replace(true);
+    });
     let mut urls = Vec::new();
     for _ in 0..2 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         urls.push(format!("http://{}", listener.local_addr().unwrap()));
         let app = app.clone();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let mut stop = stopped.subscribe();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .unwrap()
+        });
     }
-    (urls[0].clone(), urls[1].clone())
+    (urls[0].clone(), urls[1].clone(), fake)
+}
+
+/// What the fake holds for key number `n`.
+fn stored(fake: &Fake, n: u64) -> f64 {
+    fake.slots.lock().unwrap()[&format!("p{n}")].current
 }
 
 fn spec(writer: &str, reader: &str, bound: Duration) -> CheckSpec {
@@ -139,6 +187,7 @@ async fn an_honest_service_passes() {
     );
     assert_eq!(r.writes_failed, 0);
     assert!(r.read_errors.is_empty(), "{:?}", r.read_errors);
+    assert!(r.read_errors_by_reader.iter().all(BTreeMap::is_empty));
     assert_eq!(r.reads_by_cache.get("hit"), Some(&r.reads));
     // Reads overlapped writes: the checker did look at the edge.
     assert!(r.concurrent > 0, "{}", r.table());
@@ -280,4 +329,108 @@ async fn a_paused_process_is_resumed_at_the_end_and_when_the_check_is_dropped() 
         length: Duration::from_millis(5),
     });
     assert!(run_check(&s).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_writes_are_counted_by_status_and_explain_what_is_stored() {
+    let (a, b, fake) = serve_fake(Fake {
+        refuse_every: 3,
+        ..Fake::default()
+    })
+    .await;
+    let r = run_check(&spec(&a, &b, Duration::ZERO)).await.unwrap();
+    eprintln!("{}", r.table());
+    assert!(r.passed, "{}", r.table());
+    assert!(r.writes_failed > 0, "{}", r.table());
+    assert_eq!(r.write_errors.len(), 1, "{:?}", r.write_errors);
+    assert_eq!(r.write_errors.get("503"), Some(&r.writes_failed));
+    assert!(
+        r.table()
+            .contains(&format!("write errors 503 {}", r.writes_failed))
+    );
+    for n in 1..=IDS {
+        // A refused write was not applied: the last acknowledged value is what is stored.
+        assert_eq!(
+            r.judge_stored(n, stored(&fake, n)),
+            Some(Stored::Kept),
+            "p{n}"
+        );
+        let acked = r.histories[(n - 1) as usize].last_acknowledged();
+        if acked > 0 {
+            assert_eq!(stored(&fake, n), r.prices().price(acked), "p{n}");
+        }
+    }
+    assert_eq!(r.judge_stored(0, 1.0), None);
+    assert_eq!(r.judge_stored(IDS + 1, 1.0), None);
+    assert!(matches!(
+        r.judge_stored(1, 1000.25),
+        Some(Stored::Phantom { .. })
+    ));
+    // The histories stay out of the JSON report.
+    let json = serde_json::to_value(&r).unwrap();
+    assert!(json.get("histories").is_none());
+    assert_eq!(json["write_errors"]["503"], r.writes_failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_that_were_not_kept_are_lost() {
+    let (a, b, fake) = serve_fake(Fake {
+        discard: true,
+        ..Fake::default()
+    })
+    .await;
+    let r = run_check(&spec(&a, &b, Duration::ZERO)).await.unwrap();
+    // Reads return the seed's price after acknowledged writes: stale.
+    assert!(r.violations > 0, "{}", r.table());
+    for n in 1..=IDS {
+        let acknowledged = r.histories[(n - 1) as usize].last_acknowledged();
+        assert!(acknowledged > 0, "p{n} was never written");
+        assert_eq!(
+            r.judge_stored(n, stored(&fake, n)),
+            Some(Stored::Lost { acknowledged }),
+            "p{n}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_goes_away_gives_connect_errors() {
+    let (a, b, _fake) = serve_fake(Fake {
+        stop_after: 50,
+        ..Fake::default()
+    })
+    .await;
+    let mut s = spec(&a, &b, Duration::ZERO);
+    // Runs its whole two seconds: the reads stop coming once the service is gone. A
+    // request sent on a connection the going service no longer reads times out, and the
+    // next one has to connect.
+    s.reads = None;
+    s.duration = Duration::from_secs(2);
+    s.timeout = Duration::from_millis(250);
+    s.min_reads = 1;
+    let r = run_check(&s).await.unwrap();
+    assert!(r.writes_acknowledged >= 49, "{}", r.table());
+    let some = |n: Option<&u64>| n.is_some_and(|&n| n > 0);
+    assert!(some(r.write_errors.get("connect")), "{}", r.table());
+    assert!(some(r.read_errors.get("connect")), "{}", r.table());
+    // Both readers are gone: each has its share.
+    assert_eq!(r.read_errors_by_reader.len(), 2);
+    for by in &r.read_errors_by_reader {
+        assert!(some(by.get("connect")), "{:?}", r.read_errors_by_reader);
+    }
+    let summed: u64 = r
+        .read_errors_by_reader
+        .iter()
+        .flat_map(|b| b.values())
+        .sum();
+    assert_eq!(summed, r.read_errors.values().sum::<u64>());
+    // Nothing was sent on a failed connect: no write failed.
+    assert_eq!(
+        r.writes_failed,
+        r.write_errors
+            .iter()
+            .filter(|(k, _)| *k != "connect")
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    );
 }

@@ -14,7 +14,8 @@
 //!   cluster, for scenarios written once for both.
 //! - `TestPostgres` (feature `postgres`): a fresh database on `127.0.0.1:5432`, dropped on
 //!   drop; the administrative URL comes from `TESTKIT_POSTGRES` when it is set.
-//! - [`TcpProxy`]: a TCP proxy a test cuts and restores, standing for a network partition.
+//! - [`TcpProxy`]: a TCP proxy a test cuts, blackholes, slows down, makes lossy and
+//!   restores, standing for a network partition or a bad network.
 //! - [`free_port`], [`eventually`] (async polling with a limit) and [`wait_until`] (the
 //!   blocking one).
 //! - [`metric_sum`]: the sum of a metric's samples in Prometheus text, over all its labels;

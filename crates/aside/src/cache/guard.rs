@@ -4,14 +4,24 @@
 //! - Every call goes through [`Cache::call`]: skipped while the circuit breaker is open
 //!   (`StoreError::CircuitOpen`, no latency spent on a dead store), timed, and counted; a failure
 //!   feeds the breaker. The bound on each call is the store's own (see `store::client`).
+//! - Invalidations are the exception: they are sent even while the breaker is open
+//!   ([`Gate::Always`]). The breaker is opened by failed calls and closed by a probe once per
+//!   cooldown, so it can still be open when the store answers again; an invalidation it
+//!   skipped would be acknowledged while other instances, whose breakers have closed, read
+//!   the entry it was to remove. Sending it costs a write at most one command timeout (and
+//!   the wait for another invalidation's attempt, [`REPLAY_WAIT`]) while the store is down;
+//!   reads keep the breaker's protection.
 //! - An invalidation that could not be sent is kept in the backlog (bounded, deduplicated;
 //!   past its capacity it becomes one bump of the namespace epoch) and the call reports
 //!   [`Invalidation::Queued`]; it never fails.
 //! - The backlog is replayed by the engine, not by the next request: a task of its own
-//!   retries it in the background (backoff from 20 ms to 500 ms, with jitter; the breaker
-//!   lets a probe through once per cooldown) until the store takes it, so an instance that
-//!   receives no further request still applies what it acknowledged. [`Cache::flush`] waits
-//!   for it, for graceful shutdown.
+//!   retries it in the background (backoff from 20 ms to 100 ms, with jitter, whatever the
+//!   breaker says) until the store takes it, so an instance that receives no further request
+//!   still applies what it acknowledged, and within about one pause of the store's return.
+//!   [`Cache::flush`] waits for it, for graceful shutdown. Until then another instance that
+//!   reaches the store may serve an entry such a write replaced: a write acknowledged while
+//!   the store could not be reached is visible everywhere once the backlog is replayed (or
+//!   the database change feed applies it), not at once.
 //! - Before anything is read from the store (a read, a claim), [`Cache::ready`] replays the
 //!   backlog too: a read is served from the store only once every invalidation kept has been
 //!   applied, so an entry that an acknowledged write invalidated is never served after the
@@ -29,7 +39,20 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 /// The first and the longest pause between two background replays of the backlog.
-const DRAIN_PAUSE: (Duration, Duration) = (Duration::from_millis(20), Duration::from_millis(500));
+const DRAIN_PAUSE: (Duration, Duration) = (Duration::from_millis(20), Duration::from_millis(100));
+
+/// How long an invalidation waits for a replay of the backlog already under way before it
+/// is reported [`Invalidation::Queued`] (the replay goes on in the background).
+pub(super) const REPLAY_WAIT: Duration = Duration::from_millis(250);
+
+/// Whether a store call may be skipped by an open circuit breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Gate {
+    /// Skipped while the breaker is open (reads, claims, fills).
+    Breaker,
+    /// Always sent (invalidations and their replay; see the module docs).
+    Always,
+}
 
 impl<C: Codec> Cache<C> {
     /// One store call: skipped while the breaker is open, timed, counted.
@@ -38,8 +61,18 @@ impl<C: Codec> Cache<C> {
         op: Op,
         fut: impl Future<Output = std::result::Result<T, StoreError>>,
     ) -> std::result::Result<T, StoreError> {
+        self.call_through(Gate::Breaker, op, fut).await
+    }
+
+    /// One store call, skipped while the breaker is open only through [`Gate::Breaker`].
+    async fn call_through<T>(
+        &self,
+        gate: Gate,
+        op: Op,
+        fut: impl Future<Output = std::result::Result<T, StoreError>>,
+    ) -> std::result::Result<T, StoreError> {
         let m = &self.inner.metrics;
-        if !self.inner.breaker.allow() {
+        if gate == Gate::Breaker && !self.inner.breaker.allow() {
             m.skipped.increment(1);
             return Err(StoreError::CircuitOpen);
         }
@@ -59,10 +92,27 @@ impl<C: Codec> Cache<C> {
 
     /// Applies pending invalidations; reads are served from the store only once it is empty.
     pub(super) async fn ready(&self) -> std::result::Result<(), StoreError> {
+        self.replay(Gate::Breaker, None).await
+    }
+
+    /// Sends the backlog through `gate`, after waiting at most `wait` (forever: `None`) for a
+    /// replay already under way.
+    async fn replay(
+        &self,
+        gate: Gate,
+        wait: Option<Duration>,
+    ) -> std::result::Result<(), StoreError> {
         if self.inner.backlog.is_empty() {
             return Ok(());
         }
-        let _guard = self.inner.flush_lock.lock().await;
+        let lock = self.inner.flush_lock.lock();
+        let _guard = match wait {
+            None => lock.await,
+            Some(d) => match tokio::time::timeout(d, lock).await {
+                Ok(guard) => guard,
+                Err(_) => return Err(StoreError::CircuitOpen),
+            },
+        };
         if self.inner.backlog.is_empty() {
             return Ok(());
         }
@@ -70,13 +120,14 @@ impl<C: Codec> Cache<C> {
         let store = &self.inner.store;
         let r = async {
             if batch.overflowed {
-                self.call(Op::Bump, store.bump(&[self.inner.ns.epoch()]))
+                self.call_through(gate, Op::Bump, store.bump(&[self.inner.ns.epoch()]))
                     .await
             } else {
                 let keys: Vec<_> = batch.keys.iter().cloned().collect();
                 let stamps: Vec<_> = batch.stamps.iter().cloned().collect();
-                self.call(Op::Delete, store.delete(&keys)).await?;
-                self.call(Op::Bump, store.bump(&stamps)).await
+                self.call_through(gate, Op::Delete, store.delete(&keys))
+                    .await?;
+                self.call_through(gate, Op::Bump, store.bump(&stamps)).await
             }
         }
         .await;
@@ -115,42 +166,45 @@ impl<C: Codec> Cache<C> {
     pub(super) async fn invalidate(&self, keys: &[EntryKey], stamps: &[TagKey]) -> Invalidation {
         self.inner.flights.invalidated(keys, stamps);
         let store = &self.inner.store;
+        // `None`: not sent, since older invalidations are still kept (sent with them below).
         let sent = if self.inner.backlog.is_empty() {
             let r = if keys.is_empty() {
                 Ok(())
             } else {
-                self.call(Op::Delete, store.delete(keys)).await
+                let delete = store.delete(keys);
+                self.call_through(Gate::Always, Op::Delete, delete).await
             };
-            match r {
+            Some(match r {
                 Ok(()) if stamps.is_empty() => Ok(()),
-                Ok(()) => self.call(Op::Bump, store.bump(stamps)).await,
+                Ok(()) => {
+                    let bump = store.bump(stamps);
+                    self.call_through(Gate::Always, Op::Bump, bump).await
+                }
                 Err(e) => Err(e),
-            }
+            })
         } else {
-            Err(StoreError::CircuitOpen)
+            None
         };
         // Again once applied: a flight that started while this invalidation was on its way
         // may have read what it removes, so callers arriving after it start afresh.
         self.inner.flights.invalidated(keys, stamps);
-        match sent {
-            Ok(()) => Invalidation::Applied,
-            Err(_) => {
-                self.inner.backlog.push(keys, stamps);
-                self.inner.metrics.queued.increment(1);
-                self.inner
-                    .metrics
-                    .pending
-                    .set(self.inner.backlog.len() as f64);
-                // Try right away: a store that answers again gets the whole backlog now.
-                match self.ready().await {
-                    Ok(()) => Invalidation::Applied,
-                    Err(_) => {
-                        self.drain_in_background();
-                        Invalidation::Queued
-                    }
-                }
-            }
+        if let Some(Ok(())) = sent {
+            return Invalidation::Applied;
         }
+        self.inner.backlog.push(keys, stamps);
+        self.inner.metrics.queued.increment(1);
+        self.inner
+            .metrics
+            .pending
+            .set(self.inner.backlog.len() as f64);
+        // Not sent yet: sent now with the older ones (a store that answers again takes the
+        // whole backlog). Sent and failed: not tried twice in a row, the replay is left to
+        // the background.
+        if sent.is_none() && self.replay(Gate::Always, Some(REPLAY_WAIT)).await.is_ok() {
+            return Invalidation::Applied;
+        }
+        self.drain_in_background();
+        Invalidation::Queued
     }
 
     /// Starts the task that replays the backlog until it is empty, unless one runs. It holds
@@ -171,7 +225,7 @@ impl<C: Codec> Cache<C> {
                 pause = (pause * 2).min(DRAIN_PAUSE.1);
                 let Some(inner) = weak.upgrade() else { return };
                 let cache = Cache { inner };
-                if cache.ready().await.is_err() {
+                if cache.replay(Gate::Always, None).await.is_err() {
                     continue;
                 }
                 debug!("kept invalidations replayed in the background");
@@ -192,7 +246,7 @@ impl<C: Codec> Cache<C> {
         let deadline = Instant::now() + within;
         let mut pause = Duration::from_millis(10);
         loop {
-            if self.ready().await.is_ok() {
+            if self.replay(Gate::Always, None).await.is_ok() {
                 return Invalidation::Applied;
             }
             let left = deadline.saturating_duration_since(Instant::now());

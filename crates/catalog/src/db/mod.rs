@@ -69,9 +69,16 @@ impl From<sqlx::Error> for DbError {
             {
                 DbError::Unavailable(e)
             }
-            E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
-                DbError::Unavailable(e)
-            }
+            // A protocol error is the connection's, not the statement's: sqlx reports one
+            // when the server hangs up in the middle of an exchange (at connect, the end of
+            // the stream reads as an unexpected response to its SSLRequest). An outage, and
+            // a write it cut off may have committed.
+            E::Io(_)
+            | E::Tls(_)
+            | E::Protocol(_)
+            | E::PoolTimedOut
+            | E::PoolClosed
+            | E::WorkerCrashed => DbError::Unavailable(e),
             _ => DbError::Query(e),
         }
     }

@@ -9,8 +9,8 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 use testkit::wait_until;
 
-/// The real `catalog` binary, started with `catalog serve --listen 127.0.0.1:0 ARGS` in a
-/// temporary directory; killed on `Drop`.
+/// The real `catalog` binary, started with `catalog serve --listen 127.0.0.1:0 ARGS` (or
+/// another address) in a temporary directory; killed on `Drop`.
 pub struct Service {
     child: Child,
     /// `http://127.0.0.1:PORT`.
@@ -22,20 +22,37 @@ pub struct Service {
 impl Service {
     /// Starts it and waits for its `listening on` line.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_on("127.0.0.1:0", args)
+    }
+
+    /// Starts it listening on `listen` (`127.0.0.1:PORT`, to start it again where it was)
+    /// and waits for its `listening on` line.
+    pub fn start_on(listen: &str, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        Self::start_in(dir, args, "error", Stdio::inherit())
+        Self::start_in(dir, listen, args, "error", Stdio::inherit())
     }
 
     /// Starts it with `RUST_LOG=rust_log`, its stderr collected into the returned [`Log`].
     pub fn start_logged(args: &[&str], rust_log: &str) -> (Self, Log) {
+        Self::start_logged_on("127.0.0.1:0", args, rust_log)
+    }
+
+    /// As [`Service::start_logged`], listening on `listen`.
+    pub fn start_logged_on(listen: &str, args: &[&str], rust_log: &str) -> (Self, Log) {
         let dir = tempfile::tempdir().unwrap();
-        let mut svc = Self::start_in(dir, args, rust_log, Stdio::piped());
+        let mut svc = Self::start_in(dir, listen, args, rust_log, Stdio::piped());
         let log = Log::collect(svc.child.stderr.take().unwrap());
         (svc, log)
     }
 
-    fn start_in(dir: tempfile::TempDir, args: &[&str], rust_log: &str, stderr: Stdio) -> Self {
-        let mut child = Self::command(args, rust_log)
+    fn start_in(
+        dir: tempfile::TempDir,
+        listen: &str,
+        args: &[&str],
+        rust_log: &str,
+        stderr: Stdio,
+    ) -> Self {
+        let mut child = Self::command(listen, args, rust_log)
             .current_dir(dir.path())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -65,11 +82,11 @@ impl Service {
         self.child.id()
     }
 
-    /// `catalog serve --listen 127.0.0.1:0 ARGS` with `RUST_LOG=rust_log` and none of the
+    /// `catalog serve --listen LISTEN ARGS` with `RUST_LOG=rust_log` and none of the
     /// environment's settings.
-    fn command(args: &[&str], rust_log: &str) -> Command {
+    fn command(listen: &str, args: &[&str], rust_log: &str) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_catalog"));
-        c.args(["serve", "--listen", "127.0.0.1:0"])
+        c.args(["serve", "--listen", listen])
             .args(args)
             .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")
@@ -82,7 +99,7 @@ impl Service {
     /// is killed after 30 s otherwise); whether it exited successfully, and its stderr.
     pub fn run_to_exit(args: &[&str]) -> (bool, String) {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Self::command(args, "info")
+        let mut child = Self::command("127.0.0.1:0", args, "info")
             .current_dir(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

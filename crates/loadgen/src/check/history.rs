@@ -15,6 +15,28 @@ pub struct History {
     failed: Vec<u64>,
 }
 
+/// What the value a service holds after the run says about the writes of its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// The last acknowledged value, or a later one whose write failed (it may have been
+    /// applied).
+    Kept,
+    /// Older than the last acknowledged value, but the value of a failed write, which the
+    /// server may have applied after later writes. Allowed.
+    Unsettled,
+    /// A lost write: older than the last acknowledged value, and no failed write explains
+    /// it.
+    Lost {
+        /// The last acknowledged value.
+        acknowledged: u64,
+    },
+    /// Never sent: a bug of the service or of the checker.
+    Phantom {
+        /// The highest value sent (0: none).
+        highest_sent: u64,
+    },
+}
+
 /// What a read's value says about the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -76,6 +98,27 @@ impl History {
     /// Values whose write failed.
     pub fn failures(&self) -> usize {
         self.failed.len()
+    }
+
+    /// The highest value acknowledged (0: none).
+    pub fn last_acknowledged(&self) -> u64 {
+        self.acked.last().map_or(0, |&(_, v)| v)
+    }
+
+    /// Judges `value`, the value the service holds for this id once every write has been
+    /// answered (for instance its row, read straight from the database after the run).
+    pub fn judge_stored(&self, value: u64) -> Stored {
+        let highest_sent = self.sent.last().map_or(0, |&(_, v)| v);
+        let acknowledged = self.last_acknowledged();
+        if value > highest_sent {
+            Stored::Phantom { highest_sent }
+        } else if value >= acknowledged {
+            Stored::Kept
+        } else if self.failed.binary_search(&value).is_ok() {
+            Stored::Unsettled
+        } else {
+            Stored::Lost { acknowledged }
+        }
     }
 
     /// The highest value sent at or before `by` (0: none).
@@ -294,6 +337,33 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_stored_value_older_than_the_last_ack_is_a_lost_write() {
+        let t0 = Instant::now();
+        let mut h = written(t0, &[(1, 0, 10), (2, 20, 30)]);
+        h.sent(t0 + ms(40), 3);
+        h.failed(3);
+        h.sent(t0 + ms(50), 4);
+        h.acknowledge(t0 + ms(60), 4);
+        h.sent(t0 + ms(70), 5);
+        h.failed(5);
+        assert_eq!(h.last_acknowledged(), 4);
+        assert_eq!(h.judge_stored(4), Stored::Kept);
+        // The failed write after the last ack may have been applied.
+        assert_eq!(h.judge_stored(5), Stored::Kept);
+        // The failed write before it may have been applied late, over it.
+        assert_eq!(h.judge_stored(3), Stored::Unsettled);
+        // An acknowledged value that was replaced, or what was there before the run.
+        assert_eq!(h.judge_stored(2), Stored::Lost { acknowledged: 4 });
+        assert_eq!(h.judge_stored(0), Stored::Lost { acknowledged: 4 });
+        assert_eq!(h.judge_stored(6), Stored::Phantom { highest_sent: 5 });
+        // An id never written keeps the value from before the run.
+        let empty = History::new();
+        assert_eq!(empty.last_acknowledged(), 0);
+        assert_eq!(empty.judge_stored(0), Stored::Kept);
+        assert_eq!(empty.judge_stored(1), Stored::Phantom { highest_sent: 0 });
     }
 
     #[test]

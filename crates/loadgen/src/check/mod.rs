@@ -31,7 +31,12 @@
 //! may still be applied by the server after later writes, so the service may rightly
 //! return it.
 //!
-//! The pure part ([`Prices`], [`History`], [`Verdict`]) does no I/O; [`run_check`] does
+//! After the run, what the service holds for each id (read straight from its database,
+//! say) can be judged against the id's writes ([`CheckReport::judge_stored`]): a value
+//! older than the last acknowledged one that no failed write explains is a **lost write**
+//! ([`Stored::Lost`]).
+//!
+//! The pure part ([`Prices`], [`History`], [`Verdict`], [`Stored`]) does no I/O; [`run_check`] does
 //! the HTTP, the optional pausing of a process (`SIGSTOP` / `SIGCONT`, so it stalls in
 //! the middle of requests as under a long GC pause or a scheduling hiccup) and the report.
 //!
@@ -39,7 +44,8 @@
 //! - `mod.rs`: [`CheckSpec`] and [`run_check`], which runs the tasks and gathers what
 //!   they leave.
 //! - `prices.rs`: [`Prices`], values spelled as prices and back.
-//! - `history.rs`: [`History`], the writes of one id, and the [`Verdict`] on a read.
+//! - `history.rs`: [`History`], the writes of one id, the [`Verdict`] on a read and what
+//!   the value stored after the run says ([`Stored`]).
 //! - `tasks.rs`: the HTTP: the probe before the run, the writer and reader tasks.
 //! - `pause.rs`: [`Pause`] and the stopping and resuming of a process.
 //! - `report.rs`: [`CheckReport`], its table, and the tally of every read's verdict.
@@ -58,11 +64,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use hyper::Uri;
 
-pub use history::{History, Verdict};
+pub use history::{History, Stored, Verdict};
 pub use pause::Pause;
 use pause::Pauser;
 pub use prices::{MIN_BASE, Prices};
-pub use report::{CheckReport, LISTED, Phantom, Violation};
+pub use report::{CheckReport, LISTED, Phantom, Violation, counts};
 use report::{judge_one, ms};
 use tasks::{ReadRecord, ReaderDone, Shared, WriterDone, probe, reader_task, writer_task};
 
@@ -214,9 +220,13 @@ pub async fn run_check(spec: &CheckSpec) -> Result<CheckReport> {
     // Every id's history, by key number - 1.
     let mut histories = vec![History::new(); spec.ids as usize];
     let (mut acknowledged, mut failed) = (0, 0);
+    let mut write_errors = BTreeMap::new();
     for done in writers {
         acknowledged += done.acknowledged;
         failed += done.failed;
+        for (k, n) in done.errors {
+            *write_errors.entry(k).or_default() += n;
+        }
         for (i, h) in done.histories.into_iter().enumerate() {
             let key = i * spec.writers + done.w;
             if let Some(slot) = histories.get_mut(key) {
@@ -235,9 +245,11 @@ pub async fn run_check(spec: &CheckSpec) -> Result<CheckReport> {
         seconds,
         reads: 0,
         read_errors: BTreeMap::new(),
+        read_errors_by_reader: vec![BTreeMap::new(); spec.readers.len()],
         reads_by_cache: BTreeMap::new(),
         writes_acknowledged: acknowledged,
         writes_failed: failed,
+        write_errors,
         concurrent: 0,
         unsettled: 0,
         violations: 0,
@@ -248,11 +260,15 @@ pub async fn run_check(spec: &CheckSpec) -> Result<CheckReport> {
         pauses,
         min_reads: spec.min_reads,
         passed: false,
+        histories: Vec::new(),
     };
     let mut reads: Vec<ReadRecord> = Vec::new();
     for done in readers {
-        for (k, n) in done.errors {
-            *report.read_errors.entry(k).or_default() += n;
+        for ((reader, k), n) in done.errors {
+            *report.read_errors.entry(k.clone()).or_default() += n;
+            if let Some(by) = report.read_errors_by_reader.get_mut(reader) {
+                *by.entry(k).or_default() += n;
+            }
         }
         reads.extend(done.reads);
     }
@@ -261,5 +277,6 @@ pub async fn run_check(spec: &CheckSpec) -> Result<CheckReport> {
         judge_one(&mut report, spec, &histories, prices, start, read);
     }
     report.passed = report.failures().is_empty();
+    report.histories = histories;
     Ok(report)
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::CheckSpec;
-use super::history::{History, Verdict};
+use super::history::{History, Stored, Verdict};
 use super::pause::Pause;
 use super::prices::Prices;
 use super::tasks::ReadRecord;
@@ -86,12 +86,18 @@ pub struct CheckReport {
     /// Reads that gave no price, by HTTP status or failure (`connect`, `io`, `timeout`,
     /// `body`).
     pub read_errors: BTreeMap<String, u64>,
+    /// The same, for each reader URL apart (in the order of `readers`).
+    pub read_errors_by_reader: Vec<BTreeMap<String, u64>>,
     /// Checked reads by `x-cache` header (`none`: absent).
     pub reads_by_cache: BTreeMap<String, u64>,
     /// Writes that got a 2xx.
     pub writes_acknowledged: u64,
     /// Writes that did not (their value may or may not have been applied).
     pub writes_failed: u64,
+    /// Why writes failed, by HTTP status or failure (`io`, `timeout`), and the writers'
+    /// failed attempts to connect (`connect`: nothing was sent, so these are not in
+    /// `writes_failed`).
+    pub write_errors: BTreeMap<String, u64>,
     /// Reads of a value older than one acknowledged during the read or within the bound
     /// (allowed).
     pub concurrent: u64,
@@ -113,6 +119,10 @@ pub struct CheckReport {
     pub min_reads: u64,
     /// No violation, no phantom, and at least `min_reads` reads.
     pub passed: bool,
+    /// Every id's writes, by key number - 1 (id `n` at `n - 1`), to judge what the service
+    /// holds after the run with [`CheckReport::judge_stored`]. Not in the JSON report.
+    #[serde(skip)]
+    pub histories: Vec<History>,
 }
 
 impl CheckReport {
@@ -134,6 +144,25 @@ impl CheckReport {
         out
     }
 
+    /// The prices this run wrote.
+    pub fn prices(&self) -> Prices {
+        Prices::above(self.price_base)
+    }
+
+    /// Judges `price`, what the service holds for key number `key` (`1..=ids`) once the
+    /// run is over, against the writes of that id: `None` for a key outside the run.
+    pub fn judge_stored(&self, key: u64, price: f64) -> Option<Stored> {
+        let history = self
+            .histories
+            .get(usize::try_from(key.checked_sub(1)?).ok()?)?;
+        Some(match self.prices().decode(price) {
+            Some(value) => history.judge_stored(value),
+            None => Stored::Phantom {
+                highest_sent: history.highest_sent(Instant::now()),
+            },
+        })
+    }
+
     /// The report as tables for a terminal.
     pub fn table(&self) -> String {
         use std::fmt::Write;
@@ -144,15 +173,7 @@ impl CheckReport {
             .map(|(k, v)| format!("{k} {v}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let errors = if self.read_errors.is_empty() {
-            "none".to_owned()
-        } else {
-            self.read_errors
-                .iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let errors = counts(&self.read_errors);
         let pause = match &self.pause {
             Some(p) => format!(
                 "pid {} stopped every {} ms for {} ms: {} pauses",
@@ -177,8 +198,14 @@ impl CheckReport {
             "  writes       {} acknowledged, {} failed",
             self.writes_acknowledged, self.writes_failed
         );
+        let _ = writeln!(s, "  write errors {}", counts(&self.write_errors));
         let _ = writeln!(s, "  reads        {} checked ({by_cache})", self.reads);
         let _ = writeln!(s, "  read errors  {errors}");
+        if !self.read_errors.is_empty() {
+            for (url, by) in self.readers.iter().zip(&self.read_errors_by_reader) {
+                let _ = writeln!(s, "    from {url}: {}", counts(by));
+            }
+        }
         let _ = writeln!(
             s,
             "  older values {} while a newer write was acknowledged (allowed), {} of failed writes (allowed)",
@@ -316,4 +343,17 @@ pub(super) fn judge_one(
             }
         }
     }
+}
+
+/// Counts by kind as `kind n, kind n` (`none` when there are none), as the report's
+/// tables show errors.
+pub fn counts(counts: &BTreeMap<String, u64>) -> String {
+    if counts.is_empty() {
+        return "none".to_owned();
+    }
+    counts
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -57,12 +57,15 @@ pub(super) struct WriterDone {
     pub(super) histories: Vec<History>,
     pub(super) acknowledged: u64,
     pub(super) failed: u64,
+    /// Why writes failed, by kind (and `connect` for failed connection attempts).
+    pub(super) errors: BTreeMap<String, u64>,
 }
 
 /// What one reader task leaves.
 pub(super) struct ReaderDone {
     pub(super) reads: Vec<ReadRecord>,
-    pub(super) errors: BTreeMap<String, u64>,
+    /// By reader URL (its index), then kind.
+    pub(super) errors: BTreeMap<(usize, String), u64>,
 }
 
 #[derive(Deserialize)]
@@ -154,6 +157,7 @@ pub(super) async fn writer_task(w: usize, shared: Arc<Shared>) -> WriterDone {
         histories: vec![History::new(); owned],
         acknowledged: 0,
         failed: 0,
+        errors: BTreeMap::new(),
     };
     let mut next = vec![0u64; owned];
     let mut rng = SmallRng::seed_from_u64(spec.seed.wrapping_add(1_000_000 + w as u64));
@@ -166,7 +170,10 @@ pub(super) async fn writer_task(w: usize, shared: Arc<Shared>) -> WriterDone {
             Some(c) => c,
             None => match connect(&spec.writer, &shared).await {
                 Some(c) => conn.insert(c),
-                None => continue,
+                None => {
+                    *done.errors.entry("connect".to_owned()).or_default() += 1;
+                    continue;
+                }
             },
         };
         let n = own_key(&shared, w, &mut rng);
@@ -187,13 +194,21 @@ pub(super) async fn writer_task(w: usize, shared: Arc<Shared>) -> WriterDone {
                 history.acknowledge(at, value);
                 done.acknowledged += 1;
             }
-            Ok(Ok(_)) => {
+            Ok(Ok(o)) => {
                 history.failed(value);
                 done.failed += 1;
+                *done.errors.entry(o.status.to_string()).or_default() += 1;
             }
-            _ => {
+            Ok(Err(_)) => {
                 history.failed(value);
                 done.failed += 1;
+                *done.errors.entry("io".to_owned()).or_default() += 1;
+                conn = None;
+            }
+            Err(_) => {
+                history.failed(value);
+                done.failed += 1;
+                *done.errors.entry("timeout".to_owned()).or_default() += 1;
                 conn = None;
             }
         }
@@ -210,8 +225,8 @@ pub(super) async fn reader_task(r: usize, shared: Arc<Shared>) -> ReaderDone {
     let mut rng = SmallRng::seed_from_u64(spec.seed.wrapping_add(r as u64));
     let mut conns: Vec<Option<Conn>> = spec.readers.iter().map(|_| None).collect();
     let mut turn = r;
-    let error = |done: &mut ReaderDone, what: String| {
-        *done.errors.entry(what).or_default() += 1;
+    let error = |done: &mut ReaderDone, reader: usize, what: String| {
+        *done.errors.entry((reader, what)).or_default() += 1;
     };
     while shared.running() {
         let reader = turn % spec.readers.len();
@@ -226,7 +241,7 @@ pub(super) async fn reader_task(r: usize, shared: Arc<Shared>) -> ReaderDone {
             None => match connect(target, &shared).await {
                 Some(c) => slot.insert(c),
                 None => {
-                    error(&mut done, "connect".to_owned());
+                    error(&mut done, reader, "connect".to_owned());
                     continue;
                 }
             },
@@ -253,15 +268,15 @@ pub(super) async fn reader_task(r: usize, shared: Arc<Shared>) -> ReaderDone {
                         shared.stop.store(true, Ordering::Relaxed);
                     }
                 }
-                Err(_) => error(&mut done, "body".to_owned()),
+                Err(_) => error(&mut done, reader, "body".to_owned()),
             },
-            Ok(Ok((o, _))) => error(&mut done, o.status.to_string()),
+            Ok(Ok((o, _))) => error(&mut done, reader, o.status.to_string()),
             Ok(Err(_)) => {
-                error(&mut done, "io".to_owned());
+                error(&mut done, reader, "io".to_owned());
                 *slot = None;
             }
             Err(_) => {
-                error(&mut done, "timeout".to_owned());
+                error(&mut done, reader, "timeout".to_owned());
                 *slot = None;
             }
         }
