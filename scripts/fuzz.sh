@@ -7,7 +7,8 @@
 # the code under test forbids `unsafe`, so a sanitizer would mostly slow the runs, and
 # without one the default (stable) toolchain builds the targets. FUZZ_TARGETS="a b" runs
 # only those. New inputs the fuzzer finds go to a scratch directory, not into the committed
-# corpora.
+# corpora. Builds use 16 codegen units (FUZZ_CODEGEN_UNITS; cargo fuzz's default is 1, which
+# runs faster and builds far slower) into fuzz/target (FUZZ_TARGET_DIR, to keep it elsewhere).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-30}
@@ -15,12 +16,13 @@ if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 toolchain=()
 [ -z "${FUZZ_TOOLCHAIN:-}" ] || toolchain=("+$FUZZ_TOOLCHAIN")
-sanitizer=${FUZZ_SANITIZER:-none}
+flags=(-s "${FUZZ_SANITIZER:-none}" --codegen-units "${FUZZ_CODEGEN_UNITS:-16}")
+[ -z "${FUZZ_TARGET_DIR:-}" ] || flags+=(--target-dir "$FUZZ_TARGET_DIR")
 targets=${FUZZ_TARGETS:-$(cargo "${toolchain[@]}" fuzz list)}
 start=$(date +%s)
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-if ! cargo "${toolchain[@]}" fuzz build -s "$sanitizer" >"$scratch/build.log" 2>&1; then
+if ! cargo "${toolchain[@]}" fuzz build "${flags[@]}" >"$scratch/build.log" 2>&1; then
   grep -v '^ *Compiling ' "$scratch/build.log"
   echo "fuzz: the targets did not build"
   exit 1
@@ -29,7 +31,7 @@ echo "fuzz: built in $(($(date +%s) - start)) s"
 for t in $targets; do
   mkdir -p "$scratch/$t"
   echo "fuzz: $t for $seconds s"
-  if ! cargo "${toolchain[@]}" fuzz run -s "$sanitizer" "$t" "$scratch/$t" "fuzz/corpus/$t" -- \
+  if ! cargo "${toolchain[@]}" fuzz run "${flags[@]}" "$t" "$scratch/$t" "fuzz/corpus/$t" -- \
       -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 \
       >"$scratch/$t.log" 2>&1; then
     tail -60 "$scratch/$t.log"
