@@ -8,7 +8,8 @@
 # without one the default (stable) toolchain builds the targets. FUZZ_TARGETS="a b" runs
 # only those. New inputs the fuzzer finds go to a scratch directory, not into the committed
 # corpora. Builds use 16 codegen units (FUZZ_CODEGEN_UNITS; cargo fuzz's default is 1, which
-# runs faster and builds far slower) into fuzz/target (FUZZ_TARGET_DIR, to keep it elsewhere).
+# runs faster and builds far slower) into fuzz/target (FUZZ_TARGET_DIR, to keep it elsewhere);
+# FUZZ_DEV=1 builds the dev profile instead of release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-30}
@@ -17,6 +18,9 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 toolchain=()
 [ -z "${FUZZ_TOOLCHAIN:-}" ] || toolchain=("+$FUZZ_TOOLCHAIN")
 flags=(-s "${FUZZ_SANITIZER:-none}" --codegen-units "${FUZZ_CODEGEN_UNITS:-16}")
+# FUZZ_DEV=1: the dev profile (debug assertions on, optimised less): builds in a fraction of
+# the release build's time, runs slower; what CI uses to keep its time bounded.
+[ -z "${FUZZ_DEV:-}" ] || flags+=(--dev)
 [ -z "${FUZZ_TARGET_DIR:-}" ] || flags+=(--target-dir "$FUZZ_TARGET_DIR")
 targets=${FUZZ_TARGETS:-$(cargo "${toolchain[@]}" fuzz list)}
 start=$(date +%s)
