@@ -86,6 +86,8 @@
 //!   store is built, so that a refused thread is a `BuildError`; asleep whenever no call is
 //!   pending) instead of a timer per call.
 //! - [`clock`]: injectable time.
+//! - `fuzzing` (feature `fuzzing` only, not part of the API): the private parsers, exposed
+//!   for the fuzz targets.
 
 pub mod builder;
 pub mod cache;
@@ -100,6 +102,9 @@ mod breaker;
 mod deadline;
 pub mod envelope;
 mod flight;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod metrics;
 
 pub use builder::CacheBuilder;

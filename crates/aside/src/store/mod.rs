@@ -33,12 +33,12 @@ use bytes::Bytes;
 use std::time::Duration;
 
 pub mod chaos;
-mod client;
+pub(crate) mod client;
 pub mod cluster;
 mod hints;
 mod lua;
 pub mod memory;
-mod record;
+pub(crate) mod record;
 pub mod redis;
 pub mod tiered;
 mod versions;

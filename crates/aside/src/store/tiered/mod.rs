@@ -40,6 +40,8 @@
 //! L1 copies elsewhere then live until their TTL.
 
 mod config;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
 mod generations;
 
 pub use config::L1Config;
@@ -82,6 +84,22 @@ struct Shared {
 }
 
 impl Shared {
+    /// The state of an instance `id` with no subscriber: messages are given to
+    /// [`Shared::receive`] by hand.
+    #[cfg(any(test, feature = "fuzzing"))]
+    fn detached(id: &str) -> Self {
+        Shared {
+            l1: moka::sync::Cache::new(10),
+            gens: Generations::new(),
+            live_until: AtomicU64::new(0),
+            origin: Instant::now(),
+            bound: Duration::from_millis(100),
+            ttl: Duration::from_secs(10),
+            id: id.into(),
+            metrics: L1Metrics::new("t"),
+        }
+    }
+
     fn now(&self) -> u64 {
         self.origin.elapsed().as_nanos() as u64
     }
@@ -488,16 +506,7 @@ mod tests {
     use super::*;
 
     fn shared() -> Shared {
-        Shared {
-            l1: moka::sync::Cache::new(10),
-            gens: Generations::new(),
-            live_until: AtomicU64::new(0),
-            origin: Instant::now(),
-            bound: Duration::from_millis(100),
-            ttl: Duration::from_secs(10),
-            id: "me".into(),
-            metrics: L1Metrics::new("t"),
-        }
+        Shared::detached("me")
     }
 
     fn ns() -> Namespace {
