@@ -78,6 +78,35 @@ impl Change {
             .and_then(|row| row.get(column))
     }
 
+    /// Whether `column` may differ between the old and the new row: `true` for an insert or
+    /// a delete, for a row that does not carry the column, and when its values differ; `false`
+    /// only when both rows carry it with the same value.
+    ///
+    /// An update that leaves the list order alone need not drop the list pages:
+    /// `change.changed("created_at")` tells.
+    ///
+    /// ```
+    /// use aside_feed::{Change, Op};
+    /// use serde_json::json;
+    /// let priced = Change::new(
+    ///     "products",
+    ///     Op::Update,
+    ///     Some(json!({"id": "p1", "price": 1.5, "created_at": 7})),
+    ///     Some(json!({"id": "p1", "price": 2.5, "created_at": 7})),
+    /// );
+    /// assert!(priced.changed("price") && !priced.changed("created_at"));
+    /// assert!(priced.changed("no_such_column"));
+    /// ```
+    pub fn changed(&self, column: &str) -> bool {
+        let (Some(old), Some(new)) = (self.old.as_ref(), self.new.as_ref()) else {
+            return true;
+        };
+        match (old.get(column), new.get(column)) {
+            (Some(a), Some(b)) => a != b,
+            _ => true,
+        }
+    }
+
     /// The distinct values of `column` in the old and the new row, as text (a string as is,
     /// a number or boolean as written in JSON; `null` and absent columns are left out).
     ///

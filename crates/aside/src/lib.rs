@@ -42,6 +42,7 @@
 //! | negative caching | a loader's `Ok(None)` is cached for the negative TTL |
 //! | stale-while-revalidate, stale-if-error | past its TTL an entry is served while one background refresh runs, or when the loader fails; never once invalidated |
 //! | no stale sets | fills are fenced: an invalidation during a load voids its write |
+//! | batch get-or-load | [`Cache::get_many`], [`Cache::get_or_load_many`], [`Cache::entries`]: one store round trip for many keys, one loader call for their misses, each key with the single path's guarantees |
 //! | tags and prefixes | versioned stamps: one `INCR`-like bump, whatever the TTLs; no `KEYS`, no `SCAN` |
 //! | Redis failure is not yours | timeouts, circuit breaker, fall back to the loader, invalidations kept and replayed in the background ([`Cache::flush`] on shutdown), lazy connect |
 //! | no read older than a write | a read that begins after an invalidation returned never gets the value it voided, on any instance: callers joining a load in process take its value only if it is newer than their start; nothing is filled while invalidations are kept; a dropped fetch gives its lease back |
@@ -57,7 +58,10 @@
 //!   - `cache/entry.rs`: [`Entry`], TTLs, the fetch variants, and the hit / stale / expired
 //!     decision;
 //!   - `cache/lease.rs`: the miss path: flight join, claim, waiting for another loader's
-//!     fill, load, the fenced fill, release;
+//!     fill (steps shared by a single fetch and a batch);
+//!   - `cache/fill.rs`: a load under its lease: the loader, the fenced fill, release;
+//!   - `cache/batch.rs`: [`Entries`], batch get-or-load: one store read for many keys, one
+//!     call of a batched loader for the misses (`cache/batch/misses.rs`: the rounds);
 //!   - `cache/refresh.rs`: stale-while-revalidate, a refresh on its own task;
 //!   - `cache/guard.rs`: the outage policy: every store call bounded, the circuit breaker,
 //!     the backlog of invalidations that could not be sent and where it is replayed;
@@ -68,7 +72,8 @@
 //!   around codec bytes (schema version, freshness).
 //! - [`store`]: the [`Store`](store::Store) boundary (bytes, TTLs, leases, version stamps):
 //!   - `store/memory.rs`: [`MemoryStore`](store::MemoryStore), in process;
-//!   - `store/redis.rs`: [`RedisStore`](store::RedisStore), standalone Redis;
+//!   - `store/redis.rs`: [`RedisStore`](store::RedisStore), standalone Redis (its batch
+//!     read in `store/redis/many.rs`, as the cluster's and the L1's in their `many.rs`);
 //!     `store/versions.rs`: its versions held in process, kept exact by client tracking;
 //!     `store/hints.rs`: the learnt tags of entries, so a read names them;
 //!   - `store/cluster/`: [`ClusterStore`](store::ClusterStore), Redis Cluster: the store
@@ -108,6 +113,6 @@ pub mod fuzzing;
 mod metrics;
 
 pub use builder::CacheBuilder;
-pub use cache::{Cache, Entry, Fetched, Health, Invalidation, Status, Tagged};
+pub use cache::{Cache, Entries, Entry, Fetched, Health, Invalidation, Status, Tagged};
 pub use error::{BuildError, Error, LoadError, Result, StoreError};
 pub use store::Kind;

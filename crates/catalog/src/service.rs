@@ -5,13 +5,21 @@
 //! | --- | --- | --- | --- |
 //! | a product with its category | `product:{id}` | product TTL (5 min) | `category:{categoryId}` (learnt from the loaded product) |
 //! | a missing product | `product:{id}` | negative TTL (30 s) | as above |
-//! | a list page | `products:list:{page}_{limit}` | list TTL (60 s) | (the prefix `products:list:`) |
+//! | a list page: its product ids and the total | `products:list:{page}_{limit}` | list TTL (60 s) | (the prefix `products:list:`) |
+//!
+//! A list page is assembled from its entry (ids, total) and its products' own entries, read
+//! in one batch (`Cache::entries`), the missing ones loaded by one query; see
+//! [`Catalog::page`].
 //!
 //! # Writes
 //! The database statement runs first; only after it has committed are the dependent entries
 //! invalidated, and only then is the write acknowledged:
-//! - create, update, delete: the key `product:{id}` and the prefix `products:list:`;
-//! - category rename: the tag `category:{id}` and the prefix `products:list:`.
+//! - create, delete: the key `product:{id}` and the prefix `products:list:` (the list's
+//!   order and total change);
+//! - update (name, price, category): the key `product:{id}` only (an update never changes
+//!   `createdAt`, the list's order);
+//! - category rename: the tag `category:{id}` (the products of the category; pages hold
+//!   ids only).
 //!
 //! A write that failed for sure (not found, conflict, unknown category) leaves the cache as it
 //! was. A write whose outcome is unknown (timeout, lost connection) invalidates as if it had
@@ -37,14 +45,18 @@ use crate::error::ApiError;
 use crate::model::{
     Category, Id, NewProduct, PageRequest, Product, ProductPage, ProductPatch, now, total_pages,
 };
-use aside::{Cache, LoadError, Status, Tagged};
+use aside::{Cache, Fetched, LoadError, Status, Tagged};
 use bytes::Bytes;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::warn;
 
 /// Prefix of every list page key.
 pub const LIST_PREFIX: &str = "products:list:";
+
+/// Prefix of every product key.
+pub const PRODUCT_PREFIX: &str = "product:";
 
 /// How long entries live.
 #[derive(Clone, Copy, Debug)]
@@ -99,6 +111,30 @@ impl From<Status> for CacheStatus {
             Status::Miss => CacheStatus::Miss,
             Status::Stale => CacheStatus::Stale,
         }
+    }
+}
+
+/// A loaded product, tagged with its category.
+fn tagged(p: Product) -> Tagged<Product> {
+    let tag = format!("category:{}", p.category_id);
+    Tagged::found(p).tag(tag)
+}
+
+/// The `x-cache` of a response assembled from several entries: `hit` if every one was a hit,
+/// `stale` if any was stale, else `miss`.
+fn page_status(statuses: impl Iterator<Item = Status>) -> CacheStatus {
+    let mut all_hits = true;
+    for s in statuses {
+        match s {
+            Status::Stale => return CacheStatus::Stale,
+            Status::Miss => all_hits = false,
+            Status::Hit => {}
+        }
+    }
+    if all_hits {
+        CacheStatus::Hit
+    } else {
+        CacheStatus::Miss
     }
 }
 
@@ -163,7 +199,7 @@ impl Catalog {
             .checker
             .as_ref()
             .map(|_| (Instant::now(), chrono::Utc::now()));
-        let key = format!("product:{id}");
+        let key = format!("{PRODUCT_PREFIX}{id}");
         let (db, loaded_id) = (self.db.clone(), id.clone());
         let fetched = cache
             .entry(&key)
@@ -171,11 +207,7 @@ impl Catalog {
             .negative_ttl(self.ttls.negative)
             .fetch_tagged_encoded(|| async move {
                 let p = db.product(&loaded_id).await?;
-                let tag = p.as_ref().map(|p| format!("category:{}", p.category_id));
-                Ok::<_, DbError>(match tag {
-                    Some(t) => Tagged::from(p).tag(t),
-                    None => Tagged::missing(),
-                })
+                Ok::<_, DbError>(p.map_or_else(Tagged::missing, tagged))
             })
             .await;
         match fetched {
@@ -193,48 +225,115 @@ impl Catalog {
     }
 
     /// `GET /products?page=&limit=`: one page, newest first, as JSON.
+    ///
+    /// Cached in two parts: the page's entry holds its product ids and the total only, and
+    /// its products come from their own entries (`product:{id}`, the ones `GET
+    /// /products/{id}` uses), all read in one batch, those that missed loaded by one query.
+    /// So a product's update drops its own entry and no page. The `x-cache` of a page is
+    /// `hit` only if the page's entry and every product's were hits, `stale` if any of them
+    /// was stale, else `miss`. A product deleted between the two reads (its delete drops the
+    /// pages too, so the next read lists the page anew) is left out: the page has one product
+    /// fewer and a total one higher than the database now says, as if it had been read just
+    /// before the delete.
     pub async fn page(&self, req: PageRequest) -> Result<(Bytes, CacheStatus), ApiError> {
-        let db = self.db.clone();
-        let load = move || {
-            let db = db.clone();
-            async move {
-                let page = db.page(req.offset(), req.limit).await?;
-                Ok::<_, DbError>(ProductPage {
-                    total_pages: total_pages(page.total, req.limit),
-                    total: page.total,
-                    products: page.products,
-                    page: req.page,
-                    limit: req.limit,
-                })
-            }
-        };
         let Some(cache) = &self.cache else {
-            return Ok((json(&load().await?)?, CacheStatus::Bypass));
+            let page = self.db.page(req.offset(), req.limit).await?;
+            let page = ProductPage {
+                total_pages: total_pages(page.total, req.limit),
+                total: page.total,
+                products: page.products,
+                page: req.page,
+                limit: req.limit,
+            };
+            return Ok((json(&page)?, CacheStatus::Bypass));
         };
         // No `:` after the prefix: the engine keeps a version key for every prefix of a key
         // that ends at a `:`, and `products:list:{page}:` would make one per page number,
         // so one request per page would fill the store with them.
         let key = format!("{LIST_PREFIX}{}_{}", req.page, req.limit);
-        let fetched = cache
+        let db = self.db.clone();
+        let listed = cache
             .entry(&key)
             .ttl(self.ttls.list)
-            .fetch_encoded({
-                let load = load.clone();
-                move || async move { load().await.map(Some) }
+            .fetch(move || async move { db.page_ids(req.offset(), req.limit).await.map(Some) })
+            .await;
+        let (ids, listed_status) = match listed {
+            Ok(Fetched {
+                value: Some(ids),
+                status,
+            }) => (ids, status),
+            Ok(Fetched { value: None, .. }) => {
+                // Only reachable if something outside this service wrote the key.
+                warn!(key, "list page cached as not found; reading the database");
+                let ids = self.db.page_ids(req.offset(), req.limit).await?;
+                (ids, Status::Miss)
+            }
+            Err(LoadError::Loader(e)) => return Err(ApiError::from_db(&e)),
+            Err(LoadError::Cache(e)) => return Err(cache_bug(&e)),
+        };
+        // Ids written by another client that this API would refuse cannot be cache keys
+        // (nor read one by one): they are not listed.
+        let keys: Vec<String> = ids
+            .ids
+            .iter()
+            .filter(|id| Id::parse(id).is_ok())
+            .map(|id| format!("{PRODUCT_PREFIX}{id}"))
+            .collect();
+        let db = self.db.clone();
+        let products = cache
+            .entries(keys)
+            .ttl(self.ttls.product)
+            .negative_ttl(self.ttls.negative)
+            .fetch_tagged_encoded(move |missed: Vec<String>| {
+                let db = db.clone();
+                async move {
+                    let ids: Vec<Id> = missed
+                        .iter()
+                        .filter_map(|k| Id::parse(k.strip_prefix(PRODUCT_PREFIX)?).ok())
+                        .collect();
+                    let found = db.products(&ids).await?;
+                    Ok::<_, DbError>(
+                        found
+                            .into_iter()
+                            .map(|p| (format!("{PRODUCT_PREFIX}{}", p.id), tagged(p)))
+                            .collect::<HashMap<_, _>>(),
+                    )
+                }
             })
             .await;
-        match fetched {
-            Ok(f) => match f.value {
-                Some(page) => Ok((page, f.status.into())),
-                None => {
-                    // Only reachable if something outside this service wrote the key.
-                    warn!(key, "list page cached as not found; reading the database");
-                    Ok((json(&load().await?)?, CacheStatus::Miss))
-                }
-            },
-            Err(LoadError::Loader(e)) => Err(ApiError::from_db(&e)),
-            Err(LoadError::Cache(e)) => Err(cache_bug(&e)),
+        let products = match products {
+            Ok(p) => p,
+            Err(LoadError::Loader(e)) => return Err(ApiError::from_db(&e)),
+            Err(LoadError::Cache(e)) => return Err(cache_bug(&e)),
+        };
+        let statuses = std::iter::once(listed_status).chain(products.iter().map(|f| f.status));
+        let status = page_status(statuses);
+        let mut body = Vec::with_capacity(
+            64 + products
+                .iter()
+                .map(|f| f.value.as_ref().map_or(0, |b| b.len() + 1))
+                .sum::<usize>(),
+        );
+        body.extend_from_slice(b"{\"products\":[");
+        let mut first = true;
+        for p in products.iter().filter_map(|f| f.value.as_ref()) {
+            if !first {
+                body.push(b',');
+            }
+            first = false;
+            body.extend_from_slice(p);
         }
+        body.extend_from_slice(
+            format!(
+                "],\"total\":{},\"page\":{},\"limit\":{},\"totalPages\":{}}}",
+                ids.total,
+                req.page,
+                req.limit,
+                total_pages(ids.total, req.limit)
+            )
+            .as_bytes(),
+        );
+        Ok((Bytes::from(body), status))
     }
 
     /// `POST /products`.
@@ -244,11 +343,19 @@ impl Catalog {
         Ok(r?)
     }
 
-    /// `PUT /products/{id}`; `None` if there is no such product.
+    /// `PUT /products/{id}`; `None` if there is no such product. An update never changes a
+    /// product's `createdAt` (the order of the list), so it drops no list page.
     pub async fn update(&self, id: &Id, patch: &ProductPatch) -> Result<Option<Product>, ApiError> {
         let r = self.db.update(id, patch, now()).await;
-        self.after_product_write(id, wrote(&r, Option::is_some))
-            .await;
+        if wrote(&r, Option::is_some)
+            && let Some(cache) = &self.cache
+        {
+            let key = format!("{PRODUCT_PREFIX}{id}");
+            log_invalidation(cache.del([key.as_str()]).await);
+            if let Some(checker) = &self.checker {
+                checker.changed(&key);
+            }
+        }
         Ok(r?)
     }
 
@@ -266,9 +373,9 @@ impl Catalog {
         if wrote(&r, Option::is_some)
             && let Some(cache) = &self.cache
         {
+            // The products of the category carry its tag; list pages hold ids only.
             let tag = format!("category:{id}");
             log_invalidation(cache.invalidate_tag(&tag).await);
-            log_invalidation(cache.invalidate_prefix(LIST_PREFIX).await);
             if let Some(checker) = &self.checker {
                 checker.changed(&tag);
             }
@@ -276,11 +383,11 @@ impl Catalog {
         Ok(r?)
     }
 
-    /// After a product write that changed something (or may have): invalidate its entry and
-    /// every list page.
+    /// After a create or a delete that changed something (or may have): invalidate the
+    /// product's entry and every list page (the list's order and total changed).
     async fn after_product_write(&self, id: &Id, changed: bool) {
         if changed && let Some(cache) = &self.cache {
-            let key = format!("product:{id}");
+            let key = format!("{PRODUCT_PREFIX}{id}");
             log_invalidation(cache.del([key.as_str()]).await);
             log_invalidation(cache.invalidate_prefix(LIST_PREFIX).await);
             if let Some(checker) = &self.checker {
@@ -312,4 +419,21 @@ fn log_invalidation(r: aside::Result<aside::Invalidation>) {
 fn cache_bug(e: &aside::Error) -> ApiError {
     tracing::error!(error = %e, "cache refused a call");
     ApiError::Internal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_is_a_hit_only_if_every_entry_was() {
+        use Status::{Hit, Miss, Stale};
+        let of = |s: &[Status]| page_status(s.iter().copied());
+        assert_eq!(of(&[Hit, Hit, Hit]), CacheStatus::Hit);
+        assert_eq!(of(&[Hit]), CacheStatus::Hit, "an empty page: its entry");
+        assert_eq!(of(&[Hit, Miss, Hit]), CacheStatus::Miss);
+        assert_eq!(of(&[Miss, Hit]), CacheStatus::Miss);
+        assert_eq!(of(&[Hit, Miss, Stale]), CacheStatus::Stale);
+        assert_eq!(of(&[Stale, Hit]), CacheStatus::Stale);
+    }
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
 use std::time::Duration;
 use support::Service;
-use testkit::{TestPostgres, TestRedis, eventually};
+use testkit::{TestPostgres, TestRedis, eventually, metric_sum};
 
 /// How long a change made elsewhere may take to reach every instance here: the feed's goal
 /// is a second; the margin is for a loaded test machine.
@@ -184,6 +184,92 @@ async fn outside_changes_reach_every_instance_on_sqlite() {
     }
     every_change_is_served(&a).await;
     every_change_is_served(&b).await;
+}
+
+/// `catalog_db_queries_total` of a service's requests.
+async fn queries(http: &Client, svc: &Service) -> u64 {
+    let text = http
+        .get(svc.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metric_sum(&text, "catalog_db_queries_total{source=\"request\"}") as u64
+}
+
+/// An outside `UPDATE` of a price is served by the list page that shows the product within
+/// the bound, and leaves the page cached: the read that shows it costs one query, for that
+/// product. An outside `UPDATE` of `created_at` (the list's order) drops the pages.
+async fn an_outside_price_update_leaves_the_pages_cached(
+    svc: &Service,
+    sql: &mut (impl sqlx::Executor<'_> + Copy),
+    newer: &str,
+) {
+    let http = Client::new();
+    let page = svc.url("/products?limit=5");
+    get(&http, &page).await;
+    let r = http.get(&page).send().await.unwrap();
+    assert_eq!(r.headers()["x-cache"], "hit");
+    let before = queries(&http, svc).await;
+    sql.execute("UPDATE products SET price = 4242 WHERE id = 'p48'")
+        .await
+        .unwrap();
+    assert!(
+        serves(
+            svc,
+            "/products?limit=5",
+            StatusCode::OK,
+            "/products/2/price",
+            json!(4242.0)
+        )
+        .await
+    );
+    assert_eq!(
+        queries(&http, svc).await - before,
+        1,
+        "the product was read again, the page's ids were not"
+    );
+    let r = http.get(&page).send().await.unwrap();
+    assert_eq!(r.headers()["x-cache"], "hit");
+    let reorder = format!("UPDATE products SET created_at = {newer} WHERE id = 'p1'");
+    sql.execute(sqlx::AssertSqlSafe(reorder)).await.unwrap();
+    assert!(
+        serves(
+            svc,
+            "/products?limit=5",
+            StatusCode::OK,
+            "/products/0/id",
+            json!("p1")
+        )
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outside_price_update_leaves_the_pages_cached_on_postgres() {
+    let (pg, _redis, a, _b) = two_on_postgres(&[]).await;
+    let pool = sqlx::PgPool::connect(&pg.url).await.unwrap();
+    an_outside_price_update_leaves_the_pages_cached(&a, &mut &pool, "now()").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outside_price_update_leaves_the_pages_cached_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("shared.db").display());
+    let redis = TestRedis::start();
+    let r = redis.url();
+    let a = Service::start(&[
+        "--database-url",
+        &db,
+        "--redis-url",
+        &r,
+        "--seed-products",
+        "50",
+    ]);
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    an_outside_price_update_leaves_the_pages_cached(&a, &mut &pool, "1767225600000000").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -121,6 +121,29 @@ async fn pages_split_and_end(f: Fixture) {
     );
 }
 
+/// A page's ids are those of the page itself, in its order, with the same total; and the
+/// products of any ids are read in one statement, each as a read of its own returns it.
+async fn page_ids_and_products_by_id(f: Fixture) {
+    let r = &f.repo;
+    for (offset, limit) in [(0, 10), (20, 10), (1_000_000, 10), (u64::MAX, 100)] {
+        let page = r.page(offset, limit).await.unwrap();
+        let ids = r.page_ids(offset, limit).await.unwrap();
+        let want: Vec<String> = page.products.iter().map(|p| p.id.clone()).collect();
+        assert_eq!((ids.ids, ids.total), (want, page.total), "offset {offset}");
+    }
+    let asked = [id("p3"), id("p25"), id("nope"), id("p1")];
+    let mut found = r.products(&asked).await.unwrap();
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut each = Vec::new();
+    for i in ["p1", "p25", "p3"] {
+        each.push(r.product(&id(i)).await.unwrap().unwrap());
+    }
+    assert_eq!(found, each, "an unknown id is left out");
+    assert!(r.products(&[]).await.unwrap().is_empty());
+    let hundred: Vec<Id> = (1..=100).map(|i| id(&format!("p{i}"))).collect();
+    assert_eq!(r.products(&hundred).await.unwrap().len(), 25);
+}
+
 async fn insert_returns_what_reads_return(f: Fixture) {
     let r = &f.repo;
     let mut np = new_product("n-1", "c3");
@@ -272,6 +295,7 @@ macro_rules! both {
 both!(
     seeding_is_deterministic_and_happens_once,
     pages_split_and_end,
+    page_ids_and_products_by_id,
     insert_returns_what_reads_return,
     insert_refuses_duplicates_and_unknown_categories,
     update_changes_only_what_is_given,

@@ -4,9 +4,10 @@
 
 use super::lease::Miss;
 use super::value::{AsBytes, AsValue, Decoded, Mode, hit, stale};
-use super::{Cache, Fetched, Tagged};
+use super::{Cache, Fetched, Settings, Tagged};
 use crate::codec::Codec;
 use crate::error::{Error, LoadError, Result};
+use crate::key::EntryKey;
 use crate::metrics::Op;
 use crate::store::{ClaimTerms, Lifetime, Lookup, version_ttl};
 use bytes::Bytes;
@@ -33,6 +34,30 @@ pub(super) struct Ttls {
 }
 
 impl Ttls {
+    /// The TTLs of a call: those it sets, else the cache's; refused when out of range.
+    pub(super) fn resolve(
+        s: &Settings,
+        ttl: Option<Duration>,
+        negative: Option<Duration>,
+        stale_while_revalidate: Option<Duration>,
+        stale_if_error: Option<Duration>,
+    ) -> Result<Ttls> {
+        let grace = |d: Option<Duration>, default: Duration| {
+            let d = d.unwrap_or(default);
+            if d > MAX_TTL {
+                Err(Error::InvalidTtl(d))
+            } else {
+                Ok(d)
+            }
+        };
+        Ok(Ttls {
+            ttl: check_ttl(ttl.unwrap_or(s.default_ttl))?,
+            negative: check_ttl(negative.unwrap_or(s.negative_ttl))?,
+            stale_while_revalidate: grace(stale_while_revalidate, s.stale_while_revalidate)?,
+            stale_if_error: grace(stale_if_error, s.stale_if_error)?,
+        })
+    }
+
     /// How long an entry is kept past its freshness.
     pub(super) fn grace(&self) -> Duration {
         self.stale_while_revalidate.max(self.stale_if_error)
@@ -134,21 +159,13 @@ impl<'a, C: Codec> Entry<'a, C> {
     }
 
     fn ttls(&self) -> Result<Ttls> {
-        let s = &self.cache.inner.settings;
-        let grace = |d: Option<Duration>, default: Duration| {
-            let d = d.unwrap_or(default);
-            if d > MAX_TTL {
-                Err(Error::InvalidTtl(d))
-            } else {
-                Ok(d)
-            }
-        };
-        Ok(Ttls {
-            ttl: check_ttl(self.ttl.unwrap_or(s.default_ttl))?,
-            negative: check_ttl(self.negative_ttl.unwrap_or(s.negative_ttl))?,
-            stale_while_revalidate: grace(self.stale_while_revalidate, s.stale_while_revalidate)?,
-            stale_if_error: grace(self.stale_if_error, s.stale_if_error)?,
-        })
+        Ttls::resolve(
+            &self.cache.inner.settings,
+            self.ttl,
+            self.negative_ttl,
+            self.stale_while_revalidate,
+            self.stale_if_error,
+        )
     }
 
     /// Reads the entry like [`Cache::get`], naming the tags it carries. An entry is checked
@@ -405,9 +422,22 @@ impl<C: Codec> Cache<C> {
         } else {
             self.inner.ns.stamps_for(key, tags)?
         };
+        let lookup = self.read(&k, &stamps).await.map_err(Error::Backend)?;
+        Ok(self.answer(&k, lookup, stale_while_revalidate).await)
+    }
+
+    /// What a plain read answers for `k` from what the store found (counted): a value served
+    /// fresh or, within `stale_while_revalidate`, stale; `None` otherwise (an undecodable or
+    /// corrupt entry is removed).
+    pub(super) async fn answer<T: DeserializeOwned>(
+        &self,
+        k: &EntryKey,
+        lookup: Lookup,
+        stale_while_revalidate: Duration,
+    ) -> Option<T> {
         let m = &self.inner.metrics;
-        match self.read(&k, &stamps).await.map_err(Error::Backend)? {
-            Lookup::Hit(p) => match self.decode::<T>(&k, &p).await {
+        match lookup {
+            Lookup::Hit(p) => match self.decode::<T>(k, &p).await {
                 Some((d, fresh_until)) => {
                     let age = self.age(fresh_until, stale_while_revalidate, Duration::ZERO);
                     match age {
@@ -415,27 +445,27 @@ impl<C: Codec> Cache<C> {
                         Age::Stale => m.stale.increment(1),
                         Age::Expired { .. } => {
                             m.misses.increment(1);
-                            return Ok(None);
+                            return None;
                         }
                     }
-                    Ok(match d {
+                    match d {
                         Decoded::Value(v) => Some(v),
                         Decoded::Absent => None,
-                    })
+                    }
                 }
                 None => {
                     m.misses.increment(1);
-                    Ok(None)
+                    None
                 }
             },
             Lookup::Corrupt => {
-                self.discard(&k, "not a record").await;
-                self.inner.metrics.misses.increment(1);
-                Ok(None)
+                self.discard(k, "not a record").await;
+                m.misses.increment(1);
+                None
             }
             Lookup::Miss | Lookup::Pending => {
-                self.inner.metrics.misses.increment(1);
-                Ok(None)
+                m.misses.increment(1);
+                None
             }
         }
     }

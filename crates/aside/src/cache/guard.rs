@@ -162,6 +162,21 @@ impl<C: Codec> Cache<C> {
         self.call(Op::Get, self.inner.store.get(k, stamps)).await
     }
 
+    /// A batch read of the store, once pending invalidations are applied: one lookup per key.
+    pub(super) async fn read_many(
+        &self,
+        keys: &[EntryKey],
+        stamps: &[Vec<TagKey>],
+    ) -> std::result::Result<Vec<Lookup>, StoreError> {
+        self.ready().await?;
+        let read = self.inner.store.get_many(keys, stamps);
+        let found = self.call(Op::Get, read).await?;
+        if found.len() != keys.len() {
+            return Err(StoreError::Protocol("get_many: lookup count".into()));
+        }
+        Ok(found)
+    }
+
     /// Deletes `keys` and bumps `stamps`; what could not be sent is kept for later.
     pub(super) async fn invalidate(&self, keys: &[EntryKey], stamps: &[TagKey]) -> Invalidation {
         self.inner.flights.invalidated(keys, stamps);

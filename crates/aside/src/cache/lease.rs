@@ -7,42 +7,33 @@
 //!    stamps read at that moment. Across processes, only one claim is granted; the others
 //!    find the placeholder and wait for the fill (polling with backoff, for at most
 //!    `lease_wait`), or find the entry after all.
-//! 3. **Load.** The holder runs the loader.
-//! 4. **Fenced fill.** The value is written only if the lease is still held and no stamp
-//!    moved since the claim (the store checks both, atomically): any invalidation during the
-//!    load refuses the fill, so an old value is never written after a newer write (no stale
-//!    sets). The caller gets its value either way.
-//! 5. **Release.** A load that failed gives its lease back so others need not wait for it;
-//!    so does a fetch whose future is dropped while it holds the lease (the caller went away,
-//!    or timed out): the lease is given back in the background.
-//!
-//! Nothing is filled while this instance still holds invalidations it could not send (see
-//! `guard`): the store would not know yet that the value may be older than a write.
+//! 3. **Load** under the lease, and the fenced fill: see `fill`.
 //!
 //! Callers that joined the flight take its value only when it is not older than their own
 //! read's start (see `crate::flight`): a value read or loaded before they joined reaches them
 //! only if its fill was stored; otherwise they start over.
 //!
+//! The steps a key goes through (`Cache::start`: join and claim; `Cache::wait`: another
+//! process's fill; `Cache::follow`: this process's load) are shared by a single fetch
+//! (`Miss::run`, one after the other) and a batch (`batch`, every key's at once).
+//!
 //! An expired entry still in the store is refreshed in place (a refresh lease) when possible,
 //! so it stays readable for other processes while it is reloaded.
 
 use super::entry::{Age, Ttls};
+use super::fill::{Load, run_loader};
 use super::value::{Decoded, Mode, hit, loaded, stale};
 use super::{Cache, Fetched, Status, Tagged};
 use crate::codec::Codec;
-use crate::envelope::{self, Body};
-use crate::error::{Error, LoadError, Result, StoreError};
+use crate::error::{LoadError, Result};
 use crate::flight::{self, Followed, Fresh, Role, Shared};
 use crate::key::{EntryKey, TagKey};
 use crate::metrics::Op;
-use crate::store::{Claim, Lease, Lifetime, Lookup, Store};
+use crate::store::{Claim, Lookup};
 use bytes::Bytes;
 use serde::Serialize;
-use std::any::Any;
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::{debug, warn};
 
 /// A read that found nothing fresh, on its way to a value.
 pub(super) struct Miss<'a, C: Codec, T, M: Mode<T>> {
@@ -68,15 +59,42 @@ enum Waited {
     TimedOut,
 }
 
-/// One run of the loader under a lease (or without one, when the store could not be used).
-pub(super) struct Load<'f, O> {
-    /// This process's flight for the key: its followers get the outcome.
-    pub(super) leader: flight::Leader<'f>,
-    /// The lease to fill with; `None`: the value is returned and not stored.
-    pub(super) lease: Option<Lease>,
-    pub(super) ttls: Ttls,
-    /// Served instead of a loader error (stale-if-error).
+/// Where one key of a miss stands after a step that needs nothing but the store.
+pub(super) enum Next<'f, O, E> {
+    /// Answered: a value, a "not found", a stale fallback, or the loader's error.
+    Done(Result<Fetched<O>, LoadError<E>>),
+    /// To be loaded now, under its lease (or without one: not stored).
+    Load(Load<'f, O>),
+    /// To start over: join a flight again (the one joined went away, its value was not for
+    /// this caller, or an entry found was undecodable).
+    Again,
+}
+
+/// Where one key of a miss stands once it joined a flight and, as its leader, claimed.
+pub(super) enum Step<'f, O, E> {
+    /// See [`Next`].
+    Now(Next<'f, O, E>),
+    /// Another process holds the lease: wait for its fill ([`Cache::wait`]).
+    Wait(flight::Leader<'f>),
+    /// A load of the key runs in this process: wait for its outcome ([`Cache::follow`]).
+    Follow(flight::Follower),
+}
+
+/// What a key of a miss carries from one step to the next.
+pub(super) struct Missed<O> {
+    /// An expired entry still within stale-if-error: served if the loader fails.
     pub(super) fallback: Option<Decoded<O>>,
+    /// The freshness of an expired entry to refresh in place (tried once).
+    pub(super) expired: Option<u64>,
+}
+
+impl<O> Default for Missed<O> {
+    fn default() -> Self {
+        Self {
+            fallback: None,
+            expired: None,
+        }
+    }
 }
 
 impl<C: Codec, T, M> Miss<'_, C, T, M>
@@ -96,172 +114,209 @@ where
             key: k,
             stamps,
             ttls: t,
-            mut fallback,
-            mut expired,
+            fallback,
+            expired,
             ..
         } = self;
-        let inner = &cache.inner;
-        let m = &inner.metrics;
-        let mut loader = Some(loader);
+        let mut missed = Missed { fallback, expired };
         for _ in 0..4 {
-            let leader = match inner.flights.join(&k) {
-                Role::Leader(l) => l,
-                Role::Follower(follower) => match follower.wait().await {
-                    Followed::Taken(Shared::Value(p)) => {
-                        match cache.decode_as::<T, M>(&k, &p).await {
-                            Some((d, _)) => return Ok(loaded(d)),
-                            None => continue,
-                        }
-                    }
-                    Followed::Taken(Shared::Absent) => return Ok(loaded(Decoded::Absent)),
-                    Followed::Taken(Shared::Failed(e)) => {
-                        if let Some(d) = fallback.take() {
-                            m.stale.increment(1);
-                            return Ok(stale(d));
-                        }
-                        match e.downcast::<E>() {
-                            Ok(e) => return Err(LoadError::Loader(e)),
-                            Err(_) => continue,
-                        }
-                    }
-                    Followed::TooOld => match cache.reread::<T, M>(&k, &stamps).await {
-                        Some(d) => return Ok(hit(d)),
-                        None => continue,
-                    },
-                    Followed::Taken(Shared::Unshared) | Followed::Gone => continue,
-                },
-            };
-            let terms = t.claim_terms(inner.settings.lease);
-            // Like every read, a claim waits until pending invalidations are applied.
-            let ready = cache.ready().await;
-            if let Some(until) = expired.take()
-                && ready.is_ok()
-            {
-                // Refresh in place, the expired entry staying readable meanwhile; if another
-                // process is refreshing it (or it is gone), claim as on a miss below.
-                let clocks = inner.ns.clocks();
-                let refresh = inner.store.claim_refresh(&k, until, &stamps, clocks, terms);
-                if let Ok(Some(lease)) = cache.call(Op::Claim, refresh).await
-                    && let Some(loader) = loader.take()
+            let next = match cache.start::<T, M, E>(&k, &stamps, t, &mut missed).await {
+                Step::Now(next) => next,
+                Step::Wait(leader) => {
+                    cache
+                        .wait::<T, M, E>(&k, &stamps, t, leader, &mut missed)
+                        .await
+                }
+                Step::Follow(f) => match cache.follow::<T, M, E>(&k, &stamps, f, &mut missed).await
                 {
-                    let load = Load {
-                        leader,
-                        lease: Some(lease),
-                        ttls: t,
-                        fallback,
-                    };
-                    return cache.load::<T, M, E, F, Fut>(&k, load, loader).await;
-                }
-            }
-            let seen = leader.observe();
-            let claim = match ready {
-                Ok(()) => {
-                    let clocks = inner.ns.clocks();
-                    let claim = inner.store.claim(&k, &stamps, clocks, terms);
-                    cache.call(Op::Claim, claim).await
-                }
-                Err(e) => Err(e),
-            };
-            // An entry found while claiming (filled meanwhile, or by the lease holder we
-            // waited for) is shared with the followers that joined before it was read.
-            let (found, lease) = match claim {
-                Ok(Claim::Hit(p)) => (Some((p, Status::Hit, seen)), None),
-                Ok(Claim::Pending) => match cache.wait_for_fill(&k, &stamps, &leader).await {
-                    Waited::Filled(p, seen) => (Some((p, Status::Miss, seen)), None),
-                    Waited::Vacant => continue,
-                    Waited::TimedOut => (None, None),
+                    Some(r) => Next::Done(r),
+                    None => Next::Again,
                 },
-                Ok(Claim::Granted(lease)) => (None, Some(lease)),
-                Err(_) => (None, None),
             };
-            if let Some((p, status, seen)) = found {
-                let Some((d, fresh_until)) = cache.decode_as::<T, M>(&k, &p).await else {
-                    continue;
-                };
-                let shared = match &d {
-                    Decoded::Value(_) => Shared::Value(p),
-                    Decoded::Absent => Shared::Absent,
-                };
-                leader.finish(shared, Fresh::JoinedBefore(seen));
-                // Still past its freshness: another process holds its refresh lease.
-                let status = match cache.age(fresh_until, Duration::ZERO, Duration::ZERO) {
-                    Age::Fresh => status,
-                    _ => {
-                        m.stale.increment(1);
-                        Status::Stale
-                    }
-                };
-                return Ok(Fetched { status, ..hit(d) });
+            match next {
+                Next::Done(r) => return r,
+                Next::Load(load) => return cache.load::<T, M, E, F, Fut>(&k, load, loader).await,
+                Next::Again => {}
             }
-            let Some(loader) = loader.take() else { break };
-            let load = Load {
-                leader,
-                lease,
-                ttls: t,
-                fallback,
-            };
-            return cache.load::<T, M, E, F, Fut>(&k, load, loader).await;
         }
         // Retries exhausted (entries kept turning out undecodable, or leaders kept vanishing):
         // load without the store.
-        match loader.take() {
-            Some(loader) => {
-                let value = match (run_loader(cache, loader).await, fallback) {
-                    (Ok(v), _) => v.value,
-                    (Err(LoadError::Loader(_)), Some(d)) => {
-                        m.stale.increment(1);
-                        return Ok(stale(d));
-                    }
-                    (Err(e), _) => return Err(e),
-                };
-                let value = match value {
-                    Some(v) => Some(cache.output::<T, M>(v).map_err(LoadError::Cache)?),
-                    None => None,
-                };
-                Ok(Fetched {
-                    value,
-                    status: Status::Miss,
-                })
+        let value = match (run_loader(cache, loader).await, missed.fallback) {
+            (Ok(v), _) => v.value,
+            (Err(_), Some(d)) => {
+                cache.inner.metrics.stale.increment(1);
+                return Ok(stale(d));
             }
-            None => Err(LoadError::Cache(Error::Backend(StoreError::Protocol(
-                "load could not be completed".into(),
-            )))),
-        }
+            (Err(e), None) => return Err(LoadError::Loader(e)),
+        };
+        let value = match value {
+            Some(v) => Some(cache.output::<T, M>(v).map_err(LoadError::Cache)?),
+            None => None,
+        };
+        Ok(Fetched {
+            value,
+            status: Status::Miss,
+        })
     }
 }
 
-/// Runs a loader, counted and timed.
-pub(super) async fn run_loader<C: Codec, T, E, F, Fut>(
-    cache: &Cache<C>,
-    loader: F,
-) -> Result<Tagged<T>, LoadError<E>>
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<Tagged<T>, E>>,
-{
-    let inner = &cache.inner;
-    let m = &inner.metrics;
-    m.loads.increment(1);
-    let start = inner.clock.now();
-    let r = loader().await;
-    let took = inner.clock.now().saturating_sub(start);
-    m.load_seconds.record(took.as_secs_f64());
-    // An average over the last loads (a weight of 1/8 for the newest); the first one counts
-    // whole. Racing updates may lose one sample, which is harmless.
-    let us = took.as_micros().min(u128::from(u64::MAX / 8)) as u64;
-    let old = inner.load_time.load(std::sync::atomic::Ordering::Relaxed);
-    let avg = if old == 0 {
-        us.max(1)
-    } else {
-        (old * 7 + us) / 8
-    };
-    inner
-        .load_time
-        .store(avg.max(1), std::sync::atomic::Ordering::Relaxed);
-    r.map_err(|e| {
-        m.load_errors.increment(1);
-        LoadError::Loader(Arc::new(e))
-    })
+impl<C: Codec> Cache<C> {
+    /// The first step of a miss of `k`: joins the key's flight; as its leader, once pending
+    /// invalidations are applied, claims the lease (or, for an expired entry, the refresh
+    /// lease first). Waits on nothing but the store.
+    pub(super) async fn start<T, M, E>(
+        &self,
+        k: &EntryKey,
+        stamps: &[TagKey],
+        t: Ttls,
+        missed: &mut Missed<M::Out>,
+    ) -> Step<'_, M::Out, E>
+    where
+        M: Mode<T>,
+    {
+        let inner = &self.inner;
+        let leader = match inner.flights.join(k) {
+            Role::Leader(l) => l,
+            Role::Follower(f) => return Step::Follow(f),
+        };
+        let terms = t.claim_terms(inner.settings.lease);
+        // Like every read, a claim waits until pending invalidations are applied.
+        let ready = self.ready().await;
+        if let Some(until) = missed.expired.take()
+            && ready.is_ok()
+        {
+            // Refresh in place, the expired entry staying readable meanwhile; if another
+            // process is refreshing it (or it is gone), claim as on a miss below.
+            let clocks = inner.ns.clocks();
+            let refresh = inner.store.claim_refresh(k, until, stamps, clocks, terms);
+            if let Ok(Some(lease)) = self.call(Op::Claim, refresh).await {
+                return Step::Now(Next::Load(Load {
+                    leader,
+                    lease: Some(lease),
+                    ttls: t,
+                    fallback: missed.fallback.take(),
+                }));
+            }
+        }
+        let seen = leader.observe();
+        let claim = match ready {
+            Ok(()) => {
+                let clocks = inner.ns.clocks();
+                let claim = inner.store.claim(k, stamps, clocks, terms);
+                self.call(Op::Claim, claim).await
+            }
+            Err(e) => Err(e),
+        };
+        let lease = match claim {
+            // An entry found while claiming (filled meanwhile) is shared with the followers
+            // that joined before it was read.
+            Ok(Claim::Hit(p)) => {
+                return Step::Now(self.found::<T, M, E>(k, p, Status::Hit, seen, leader).await);
+            }
+            Ok(Claim::Pending) => return Step::Wait(leader),
+            Ok(Claim::Granted(lease)) => Some(lease),
+            Err(_) => None,
+        };
+        Step::Now(Next::Load(Load {
+            leader,
+            lease,
+            ttls: t,
+            fallback: missed.fallback.take(),
+        }))
+    }
+
+    /// Waits for the fill of another process holding the lease of `k` (see
+    /// [`Cache::wait_for_fill`]): its entry, or a load without the lease once `lease_wait`
+    /// has passed, or a new start if the lease went away unfilled.
+    pub(super) async fn wait<'f, T, M, E>(
+        &'f self,
+        k: &EntryKey,
+        stamps: &[TagKey],
+        t: Ttls,
+        leader: flight::Leader<'f>,
+        missed: &mut Missed<M::Out>,
+    ) -> Next<'f, M::Out, E>
+    where
+        M: Mode<T>,
+    {
+        match self.wait_for_fill(k, stamps, &leader).await {
+            Waited::Filled(p, seen) => {
+                self.found::<T, M, E>(k, p, Status::Miss, seen, leader)
+                    .await
+            }
+            Waited::Vacant => Next::Again,
+            Waited::TimedOut => Next::Load(Load {
+                leader,
+                lease: None,
+                ttls: t,
+                fallback: missed.fallback.take(),
+            }),
+        }
+    }
+
+    /// Waits for the outcome of this process's load of `k`, and takes it if it is for this
+    /// caller (see `crate::flight`); a value too old for it is read again from the store.
+    /// `None`: start over.
+    pub(super) async fn follow<T, M, E>(
+        &self,
+        k: &EntryKey,
+        stamps: &[TagKey],
+        follower: flight::Follower,
+        missed: &mut Missed<M::Out>,
+    ) -> Option<Result<Fetched<M::Out>, LoadError<E>>>
+    where
+        M: Mode<T>,
+        E: Send + Sync + 'static,
+    {
+        match follower.wait().await {
+            Followed::Taken(Shared::Value(p)) => {
+                let (d, _) = self.decode_as::<T, M>(k, &p).await?;
+                Some(Ok(loaded(d)))
+            }
+            Followed::Taken(Shared::Absent) => Some(Ok(loaded(Decoded::Absent))),
+            Followed::Taken(Shared::Failed(e)) => {
+                if let Some(d) = missed.fallback.take() {
+                    self.inner.metrics.stale.increment(1);
+                    return Some(Ok(stale(d)));
+                }
+                e.downcast::<E>().ok().map(|e| Err(LoadError::Loader(e)))
+            }
+            Followed::TooOld => self.reread::<T, M>(k, stamps).await.map(|d| Ok(hit(d))),
+            Followed::Taken(Shared::Unshared) | Followed::Gone => None,
+        }
+    }
+
+    /// An entry the leader of `k` found while claiming or waiting, read by its observation
+    /// `seen`: shared with the followers that joined before, and returned.
+    async fn found<'f, T, M, E>(
+        &'f self,
+        k: &EntryKey,
+        p: Bytes,
+        status: Status,
+        seen: u64,
+        leader: flight::Leader<'f>,
+    ) -> Next<'f, M::Out, E>
+    where
+        M: Mode<T>,
+    {
+        let Some((d, fresh_until)) = self.decode_as::<T, M>(k, &p).await else {
+            return Next::Again;
+        };
+        let shared = match &d {
+            Decoded::Value(_) => Shared::Value(p),
+            Decoded::Absent => Shared::Absent,
+        };
+        leader.finish(shared, Fresh::JoinedBefore(seen));
+        // Still past its freshness: another process holds its refresh lease.
+        let status = match self.age(fresh_until, Duration::ZERO, Duration::ZERO) {
+            Age::Fresh => status,
+            _ => {
+                self.inner.metrics.stale.increment(1);
+                Status::Stale
+            }
+        };
+        Next::Done(Ok(Fetched { status, ..hit(d) }))
+    }
 }
 
 impl<C: Codec> Cache<C> {
@@ -304,183 +359,5 @@ impl<C: Codec> Cache<C> {
         };
         let (d, fresh_until) = self.decode_as::<T, M>(k, &p).await?;
         (self.age(fresh_until, Duration::ZERO, Duration::ZERO) == Age::Fresh).then_some(d)
-    }
-
-    /// Validates tags learnt from a loaded value; drops those the lease already stamps.
-    fn learnt_tags(&self, names: Vec<String>, lease: Option<&Lease>) -> Result<Vec<TagKey>> {
-        let mut keys: Vec<TagKey> = Vec::with_capacity(names.len());
-        for n in &names {
-            let k = self.inner.ns.tag(n)?;
-            let stamped = lease.is_some_and(|l| l.stamps.iter().any(|s| s.key == k));
-            if !stamped && !keys.contains(&k) {
-                keys.push(k);
-            }
-        }
-        Ok(keys)
-    }
-
-    /// Gives a lease back now (the load failed or its value cannot be stored).
-    async fn release(&self, k: &EntryKey, held: &mut Held) {
-        if let Some(lease) = held.lease.take() {
-            let _ = self
-                .call(Op::Release, self.inner.store.release(k, &lease))
-                .await;
-        }
-    }
-
-    /// Runs the loader under `load`'s lease, fills (fenced), and shares the outcome with the
-    /// flight's followers.
-    pub(super) async fn load<T, M, E, F, Fut>(
-        &self,
-        k: &EntryKey,
-        load: Load<'_, M::Out>,
-        loader: F,
-    ) -> Result<Fetched<M::Out>, LoadError<E>>
-    where
-        M: Mode<T>,
-        T: Serialize + Send,
-        E: Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Tagged<T>, E>>,
-    {
-        let Load {
-            leader,
-            lease,
-            ttls: t,
-            fallback,
-        } = load;
-        let inner = &self.inner;
-        let mut held = Held {
-            store: inner.store.clone(),
-            key: k.clone(),
-            lease,
-        };
-        let began = leader.observe();
-        let Tagged { value, tags } = match run_loader(self, loader).await {
-            Ok(v) => v,
-            Err(LoadError::Loader(e)) => {
-                self.release(k, &mut held).await;
-                let failed = Shared::Failed(e.clone() as Arc<dyn Any + Send + Sync>);
-                leader.finish(failed, Fresh::All);
-                if let Some(d) = fallback {
-                    inner.metrics.stale.increment(1);
-                    warn!(key = %k, "loader failed; serving the stale value");
-                    return Ok(stale(d));
-                }
-                return Err(LoadError::Loader(e));
-            }
-            Err(e) => return Err(e),
-        };
-        let learnt = match self.learnt_tags(tags, held.lease.as_ref()) {
-            Ok(learnt) => learnt,
-            Err(e) => {
-                self.release(k, &mut held).await;
-                leader.finish(Shared::Unshared, Fresh::All);
-                return Err(LoadError::Cache(e));
-            }
-        };
-        let mut body = Bytes::new();
-        // A "not found" gets no grace: it is never served stale, and keeping it past its
-        // negative TTL would only let one request per unknown key hold memory for the
-        // stale windows.
-        let (ttl, grace) = match value {
-            Some(_) => (t.ttl, t.grace()),
-            None => (t.negative, Duration::ZERO),
-        };
-        let (ttl, fresh_until) = self.lifetime(ttl, grace);
-        let (payload, shared) = match &value {
-            Some(v) => match self.encode(v, fresh_until) {
-                Ok(p) => {
-                    if let Ok(envelope::Opened {
-                        body: Body::Value(b),
-                        ..
-                    }) = envelope::open(&p, inner.settings.schema)
-                    {
-                        body = p.slice(p.len() - b.len()..);
-                    }
-                    (Some(p.clone()), Shared::Value(p))
-                }
-                Err(e) => {
-                    warn!(key = %k, error = %e, "loaded value could not be encoded; not cached");
-                    if M::ENCODED {
-                        self.release(k, &mut held).await;
-                        leader.finish(Shared::Unshared, Fresh::All);
-                        return Err(LoadError::Cache(e));
-                    }
-                    (None, Shared::Unshared)
-                }
-            },
-            None => (
-                Some(envelope::absent(inner.settings.schema, fresh_until)),
-                Shared::Absent,
-            ),
-        };
-        let mut filled_at = began;
-        let stored = match (&held.lease, payload) {
-            (Some(_), None) => {
-                self.release(k, &mut held).await;
-                false
-            }
-            (Some(_), Some(_)) if !inner.backlog.is_empty() => {
-                // Invalidations this instance could not send yet may concern this value.
-                self.release(k, &mut held).await;
-                inner.metrics.fills_refused.increment(1);
-                debug!(key = %k, "fill not attempted: invalidations are still queued");
-                false
-            }
-            (Some(lease), Some(p)) => {
-                let life = Lifetime::new(ttl, inner.settings.lease);
-                // A stored fill is fresh for the followers that joined before it was sent: a
-                // write acknowledged after that may have found nothing to refuse.
-                filled_at = leader.observe();
-                let fill = inner.store.fill(k, lease, &learnt, p, life);
-                match self.call(Op::Fill, fill).await {
-                    Ok(written) => {
-                        // Filled, or refused (the store dropped the placeholder): either way
-                        // there is no lease left to give back.
-                        held.lease = None;
-                        if !written {
-                            inner.metrics.fills_refused.increment(1);
-                            debug!(key = %k, "fill refused: the key was invalidated during the load");
-                        }
-                        written
-                    }
-                    // Unknown outcome: `held` gives the lease back (a no-op if it was filled).
-                    Err(_) => false,
-                }
-            }
-            (None, _) => false,
-        };
-        // Shared after the fill, so callers arriving now find the entry instead of a lease.
-        let fresh = Fresh::JoinedBefore(if stored { filled_at } else { began });
-        leader.finish(shared, fresh);
-        Ok(Fetched {
-            value: value.map(|v| M::loaded(v, body)),
-            status: Status::Miss,
-        })
-    }
-}
-
-/// A lease held by a load: given back on drop unless it was filled or released, so that a
-/// fetch whose future is dropped mid-load (its caller gone, or timed out) does not make other
-/// instances wait `lease_wait` for a lease nobody will fill. The release runs on a task of its
-/// own (bounded like every store call); outside a runtime the lease lapses by itself.
-struct Held {
-    store: Arc<dyn Store>,
-    key: EntryKey,
-    lease: Option<Lease>,
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        let Some(lease) = self.lease.take() else {
-            return;
-        };
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let (store, key) = (self.store.clone(), self.key.clone());
-            rt.spawn(async move {
-                let _ = store.release(&key, &lease).await;
-            });
-        }
     }
 }

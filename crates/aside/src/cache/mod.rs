@@ -6,19 +6,25 @@
 //!   (`get`, `set`, `del`, `invalidate_*`, `health`, `ping`);
 //! - `entry`: [`Entry`] (one key's call with its TTLs and tags), the fetch variants, and the
 //!   decision between hit, stale and expired;
+//! - `batch`: [`Entries`] (many keys' call): one store read for all of them, one call of a
+//!   batched loader for the misses, each key otherwise as `entry` and `lease` handle it;
 //! - `lease`: the miss path: joining an in-process flight, claiming the store's lease,
-//!   waiting for another loader's fill, running the loader, the fenced fill, the release;
+//!   waiting for another loader's fill;
+//! - `fill`: a load under its lease: running the loader, the fenced fill, the release;
 //! - `refresh`: stale-while-revalidate, a refresh on its own task;
 //! - `guard`: the outage policy around every store call: timeouts, the circuit breaker, the
 //!   backlog of invalidations that could not be sent and its replay;
 //! - `value`: values to entries and back (codec, envelope, freshness, TTL jitter).
 
+mod batch;
 mod entry;
+mod fill;
 mod guard;
 mod lease;
 mod refresh;
 mod value;
 
+pub use batch::Entries;
 pub use entry::Entry;
 
 use crate::backlog::Backlog;

@@ -4,11 +4,11 @@
 //! refresh is fenced like any fill: a delete, write or invalidation during it voids it.
 
 use super::entry::Ttls;
-use super::lease::Load;
+use super::fill::Load;
 use super::value::Mode;
 use super::{Cache, Tagged};
 use crate::codec::Codec;
-use crate::flight::Role;
+use crate::flight::{self, Role};
 use crate::key::{EntryKey, TagKey};
 use crate::metrics::Op;
 use serde::Serialize;
@@ -41,28 +41,14 @@ impl<C: Codec> Cache<C> {
         let span = debug_span!("aside.refresh", key = %k);
         rt.spawn(
             async move {
-                let inner = &cache.inner;
-                let Role::Leader(leader) = inner.flights.join(&k) else {
+                let Role::Leader(leader) = cache.inner.flights.join(&k) else {
                     return;
                 };
-                if cache.ready().await.is_err() {
+                let Some(load) = cache
+                    .refresh_load(leader, &k, fresh_until, &stamps, t)
+                    .await
+                else {
                     return;
-                }
-                let terms = t.claim_terms(inner.settings.lease);
-                let clocks = inner.ns.clocks();
-                let claim = inner
-                    .store
-                    .claim_refresh(&k, fresh_until, &stamps, clocks, terms);
-                // Not granted: another process refreshes it, or it is gone (the next read
-                // loads it). Dropping the leader lets anyone who joined meanwhile load.
-                let Ok(Some(lease)) = cache.call(Op::Claim, claim).await else {
-                    return;
-                };
-                let load = Load {
-                    leader,
-                    lease: Some(lease),
-                    ttls: t,
-                    fallback: None,
                 };
                 if cache
                     .load::<T, M, E, F, Fut>(&k, load, loader)
@@ -74,5 +60,33 @@ impl<C: Codec> Cache<C> {
             }
             .instrument(span),
         );
+    }
+
+    /// As the leader of `k`'s flight, claims the refresh lease of its stale entry (the one
+    /// fresh until `fresh_until`): the load to run, or `None` when another process refreshes
+    /// it, it is gone (the next read loads it), or the store does not answer. Dropping the
+    /// leader then lets anyone who joined meanwhile load.
+    pub(super) async fn refresh_load<'f, O>(
+        &'f self,
+        leader: flight::Leader<'f>,
+        k: &EntryKey,
+        fresh_until: u64,
+        stamps: &[TagKey],
+        t: Ttls,
+    ) -> Option<Load<'f, O>> {
+        let inner = &self.inner;
+        self.ready().await.ok()?;
+        let terms = t.claim_terms(inner.settings.lease);
+        let clocks = inner.ns.clocks();
+        let claim = inner
+            .store
+            .claim_refresh(k, fresh_until, stamps, clocks, terms);
+        let lease = self.call(Op::Claim, claim).await.ok()??;
+        Some(Load {
+            leader,
+            lease: Some(lease),
+            ttls: t,
+            fallback: None,
+        })
     }
 }

@@ -93,6 +93,15 @@ impl Store for ChaosStore {
         self.inner.get(key, stamps).await
     }
 
+    async fn get_many(
+        &self,
+        keys: &[EntryKey],
+        stamps: &[Vec<TagKey>],
+    ) -> Result<Vec<Lookup>, StoreError> {
+        self.check(false)?;
+        self.inner.get_many(keys, stamps).await
+    }
+
     async fn claim(
         &self,
         key: &EntryKey,
@@ -178,10 +187,12 @@ mod tests {
         assert!(s.set(&k, &[], Bytes::from_static(b"v"), life).await.is_ok());
         s.fail(Failing::Invalidations);
         assert!(s.get(&k, &[]).await.is_ok(), "reads still work");
+        assert!(s.get_many(std::slice::from_ref(&k), &[]).await.is_ok());
         assert!(s.delete(std::slice::from_ref(&k)).await.is_err());
         assert!(s.bump(&[ns.epoch()]).await.is_err());
         s.fail(Failing::Everything);
         assert!(s.get(&k, &[]).await.is_err() && s.ping().await.is_err());
+        assert!(s.get_many(std::slice::from_ref(&k), &[]).await.is_err());
         s.fail(Failing::Nothing);
         assert!(s.delete(std::slice::from_ref(&k)).await.is_ok());
         assert_eq!(s.get(&k, &[]).await.unwrap(), Lookup::Miss);

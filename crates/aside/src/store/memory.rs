@@ -276,6 +276,18 @@ impl MemoryStore {
             .collect()
     }
 
+    /// What a read of `key` finds at `now`.
+    fn lookup(&self, key: &EntryKey, now: Duration) -> Lookup {
+        let Some(stored) = self.entries.get(key) else {
+            return Lookup::Miss;
+        };
+        match self.judge(&stored, now) {
+            Ok(p) => Lookup::Hit(p),
+            Err(true) => Lookup::Pending,
+            Err(false) => Lookup::Miss,
+        }
+    }
+
     /// The payload of what is stored if it is a live, valid entry; `Err(true)` for a live lease.
     fn judge(&self, stored: &Stored, now: Duration) -> Result<Bytes, bool> {
         if stored.expires() <= now {
@@ -316,14 +328,16 @@ impl Store for MemoryStore {
     }
 
     async fn get(&self, key: &EntryKey, _stamps: &[TagKey]) -> Result<Lookup, StoreError> {
-        let Some(stored) = self.entries.get(key) else {
-            return Ok(Lookup::Miss);
-        };
-        Ok(match self.judge(&stored, self.clock.now()) {
-            Ok(p) => Lookup::Hit(p),
-            Err(true) => Lookup::Pending,
-            Err(false) => Lookup::Miss,
-        })
+        Ok(self.lookup(key, self.clock.now()))
+    }
+
+    async fn get_many(
+        &self,
+        keys: &[EntryKey],
+        _stamps: &[Vec<TagKey>],
+    ) -> Result<Vec<Lookup>, StoreError> {
+        let now = self.clock.now();
+        Ok(keys.iter().map(|k| self.lookup(k, now)).collect())
     }
 
     async fn claim(

@@ -170,6 +170,11 @@ pub(crate) fn clocks_to_advance(stamps: &[TagKey]) -> Vec<TagKey> {
     out
 }
 
+/// The stamps named for the `i`-th key of a [`Store::get_many`] (none when `stamps` is empty).
+pub(crate) fn named(stamps: &[Vec<TagKey>], i: usize) -> &[TagKey] {
+    stamps.get(i).map_or(&[], Vec::as_slice)
+}
+
 /// A cache backend. Implementations only move bytes; keys are made by [`crate::key`] and
 /// values by the codec, so a store never sees user input unescaped.
 #[async_trait]
@@ -181,6 +186,25 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// the entry to carry (the store may fetch them with the entry); an entry carrying others
     /// is checked against those too.
     async fn get(&self, key: &EntryKey, stamps: &[TagKey]) -> Result<Lookup, StoreError>;
+
+    /// Reads several entries at once, each checked as [`get`](Store::get) checks it, in one
+    /// round trip where the store has round trips (a second one only where `get` would make
+    /// one too, for all the keys at once). `stamps` is empty (none named) or holds the stamps
+    /// expected of each key, in the order of `keys`. One [`Lookup`] per key, in that order.
+    ///
+    /// The default reads the keys one by one, concurrently; every store of this crate
+    /// overrides it with a read of its own.
+    async fn get_many(
+        &self,
+        keys: &[EntryKey],
+        stamps: &[Vec<TagKey>],
+    ) -> Result<Vec<Lookup>, StoreError> {
+        let reads = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| self.get(k, named(stamps, i)));
+        futures::future::try_join_all(reads).await
+    }
 
     /// Whether [`get`](Store::get) needs the stamps named to answer exactly. A store that
     /// checks whatever stamps an entry carries by itself returns `false`, and its reads are

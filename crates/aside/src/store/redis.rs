@@ -13,6 +13,8 @@
 //! connection is made lazily: a store can be built while Redis is down, and reconnects by
 //! itself.
 
+mod many;
+
 use super::client::{self, Link, backend_error, bounded, int, ms, redact};
 use super::hints::Hints;
 use super::lua::{standalone, with_prelude};
@@ -310,37 +312,15 @@ impl RedisStore {
     async fn fetch_versions(
         &self,
         t: &Tracker,
-        mut conn: redis::aio::MultiplexedConnection,
+        conn: redis::aio::MultiplexedConnection,
         unknown: &[(&[u8], &[u8])],
     ) -> Result<bool, StoreError> {
-        let held = &t.versions;
-        t.fetched.increment(unknown.len() as u64);
-        let generations: Vec<u64> = unknown.iter().map(|(k, _)| held.generation(k)).collect();
-        let mut mget = redis::cmd("MGET");
-        for (k, _) in unknown {
-            mget.arg(*k);
-        }
-        let mut pipe = redis::pipe();
-        pipe.cmd("CLIENT")
-            .arg("CACHING")
-            .arg("YES")
-            .ignore()
-            .add_command(mget);
-        let (now,): (Vec<Value>,) = self.bounded_tracked(t, pipe.query_async(&mut conn)).await?;
-        if now.len() != unknown.len() {
-            return Err(StoreError::Protocol("get: version count".into()));
-        }
-        let mut current = true;
-        for (((k, v), n), g) in unknown.iter().zip(now).zip(generations) {
-            match n {
-                Value::BulkString(n) => {
-                    current &= n == *v;
-                    held.insert(k, Bytes::from(n), g);
-                }
-                _ => current = false,
-            }
-        }
-        Ok(current)
+        let keys: Vec<&[u8]> = unknown.iter().map(|(k, _)| *k).collect();
+        let now = self.track_versions(t, conn, &keys).await?;
+        Ok(unknown
+            .iter()
+            .zip(&now)
+            .all(|((_, v), n)| n.as_deref() == Some(*v)))
     }
 }
 
@@ -418,6 +398,24 @@ impl Store for RedisStore {
         }
         // Boxed: the hot read above stays a small future to move around.
         Box::pin(self.get_mget(key, stamps)).await
+    }
+
+    /// One `MGET` of every entry (with versions held in process), or of every entry and the
+    /// versions named and hinted for them (without): see `many.rs`.
+    async fn get_many(
+        &self,
+        keys: &[EntryKey],
+        stamps: &[Vec<TagKey>],
+    ) -> Result<Vec<Lookup>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(t) = &self.tracker
+            && let Some(conn) = t.conn()
+        {
+            return self.get_many_tracked(t, conn, keys).await;
+        }
+        self.get_many_mget(keys, stamps).await
     }
 
     async fn claim(

@@ -93,6 +93,16 @@ pub struct Page {
     pub total: u64,
 }
 
+/// The ids of one page of products and the total count, read in one statement: what a list
+/// page's cache entry holds (its products are cached on their own).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PageIds {
+    /// The ids of the page's products, newest first.
+    pub ids: Vec<String>,
+    /// How many products there are in all.
+    pub total: u64,
+}
+
 /// The catalog's storage. Implemented for SQLite and PostgreSQL; `tests/repository.rs` runs
 /// one suite against both.
 ///
@@ -106,6 +116,14 @@ pub trait Repository: Send + Sync + fmt::Debug + 'static {
     /// `limit` products after `offset`, newest first (`createdAt` descending, then id
     /// descending), and the total count.
     async fn page(&self, offset: u64, limit: u32) -> Result<Page>;
+
+    /// The ids of `limit` products after `offset`, in the order of [`page`](Repository::page),
+    /// and the total count.
+    async fn page_ids(&self, offset: u64, limit: u32) -> Result<PageIds>;
+
+    /// The products with these ids, with their categories, in no particular order; ids that
+    /// name no product are left out. One statement (`WHERE id IN (...)`) for all of them.
+    async fn products(&self, ids: &[Id]) -> Result<Vec<Product>>;
 
     /// Inserts a product. [`DbError::Duplicate`] if the id is taken,
     /// [`DbError::UnknownCategory`] if its category does not exist.
@@ -303,6 +321,19 @@ impl Db {
     /// See [`Repository::page`].
     pub async fn page(&self, offset: u64, limit: u32) -> Result<Page> {
         self.trip(self.repo.page(offset, limit)).await
+    }
+
+    /// See [`Repository::page_ids`].
+    pub async fn page_ids(&self, offset: u64, limit: u32) -> Result<PageIds> {
+        self.trip(self.repo.page_ids(offset, limit)).await
+    }
+
+    /// See [`Repository::products`]; no round trip for no ids.
+    pub async fn products(&self, ids: &[Id]) -> Result<Vec<Product>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.trip(self.repo.products(ids)).await
     }
 
     /// See [`Repository::insert`].

@@ -7,7 +7,7 @@
 //! database's connect options and the error codes that mean it is unavailable are in its own
 //! module.
 
-use super::{Page, Repository, Result, seed_batches, seed_categories, seed_product};
+use super::{Page, PageIds, Repository, Result, seed_batches, seed_categories, seed_product};
 use crate::model::{Category, Id, NewProduct, Product, ProductPatch};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -162,6 +162,54 @@ where
             products,
             total: u64::try_from(total).unwrap_or(0),
         })
+    }
+
+    async fn page_ids(&self, offset: u64, limit: u32) -> Result<PageIds> {
+        // As `page`, without the products' columns.
+        let rows = sqlx::query(
+            "SELECT t.total, p.id \
+             FROM (SELECT COUNT(*) AS total FROM products) AS t \
+             LEFT JOIN (SELECT id, created_at FROM products ORDER BY created_at DESC, id DESC \
+                        LIMIT $1 OFFSET $2) AS p ON TRUE \
+             ORDER BY p.created_at DESC, p.id DESC",
+        )
+        .bind(i64::from(limit))
+        .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let total: i64 = match rows.first() {
+            Some(r) => r.try_get("total")?,
+            None => 0,
+        };
+        let mut ids = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if let Some(id) = r.try_get::<Option<String>, _>("id")? {
+                ids.push(id);
+            }
+        }
+        Ok(PageIds {
+            ids,
+            total: u64::try_from(total).unwrap_or(0),
+        })
+    }
+
+    async fn products(&self, ids: &[Id]) -> Result<Vec<Product>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = QueryBuilder::<D>::new(
+            "SELECT p.id, p.name, p.price, p.category_id, c.name AS category_name, \
+                    p.created_at, p.updated_at \
+             FROM products p JOIN categories c ON c.id = p.category_id \
+             WHERE p.id IN (",
+        );
+        let mut list = q.separated(", ");
+        for id in ids {
+            list.push_bind(id.as_str());
+        }
+        q.push(")");
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(product::<D>).collect()
     }
 
     async fn insert(&self, p: &NewProduct) -> Result<Product> {

@@ -33,6 +33,7 @@
 //! | operation | round trips |
 //! | --- | --- |
 //! | get | 1 (miss, lease, corrupt); 2 on a hit (`GET`, then `MGET` of its stamps) |
+//! | get_many | 2 for any number of keys (`MGET` of the entries, then of their stamps) |
 //! | claim | 2 (placeholder, then versions); 2 more if an invalid entry was in the way |
 //! | claim_refresh | 2 (refresh lease, then its stamps and versions) |
 //! | fill | 2 (stamps, then compare-and-set); 3 with tags learnt from the value |
@@ -52,6 +53,7 @@
 //! again), so a cache can be built while the cluster is down.
 
 mod config;
+mod many;
 mod scripts;
 mod stamps;
 
@@ -246,6 +248,15 @@ impl Store for ClusterStore {
             Ok(Lookup::Hit(record::payload_of(entry, at)))
         })
         .await
+    }
+
+    /// Two `MGET`s for all the keys: the entries, then their stamps (see `many.rs`).
+    async fn get_many(
+        &self,
+        keys: &[EntryKey],
+        _stamps: &[Vec<TagKey>],
+    ) -> Result<Vec<Lookup>, StoreError> {
+        self.read_many(keys).await
     }
 
     async fn claim(

@@ -43,6 +43,7 @@ mod config;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzzing;
 mod generations;
+mod many;
 
 pub use config::L1Config;
 mod subscriber;
@@ -406,6 +407,15 @@ impl Store for TieredStore {
             s.l1.insert(key.clone(), Arc::new(copy));
         }
         read
+    }
+
+    /// Valid L1 copies, then the rest in one batch read of the L2 (see `many.rs`).
+    async fn get_many(
+        &self,
+        keys: &[EntryKey],
+        stamps: &[Vec<TagKey>],
+    ) -> Result<Vec<Lookup>, StoreError> {
+        self.read_many(keys, stamps).await
     }
 
     async fn claim(
