@@ -42,8 +42,7 @@ pub(super) struct Keys {
 ///    stale (served at once; refreshed in the background), expired within stale-if-error
 ///    (kept as its fallback) or missing, by the same decision a single fetch makes.
 /// 2. **Join and claim.** Each missing key joins its flight in this process; for each key it
-///    leads, the lease is claimed (`Cache::start`, the single path's first step), all at
-///    once.
+///    leads, the lease is claimed (as by a single fetch), all at once.
 /// 3. **Load, and wait alongside.** The keys whose lease this batch got (and those it must
 ///    load without the store: the store failed, or the breaker is open) go to the loader in
 ///    **one call**, at once. The keys it follows (another caller in this process loads them)
@@ -54,7 +53,7 @@ pub(super) struct Keys {
 ///    wait ends. A key whose lease holder does not fill it within `lease_wait` is loaded
 ///    (without the lease) as soon as the waits on other processes are over, in one more
 ///    loader call for all such keys.
-/// 4. **Fenced fills**, per key, as a single load's (`Cache::settle`): refused if the key,
+/// 4. **Fenced fills**, per key, as a single load's: refused if the key,
 ///    its tags, its prefixes or the epoch were invalidated during the load; the caller gets
 ///    the value either way. Keys absent from the loader's map are "not found", cached for the
 ///    negative TTL.

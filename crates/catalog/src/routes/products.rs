@@ -38,7 +38,7 @@ pub async fn get(State(s): State<AppState>, PathId(id): PathId) -> Result<Respon
 #[utoipa::path(
     get, path = "/products", tag = "products", operation_id = "list_products", params(ListParams),
     responses(
-        (status = 200, description = "One page, newest first", body = ProductPage, headers(("x-cache" = String, description = "`hit`, `miss`, `stale` (past its TTL: refreshing, or the database failed) or `bypass` (`--no-cache`)"))),
+        (status = 200, description = "One page, newest first", body = ProductPage, headers(("x-cache" = String, description = "`hit` (the page's entry and every one of its products' were hits), `stale` (any of them was past its TTL: refreshing, or the database failed), `miss` (any came from the database) or `bypass` (`--no-cache`)"))),
         (status = 400, description = "`invalid_page`, `invalid_limit`, `invalid_query`", body = ErrorBody),
         (status = 503, description = UNAVAILABLE_DOC, body = ErrorBody),
     )
