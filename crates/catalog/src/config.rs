@@ -402,7 +402,8 @@ mod tests {
             0.0
         );
         for bad in ["-0.1", "1.5", "often", "NaN"] {
-            let e = Cli::try_parse_from(["catalog", "serve", "--consistency-sample", bad]);
+            let flag = format!("--consistency-sample={bad}");
+            let e = Cli::try_parse_from(["catalog", "serve", flag.as_str()]);
             assert!(
                 e.is_err_and(|e| e.to_string().contains("from 0 to 1")),
                 "{bad} accepted"
