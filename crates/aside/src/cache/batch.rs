@@ -329,9 +329,7 @@ impl<'a, C: Codec> Entries<'a, C> {
         L: Fn(Vec<String>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<HashMap<String, T>, E>> + Send + 'static,
     {
-        let span = debug_span!("aside.fetch_many", keys = self.keys.len());
         self.fetch_inner::<T, AsValue, E, _, _>(tagging(loader))
-            .instrument(span)
             .await
     }
 
@@ -348,10 +346,7 @@ impl<'a, C: Codec> Entries<'a, C> {
         L: Fn(Vec<String>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<HashMap<String, Tagged<T>>, E>> + Send + 'static,
     {
-        let span = debug_span!("aside.fetch_many", keys = self.keys.len());
-        self.fetch_inner::<T, AsValue, E, L, Fut>(loader)
-            .instrument(span)
-            .await
+        self.fetch_inner::<T, AsValue, E, L, Fut>(loader).await
     }
 
     /// Like [`fetch`](Entries::fetch), handing back each value as the codec wrote it (see
@@ -366,9 +361,7 @@ impl<'a, C: Codec> Entries<'a, C> {
         L: Fn(Vec<String>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<HashMap<String, T>, E>> + Send + 'static,
     {
-        let span = debug_span!("aside.fetch_many", keys = self.keys.len());
         self.fetch_inner::<T, AsBytes, E, _, _>(tagging(loader))
-            .instrument(span)
             .await
     }
 
@@ -384,14 +377,29 @@ impl<'a, C: Codec> Entries<'a, C> {
         L: Fn(Vec<String>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<HashMap<String, Tagged<T>>, E>> + Send + 'static,
     {
-        let span = debug_span!("aside.fetch_many", keys = self.keys.len());
-        self.fetch_inner::<T, AsBytes, E, L, Fut>(loader)
-            .instrument(span)
-            .await
+        self.fetch_inner::<T, AsBytes, E, L, Fut>(loader).await
     }
 
     /// Every batch fetch, with its loader as a tagged one.
     async fn fetch_inner<T, M, E, L, Fut>(
+        self,
+        loader: L,
+    ) -> Result<Vec<Fetched<M::Out>>, LoadError<E>>
+    where
+        T: Serialize + Send + 'static,
+        M: Mode<T> + 'static,
+        M::Out: Send + 'static,
+        E: Send + Sync + 'static,
+        L: Fn(Vec<String>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<HashMap<String, Tagged<T>>, E>> + Send + 'static,
+    {
+        let span = debug_span!("aside.fetch_many", keys = self.keys.len());
+        self.fetch_spanned::<T, M, E, L, Fut>(loader)
+            .instrument(span)
+            .await
+    }
+
+    async fn fetch_spanned<T, M, E, L, Fut>(
         mut self,
         loader: L,
     ) -> Result<Vec<Fetched<M::Out>>, LoadError<E>>
